@@ -1,0 +1,40 @@
+//! The documented limits on every field and list. README.md lists the same numbers.
+
+/// Longest tenant name.
+pub const TENANT_MAX: usize = 63;
+/// Longest module name or pattern.
+pub const MODULE_MAX: usize = 128;
+/// Longest scope label.
+pub const LABEL_MAX: usize = 64;
+/// Longest scope id (stored ids are `scp_` and 20 characters).
+pub const SCOPE_ID_MAX: usize = 64;
+/// Longest description, in bytes.
+pub const DESCRIPTION_MAX: usize = 1024;
+/// Longest owner, in bytes.
+pub const OWNER_MAX: usize = 256;
+/// Most metadata entries on a key.
+pub const METADATA_ENTRIES_MAX: usize = 32;
+/// Longest metadata key.
+pub const METADATA_KEY_MAX: usize = 64;
+/// Longest metadata value, in bytes.
+pub const METADATA_VALUE_MAX: usize = 512;
+/// Most scopes on one key.
+pub const SCOPES_PER_KEY_MAX: usize = 32;
+/// Most patterns under one action of a scope.
+pub const PATTERNS_PER_RULE_MAX: usize = 64;
+/// Most stored scope ids in one EvaluateScopes request.
+pub const EVALUATE_SCOPE_IDS_MAX: usize = 32;
+/// Most inline scopes in one EvaluateScopes request.
+pub const EVALUATE_INLINE_MAX: usize = 16;
+/// Most items in one BatchCheck.
+pub const BATCH_ITEMS_MAX: usize = 128;
+/// Longest credential accepted before it is even parsed.
+pub const TOKEN_MAX: usize = 256;
+/// Page size when a list request gives none.
+pub const PAGE_SIZE_DEFAULT: usize = 50;
+/// Largest page; larger requests are served this many.
+pub const PAGE_SIZE_MAX: usize = 500;
+/// Longest page token.
+pub const PAGE_TOKEN_MAX: usize = 128;
+/// Largest gRPC request message, in bytes.
+pub const MESSAGE_MAX_BYTES: usize = 256 * 1024;

@@ -1,0 +1,22 @@
+//! The pure core of keyscope: names, scopes, the decision and the token format.
+//!
+//! Everything here is synchronous and does no I/O (beyond asking the OS for random bytes
+//! when a token is made). No tokio, tonic, redis or moka: the service and the stores call
+//! into this module, never the other way round.
+
+mod action;
+mod decision;
+mod error;
+mod ids;
+mod key;
+pub mod limits;
+mod scope;
+mod token;
+
+pub use action::Action;
+pub use decision::{Decision, Reason, describe_module, evaluate, grants_reserved, widens};
+pub use error::{InputError, Problem, parse_field};
+pub use ids::{KeyId, Label, Module, Pattern, ScopeId, Tenant};
+pub use key::{Key, KeyState, Metadata, key_status, validate_description, validate_metadata, validate_owner, validate_scope_ids};
+pub use scope::{Rules, Scope, ScopeMode};
+pub use token::{Malformed, Pepper, RandomError, Secret, SecretHash, Token, TokenFormat};

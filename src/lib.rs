@@ -1,0 +1,18 @@
+//! keyscope: an authorization service for API keys.
+//!
+//! It issues API keys, holds scopes (which modules a key may create, read, update or delete),
+//! and answers *may this credential do ACTION on MODULE?* over gRPC.
+//!
+//! # Layout
+//! - [`domain`]: the pure, synchronous core: names, scopes, the decision, the token format.
+//! - [`store`]: the `Store` trait and its backends (the embedded memory store).
+//! - [`service`]: the use cases: checks and admin calls, with admin authorization.
+//! - [`grpc`]: one thin file per gRPC service; `status.rs` maps errors to gRPC codes.
+//! - [`server`]: wires the services, health and reflection, and serves until shutdown.
+//! - [`config`]: settings from defaults, an optional YAML file and `KEYSCOPE__` variables.
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`cli`]: the `keyscope` command line (client side).
+
+pub mod domain;
+pub mod service;
+pub mod store;

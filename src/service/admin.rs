@@ -1,0 +1,97 @@
+//! Admin authorization (SPEC section 5): an admin call is allowed when its bearer key may do
+//! the matching action on a reserved module, in its own tenant (or any, for `system` keys).
+
+use std::sync::Arc;
+
+use super::{Keyscope, Presented, ServiceError, check::Resolved};
+use crate::domain::{
+    Action, InputError, Key, Module, Scope, ScopeId, Tenant, describe_module, grants_reserved, parse_field,
+};
+
+/// An authenticated admin caller and the tenant its call acts in.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The calling key.
+    pub key: Arc<Key>,
+    /// The calling key's scopes.
+    pub scopes: Vec<Arc<Scope>>,
+    /// The tenant the call acts in: the one the request named, or the key's own.
+    pub tenant: Tenant,
+}
+
+impl Caller {
+    fn scope_refs(&self) -> Vec<&Scope> {
+        self.scopes.iter().map(Arc::as_ref).collect()
+    }
+
+    /// Refuses to hand out administrative grants the caller does not hold itself.
+    pub(super) fn may_grant(&self, field: &str, granted: &[&Scope]) -> Result<(), ServiceError> {
+        match grants_reserved(granted, &self.scope_refs()) {
+            None => Ok(()),
+            Some((action, module)) => Err(ServiceError::PermissionDenied(format!(
+                "{field}: would grant {action} on {}, which the calling key `{}` does not hold",
+                describe_module(&module),
+                self.key.id
+            ))),
+        }
+    }
+}
+
+const BAD_TOKEN: &str = "missing or invalid admin credential: send `authorization: Bearer <token>`";
+
+impl Keyscope {
+    /// Authenticates the bearer token and authorizes `action` on the reserved `module` in
+    /// the tenant the request names (`""`: the key's own tenant).
+    pub async fn authorize(
+        &self,
+        bearer: Option<&str>,
+        tenant: &str,
+        module: &Module,
+        action: Action,
+    ) -> Result<Caller, ServiceError> {
+        let Some(bearer) = bearer else { return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())) };
+        let holder = match self.resolve(&Presented::Token(bearer.to_owned()), None).await? {
+            Resolved::Holder(holder) => holder,
+            Resolved::Refused { .. } => return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())),
+        };
+        let answer = holder.decide(module, action, false);
+        if !answer.allowed() {
+            tracing::info!(key_id = %holder.key.id, %module, %action, reason = %answer.reason, "admin call refused");
+            return Err(ServiceError::PermissionDenied(format!(
+                "key `{}` is not allowed {action} on `{module}`",
+                holder.key.id
+            )));
+        }
+        let own = &holder.key.tenant;
+        let tenant: Tenant = if tenant.is_empty() { own.clone() } else { parse_field("tenant", tenant)? };
+        if tenant != *own && !own.is_system() {
+            return Err(ServiceError::PermissionDenied(format!(
+                "key `{}` of tenant `{own}` may not act in tenant `{tenant}`",
+                holder.key.id
+            )));
+        }
+        Ok(Caller { key: holder.key, scopes: holder.scopes, tenant })
+    }
+
+    /// Looks up scope ids of the caller's tenant (builtins included), naming the field of
+    /// any that does not exist there.
+    pub(super) async fn tenant_scopes(&self, tenant: &Tenant, field: &str, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, ServiceError> {
+        let mut scopes = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let scope = match self.builtins.get(id) {
+                Some(builtin) => Some(builtin.clone()),
+                None => self.store.get_scope(tenant, id).await?,
+            };
+            let scope = scope.ok_or_else(|| {
+                InputError::invalid(format!("{field}[{i}]"), format!("no scope `{id}` in tenant `{tenant}`"))
+            })?;
+            scopes.push(scope);
+        }
+        Ok(scopes)
+    }
+
+    /// The ids among `ids` that are stored rather than builtin.
+    pub(super) fn stored_ids(&self, ids: &[ScopeId]) -> Vec<ScopeId> {
+        ids.iter().filter(|id| !self.builtins.contains(id)).cloned().collect()
+    }
+}

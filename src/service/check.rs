@@ -1,0 +1,233 @@
+//! The check path: credential -> key -> state -> scopes -> answer. A denial is an answer;
+//! only a store that cannot answer is an error, and then nothing is allowed.
+
+use std::sync::Arc;
+
+use tracing::{Instrument, field::Empty};
+
+use super::{Keyscope, ServiceError};
+use crate::domain::{
+    Action, Decision, Key, KeyId, Module, Reason, Scope, ScopeId, Tenant, Token, evaluate, key_status,
+};
+
+/// A credential as presented, not yet parsed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Presented {
+    /// A whole token.
+    Token(String),
+    /// A key id and the token's last part, presented separately.
+    Pair {
+        /// The key id.
+        key_id: String,
+        /// The secret and checksum.
+        secret: String,
+    },
+}
+
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Presented([redacted])")
+    }
+}
+
+/// The answer to one module and action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckAnswer {
+    /// Why; only [`Reason::Ok`] allows.
+    pub reason: Reason,
+    /// The key the credential named, when it was well formed.
+    pub key_id: Option<KeyId>,
+    /// The key's tenant, once its secret is verified.
+    pub tenant: Option<Tenant>,
+    /// The key's owner, once its secret is verified.
+    pub owner: String,
+    /// With explain: the deciding scopes, sorted.
+    pub scope_ids: Vec<ScopeId>,
+    /// With explain: one human line.
+    pub message: String,
+}
+
+impl CheckAnswer {
+    /// Whether the check is allowed.
+    pub fn allowed(&self) -> bool {
+        self.reason == Reason::Ok
+    }
+}
+
+/// A key whose secret is verified, with its scopes resolved.
+#[derive(Debug, Clone)]
+pub(super) struct Holder {
+    pub key: Arc<Key>,
+    pub scopes: Vec<Arc<Scope>>,
+    /// Scope ids the key names that exist neither in the store nor among the builtins; they
+    /// deny everything (fail closed).
+    pub missing: Vec<ScopeId>,
+}
+
+/// How a credential resolved: a verified key, or the reason it was refused.
+pub(super) enum Resolved {
+    Holder(Holder),
+    Refused { reason: Reason, key_id: Option<KeyId> },
+}
+
+impl Holder {
+    /// Decides one module and action for this key.
+    pub fn decide(&self, module: &Module, action: Action, explain: bool) -> CheckAnswer {
+        let scopes: Vec<&Scope> = self.scopes.iter().map(Arc::as_ref).collect();
+        let (reason, scope_ids, message) = if self.missing.is_empty() {
+            let decision = evaluate(&scopes, module, action);
+            explained(&decision, module, action, explain)
+        } else {
+            let message = if explain {
+                format!("scope `{}` of the key no longer exists; the key is denied everything", self.missing[0])
+            } else {
+                String::new()
+            };
+            (Reason::DeniedByScope, if explain { self.missing.clone() } else { Vec::new() }, message)
+        };
+        CheckAnswer {
+            reason,
+            key_id: Some(self.key.id.clone()),
+            tenant: Some(self.key.tenant.clone()),
+            owner: self.key.owner.clone(),
+            scope_ids,
+            message,
+        }
+    }
+}
+
+/// The reason, and with `explain` the deciding ids and the message, of a decision.
+pub(super) fn explained(decision: &Decision<'_>, module: &Module, action: Action, explain: bool) -> (Reason, Vec<ScopeId>, String) {
+    if !explain {
+        return (decision.reason, Vec::new(), String::new());
+    }
+    let ids = decision.deciding.iter().map(|s| s.id.clone()).collect();
+    (decision.reason, ids, decision.message(module, action))
+}
+
+fn refused(reason: Reason, key_id: Option<KeyId>, explain: bool) -> CheckAnswer {
+    let message = if explain { refusal_message(reason) } else { String::new() };
+    CheckAnswer { reason, key_id, tenant: None, owner: String::new(), scope_ids: Vec::new(), message }
+}
+
+fn refusal_message(reason: Reason) -> String {
+    match reason {
+        Reason::MalformedCredential => "the credential is not a well-formed keyscope token",
+        Reason::UnknownKey => "unknown key or wrong secret",
+        Reason::KeyRevoked => "the key is revoked",
+        Reason::KeyDisabled => "the key is disabled",
+        Reason::KeyExpired => "the key has expired",
+        Reason::TenantMismatch => "the key belongs to another tenant",
+        other => other.as_str(),
+    }
+    .to_owned()
+}
+
+impl Keyscope {
+    /// Parses, looks up and verifies a credential, then applies the key state checks.
+    pub(super) async fn resolve(&self, presented: &Presented, tenant: Option<&Tenant>) -> Result<Resolved, ServiceError> {
+        let parsed = match presented {
+            Presented::Token(text) => self.tokens.parse(text),
+            Presented::Pair { key_id, secret } => self.tokens.parse_pair(key_id, secret),
+        };
+        let Ok(token) = parsed else {
+            return Ok(Resolved::Refused { reason: Reason::MalformedCredential, key_id: None });
+        };
+        let Token { key_id, .. } = &token;
+        let credential = self.store.credential(key_id).await?;
+        let stored = credential.as_ref().map(|c| &c.key.secret_hash);
+        // Unknown keys are verified against a decoy hash, so both cost the same.
+        if !self.pepper.verify(&token, stored) {
+            return Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()) });
+        }
+        let Some(credential) = credential else {
+            return Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()) });
+        };
+        if let Some(reason) = key_status(&credential.key, self.clock.now(), tenant) {
+            return Ok(Resolved::Refused { reason, key_id: Some(key_id.clone()) });
+        }
+        Ok(Resolved::Holder(self.holder(credential.key, credential.scopes)))
+    }
+
+    /// Resolves a key's scope ids against the builtins and the stored scopes given.
+    pub(super) fn holder(&self, key: Arc<Key>, stored: Vec<Arc<Scope>>) -> Holder {
+        let mut scopes = Vec::with_capacity(key.scope_ids.len());
+        let mut missing = Vec::new();
+        for id in &key.scope_ids {
+            if let Some(builtin) = self.builtins.get(id) {
+                scopes.push(builtin.clone());
+            } else if let Some(scope) = stored.iter().find(|s| s.id == *id) {
+                scopes.push(scope.clone());
+            } else {
+                missing.push(id.clone());
+            }
+        }
+        Holder { key, scopes, missing }
+    }
+
+    /// Answers one check, in a `check` span carrying everything but the credential.
+    pub async fn check(
+        &self,
+        presented: &Presented,
+        tenant: Option<&Tenant>,
+        module: &Module,
+        action: Action,
+        explain: bool,
+    ) -> Result<CheckAnswer, ServiceError> {
+        let span = tracing::info_span!(
+            "check",
+            module = %module,
+            action = %action,
+            tenant = Empty,
+            key_id = Empty,
+            decision = Empty,
+            reason = Empty,
+        );
+        let answer = match self.resolve(presented, tenant).instrument(span.clone()).await? {
+            Resolved::Refused { reason, key_id } => refused(reason, key_id, explain),
+            Resolved::Holder(holder) => holder.decide(module, action, explain),
+        };
+        record(&span, &answer);
+        span.in_scope(|| tracing::debug!("check answered"));
+        Ok(answer)
+    }
+
+    /// Answers several checks for one credential, resolved once, in one `batch_check` span.
+    pub async fn batch_check(
+        &self,
+        presented: &Presented,
+        tenant: Option<&Tenant>,
+        items: &[(Module, Action)],
+        explain: bool,
+    ) -> Result<Vec<CheckAnswer>, ServiceError> {
+        let span = tracing::info_span!(
+            "batch_check",
+            items = items.len(),
+            tenant = Empty,
+            key_id = Empty,
+            allowed = Empty,
+            reason = Empty,
+        );
+        let answers: Vec<CheckAnswer> = match self.resolve(presented, tenant).instrument(span.clone()).await? {
+            Resolved::Refused { reason, key_id } => items.iter().map(|_| refused(reason, key_id.clone(), explain)).collect(),
+            Resolved::Holder(holder) => items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect(),
+        };
+        if let Some(first) = answers.first() {
+            record(&span, first);
+        }
+        span.record("allowed", answers.iter().filter(|a| a.allowed()).count());
+        span.in_scope(|| tracing::debug!("batch check answered"));
+        Ok(answers)
+    }
+}
+
+fn record(span: &tracing::Span, answer: &CheckAnswer) {
+    if let Some(tenant) = &answer.tenant {
+        span.record("tenant", tenant.as_str());
+    }
+    if let Some(key_id) = &answer.key_id {
+        span.record("key_id", key_id.as_str());
+    }
+    span.record("decision", if answer.allowed() { "allow" } else { "deny" });
+    span.record("reason", answer.reason.as_str());
+}

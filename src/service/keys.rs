@@ -1,0 +1,185 @@
+//! Key administration: create, read, list, update and the state changes.
+
+use std::{sync::Arc, time::SystemTime};
+
+use super::{Caller, Keyscope, Page, RETRIES, ServiceError};
+use crate::{
+    domain::{InputError, Key, KeyId, KeyState, Metadata, Scope, ScopeId, Secret},
+    store::{KeyQuery, KeyWrite, StoreError},
+};
+
+/// A key to create, its fields already validated.
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    /// Free text.
+    pub description: String,
+    /// Free-form owner.
+    pub owner: String,
+    /// 1 to 32 distinct scope ids of the tenant.
+    pub scope_ids: Vec<ScopeId>,
+    /// Optional expiry, in the future.
+    pub expires_at: Option<SystemTime>,
+    /// Labels.
+    pub metadata: Metadata,
+}
+
+/// The fields an update changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct KeyChanges {
+    /// New description.
+    pub description: Option<String>,
+    /// New owner.
+    pub owner: Option<String>,
+    /// New scopes.
+    pub scope_ids: Option<Vec<ScopeId>>,
+    /// New expiry (`Some(None)` removes it).
+    pub expires_at: Option<Option<SystemTime>>,
+    /// New metadata (replaces all of it).
+    pub metadata: Option<Metadata>,
+}
+
+fn key_not_found(id: &KeyId, tenant: &crate::domain::Tenant) -> ServiceError {
+    ServiceError::NotFound(format!("no key `{id}` in tenant `{tenant}`"))
+}
+
+impl Keyscope {
+    fn check_expiry(&self, expires_at: Option<SystemTime>) -> Result<(), ServiceError> {
+        if expires_at.is_some_and(|at| at <= self.clock.now()) {
+            return Err(InputError::invalid("expires_at", "must be in the future").into());
+        }
+        Ok(())
+    }
+
+    /// Checks that the scopes exist in the caller's tenant and grant nothing reserved the
+    /// caller lacks.
+    async fn admit_scopes(&self, caller: &Caller, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, ServiceError> {
+        let scopes = self.tenant_scopes(&caller.tenant, "scope_ids", ids).await?;
+        let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
+        caller.may_grant("scope_ids", &refs)?;
+        Ok(scopes)
+    }
+
+    /// Writes a key, naming the field when a scope vanished meanwhile.
+    async fn write_key(&self, key: &Key, expected_version: Option<u64>) -> Result<(), ServiceError> {
+        let stored_scopes = self.stored_ids(&key.scope_ids);
+        let write = KeyWrite { key, expected_version, stored_scopes: &stored_scopes };
+        match self.store.put_key(write, self.quotas.max_keys_per_tenant).await {
+            Err(StoreError::ScopeMissing(id)) => {
+                let i = key.scope_ids.iter().position(|s| *s == id).unwrap_or(0);
+                Err(InputError::invalid(format!("scope_ids[{i}]"), format!("no scope `{id}` in tenant `{}`", key.tenant)).into())
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Creates a key in the caller's tenant; returns it with its token, shown only now.
+    pub async fn create_key(&self, caller: &Caller, new: NewKey) -> Result<(Key, Secret), ServiceError> {
+        self.check_expiry(new.expires_at)?;
+        self.admit_scopes(caller, &new.scope_ids).await?;
+        let id = self.tokens.new_key_id()?;
+        let (token, text) = self.tokens.issue(&id)?;
+        let now = self.clock.now();
+        let key = Key {
+            secret_hash: self.pepper.hash(&id, &token.secret),
+            id,
+            tenant: caller.tenant.clone(),
+            description: new.description,
+            owner: new.owner,
+            scope_ids: new.scope_ids,
+            state: KeyState::Active,
+            expires_at: new.expires_at,
+            metadata: new.metadata,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+        };
+        self.write_key(&key, None).await?;
+        tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, "key created");
+        Ok((key, text))
+    }
+
+    /// One key of the caller's tenant.
+    pub async fn get_key(&self, caller: &Caller, id: &KeyId) -> Result<Arc<Key>, ServiceError> {
+        self.store.get_key(&caller.tenant, id).await?.ok_or_else(|| key_not_found(id, &caller.tenant))
+    }
+
+    /// A page of the caller's tenant's keys.
+    pub async fn list_keys(&self, caller: &Caller, mut query: KeyQuery) -> Result<Page<Arc<Key>>, ServiceError> {
+        let limit = query.limit;
+        query.limit = limit + 1;
+        let keys = self.store.list_keys(&caller.tenant, &query).await?;
+        Ok(Page::cut(keys, limit))
+    }
+
+    /// Applies `changes` to a key still at `version`.
+    pub async fn update_key(&self, caller: &Caller, id: &KeyId, version: u64, changes: KeyChanges) -> Result<Key, ServiceError> {
+        let current = self.get_key(caller, id).await?;
+        if current.version != version {
+            return Err(StoreError::VersionConflict { what: format!("key `{id}`"), expected: version, found: current.version }.into());
+        }
+        if current.state == KeyState::Revoked {
+            return Err(ServiceError::FailedPrecondition(format!("key `{id}` is revoked; a revoked key cannot change")));
+        }
+        let KeyChanges { description, owner, scope_ids, expires_at, metadata } = changes;
+        if let Some(at) = expires_at {
+            self.check_expiry(at)?;
+        }
+        if let Some(ids) = &scope_ids {
+            self.admit_scopes(caller, ids).await?;
+        }
+        let mut key = Key::clone(&current);
+        if let Some(v) = description {
+            key.description = v;
+        }
+        if let Some(v) = owner {
+            key.owner = v;
+        }
+        if let Some(v) = scope_ids {
+            key.scope_ids = v;
+        }
+        if let Some(v) = expires_at {
+            key.expires_at = v;
+        }
+        if let Some(v) = metadata {
+            key.metadata = v;
+        }
+        key.version = version + 1;
+        key.updated_at = self.clock.now();
+        self.write_key(&key, Some(version)).await?;
+        tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, "key updated");
+        Ok(key)
+    }
+
+    /// Disables, enables or revokes a key. With `version`, only if the key is still at it;
+    /// without, the change is retried over concurrent writers. Asking for the state a key is
+    /// already in changes nothing.
+    pub async fn set_key_state(&self, caller: &Caller, id: &KeyId, version: Option<u64>, target: KeyState) -> Result<Key, ServiceError> {
+        for _ in 0..RETRIES {
+            let current = self.get_key(caller, id).await?;
+            if let Some(expected) = version.filter(|&v| v != current.version) {
+                return Err(StoreError::VersionConflict { what: format!("key `{id}`"), expected, found: current.version }.into());
+            }
+            if current.state == target {
+                return Ok(Key::clone(&current));
+            }
+            if current.state == KeyState::Revoked {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "key `{id}` is revoked; it cannot become {}",
+                    target.as_str()
+                )));
+            }
+            let mut key = Key::clone(&current);
+            key.state = target;
+            key.version += 1;
+            key.updated_at = self.clock.now();
+            match self.write_key(&key, Some(current.version)).await {
+                Err(ServiceError::Store(StoreError::VersionConflict { .. })) if version.is_none() => continue,
+                other => other?,
+            }
+            tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, state = target.as_str(), "key state changed");
+            return Ok(key);
+        }
+        Err(ServiceError::Aborted(format!("key `{id}` kept changing under concurrent writers; retry")))
+    }
+}

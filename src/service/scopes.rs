@@ -1,0 +1,224 @@
+//! Scope administration: create, read, list, update, delete, clone and evaluate.
+
+use std::{sync::Arc, time::SystemTime};
+
+use super::{Builtins, Caller, Keyscope, Page, RETRIES, ServiceError, check::explained};
+use crate::{
+    domain::{Action, InputError, KeyId, Label, Module, Reason, Rules, Scope, ScopeId, ScopeMode, describe_module, evaluate, widens},
+    store::{ScopeDelete, StoreError},
+};
+
+/// A scope to create, its fields already validated.
+#[derive(Debug, Clone)]
+pub struct ScopeDraft {
+    /// Unique per tenant, case-insensitively.
+    pub label: Label,
+    /// Free text.
+    pub description: String,
+    /// Allow or deny.
+    pub mode: ScopeMode,
+    /// Patterns per action.
+    pub rules: Rules,
+}
+
+/// The fields an update changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ScopeChanges {
+    /// New label.
+    pub label: Option<Label>,
+    /// New description.
+    pub description: Option<String>,
+    /// New mode.
+    pub mode: Option<ScopeMode>,
+    /// New rules.
+    pub rules: Option<Rules>,
+}
+
+fn scope_not_found(id: &ScopeId, caller: &Caller) -> ServiceError {
+    ServiceError::NotFound(format!("no scope `{id}` in tenant `{}`", caller.tenant))
+}
+
+fn locked(id: &ScopeId) -> ServiceError {
+    ServiceError::FailedPrecondition(format!("scope `{id}` is builtin and locked"))
+}
+
+impl Keyscope {
+    async fn write_scope(&self, caller: &Caller, scope: &Scope, expected_version: Option<u64>) -> Result<(), ServiceError> {
+        caller.may_grant("rules", &[scope])?;
+        let reserved = self.builtins.folded_labels();
+        self.store.put_scope(scope, expected_version, reserved, self.quotas.max_scopes_per_tenant).await?;
+        Ok(())
+    }
+
+    /// Creates a scope in the caller's tenant.
+    pub async fn create_scope(&self, caller: &Caller, draft: ScopeDraft) -> Result<Scope, ServiceError> {
+        let now = self.clock.now();
+        let scope = Scope {
+            id: ScopeId::generate()?,
+            tenant: caller.tenant.clone(),
+            label: draft.label,
+            description: draft.description,
+            mode: draft.mode,
+            rules: draft.rules,
+            builtin: false,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        self.write_scope(caller, &scope, None).await?;
+        tracing::info!(scope_id = %scope.id, tenant = %scope.tenant, actor = %caller.key.id, "scope created");
+        Ok(scope)
+    }
+
+    /// One scope of the caller's tenant, builtins included.
+    pub async fn get_scope(&self, caller: &Caller, id: &ScopeId) -> Result<Scope, ServiceError> {
+        if let Some(builtin) = self.builtins.get(id) {
+            return Ok(Builtins::in_tenant(builtin, &caller.tenant));
+        }
+        let scope = self.store.get_scope(&caller.tenant, id).await?;
+        scope.map(|s| Scope::clone(&s)).ok_or_else(|| scope_not_found(id, caller))
+    }
+
+    /// A page of the caller's tenant's scopes, builtins and stored merged by id.
+    pub async fn list_scopes(&self, caller: &Caller, after: Option<&ScopeId>, limit: usize) -> Result<Page<Scope>, ServiceError> {
+        let stored = self.store.list_scopes(&caller.tenant, after, limit + 1).await?;
+        let mut all: Vec<Scope> = self
+            .builtins
+            .after(after)
+            .map(|b| Builtins::in_tenant(b, &caller.tenant))
+            .chain(stored.iter().map(|s| Scope::clone(s)))
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Page::cut(all, limit))
+    }
+
+    /// Applies `changes` to a stored scope still at `version`.
+    pub async fn update_scope(&self, caller: &Caller, id: &ScopeId, version: u64, changes: ScopeChanges) -> Result<Scope, ServiceError> {
+        if self.builtins.contains(id) {
+            return Err(locked(id));
+        }
+        let current = self.get_scope(caller, id).await?;
+        if current.version != version {
+            return Err(StoreError::VersionConflict { what: format!("scope `{id}`"), expected: version, found: current.version }.into());
+        }
+        let ScopeChanges { label, description, mode, rules } = changes;
+        let mut scope = current;
+        if let Some(v) = label {
+            scope.label = v;
+        }
+        if let Some(v) = description {
+            scope.description = v;
+        }
+        if let Some(v) = mode {
+            scope.mode = v;
+        }
+        if let Some(v) = rules {
+            scope.rules = v;
+        }
+        scope.version = version + 1;
+        scope.updated_at = self.clock.now();
+        self.write_scope(caller, &scope, Some(version)).await?;
+        tracing::info!(scope_id = %scope.id, tenant = %scope.tenant, actor = %caller.key.id, "scope updated");
+        Ok(scope)
+    }
+
+    /// Copies a scope (a builtin too) under a new label.
+    pub async fn clone_scope(&self, caller: &Caller, id: &ScopeId, label: Label, description: Option<String>) -> Result<Scope, ServiceError> {
+        let source = self.get_scope(caller, id).await?;
+        let draft = ScopeDraft {
+            label,
+            description: description.unwrap_or(source.description),
+            mode: source.mode,
+            rules: source.rules,
+        };
+        self.create_scope(caller, draft).await
+    }
+
+    /// Deletes a stored scope. In use, it is refused unless `force`; forced, the scope leaves
+    /// its keys, unless that would widen any key's access (a deny-mode scope beside others),
+    /// which is refused too. Returns the keys it was removed from.
+    pub async fn delete_scope(&self, caller: &Caller, id: &ScopeId, force: bool, version: Option<u64>) -> Result<Vec<KeyId>, ServiceError> {
+        if self.builtins.contains(id) {
+            return Err(locked(id));
+        }
+        for _ in 0..RETRIES {
+            if self.store.get_scope(&caller.tenant, id).await?.is_none() {
+                return Err(scope_not_found(id, caller));
+            }
+            let holders = self.store.scope_holders(&caller.tenant, id).await?;
+            if !holders.is_empty() && !force {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "scope `{id}` is used by {} key(s); delete with force to remove it from them",
+                    holders.len()
+                )));
+            }
+            self.refuse_widening(caller, id, &holders).await?;
+            let guard: Vec<(KeyId, u64)> = holders.iter().map(|k| (k.id.clone(), k.version)).collect();
+            let delete = ScopeDelete { tenant: &caller.tenant, id, expected_version: version, holders: &guard, now: self.clock.now() };
+            match self.store.delete_scope(delete).await {
+                Err(StoreError::UsersChanged(_)) => continue,
+                Err(StoreError::NotFound(_)) => return Err(scope_not_found(id, caller)),
+                other => other?,
+            }
+            tracing::info!(scope_id = %id, tenant = %caller.tenant, actor = %caller.key.id, detached = guard.len(), "scope deleted");
+            return Ok(guard.into_iter().map(|(k, _)| k).collect());
+        }
+        Err(ServiceError::Aborted(format!("the keys holding scope `{id}` kept changing; retry")))
+    }
+
+    /// Refuses a forced delete that would widen any holder's access.
+    async fn refuse_widening(&self, caller: &Caller, id: &ScopeId, holders: &[Arc<crate::domain::Key>]) -> Result<(), ServiceError> {
+        let mut widened = Vec::new();
+        for key in holders {
+            let others: Vec<ScopeId> = key.scope_ids.iter().filter(|s| *s != id).cloned().collect();
+            let before = self.tenant_scopes(&caller.tenant, "scope_ids", &key.scope_ids).await?;
+            let before: Vec<&Scope> = before.iter().map(Arc::as_ref).collect();
+            let after: Vec<&Scope> = before.iter().copied().filter(|s| others.contains(&s.id)).collect();
+            if let Some(found) = widens(&before, &after, false) {
+                widened.push((key.id.clone(), found));
+            }
+        }
+        let Some((first, (action, module))) = widened.first() else { return Ok(()) };
+        Err(ServiceError::FailedPrecondition(format!(
+            "removing scope `{id}` would widen the access of {} key(s) (key `{first}` would gain {action} on {}); \
+             change those keys' scopes first",
+            widened.len(),
+            describe_module(module)
+        )))
+    }
+
+    /// Answers a check for stored scopes (by id) and inline scopes together, with no key.
+    pub async fn evaluate_scopes(
+        &self,
+        caller: &Caller,
+        ids: &[ScopeId],
+        inline: Vec<Scope>,
+        module: &Module,
+        action: Action,
+    ) -> Result<(Reason, Vec<ScopeId>, String), ServiceError> {
+        let stored = self.tenant_scopes(&caller.tenant, "scope_ids", ids).await?;
+        let scopes: Vec<&Scope> = stored.iter().map(Arc::as_ref).chain(inline.iter()).collect();
+        let decision = evaluate(&scopes, module, action);
+        Ok(explained(&decision, module, action, true))
+    }
+}
+
+/// An inline scope for [`Keyscope::evaluate_scopes`]: not stored, named by the id given.
+pub fn inline_scope(caller: &Caller, id: ScopeId, label: Option<Label>, mode: ScopeMode, rules: Rules) -> Result<Scope, InputError> {
+    let label = match label {
+        Some(l) => l,
+        None => id.as_str().parse().map_err(|crate::domain::Problem(p)| InputError::invalid("label", p))?,
+    };
+    Ok(Scope {
+        id,
+        tenant: caller.tenant.clone(),
+        label,
+        description: String::new(),
+        mode,
+        rules,
+        builtin: false,
+        version: 0,
+        created_at: SystemTime::UNIX_EPOCH,
+        updated_at: SystemTime::UNIX_EPOCH,
+    })
+}

@@ -1,0 +1,260 @@
+//! The embedded store: everything in one process's memory, behind one lock, so every
+//! mutation is atomic by construction. The default for trying keyscope and for tests.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    ops::Bound,
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+};
+
+use async_trait::async_trait;
+
+use super::{Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError};
+use crate::domain::{Key, KeyId, Scope, ScopeId, Tenant};
+
+/// Keys and scopes in memory. Cloning shares the same data.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    inner: Arc<RwLock<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    keys: HashMap<KeyId, Arc<Key>>,
+    tenants: HashMap<Tenant, TenantData>,
+    bootstrap: Option<KeyId>,
+}
+
+#[derive(Debug, Default)]
+struct TenantData {
+    key_ids: BTreeSet<KeyId>,
+    scopes: BTreeMap<ScopeId, Arc<Scope>>,
+    /// Folded label -> scope id.
+    labels: HashMap<String, ScopeId>,
+    /// Scope id -> keys holding it (builtin scope ids included).
+    holders: HashMap<ScopeId, BTreeSet<KeyId>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // A poisoned lock means a panic happened while writing; the data is still consistent
+    // because every mutation validates before it changes anything, so it is safe to go on.
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn key_name(id: &KeyId) -> String {
+    format!("key `{id}`")
+}
+
+fn scope_name(id: &ScopeId) -> String {
+    format!("scope `{id}`")
+}
+
+impl Inner {
+    fn tenant_key(&self, tenant: &Tenant, id: &KeyId) -> Option<&Arc<Key>> {
+        self.keys.get(id).filter(|k| k.tenant == *tenant)
+    }
+
+    fn check_key_write(&self, write: &KeyWrite<'_>, max_keys: usize) -> Result<(), StoreError> {
+        let key = write.key;
+        let data = self.tenants.get(&key.tenant);
+        match (write.expected_version, self.keys.get(&key.id)) {
+            (None, Some(_)) => return Err(StoreError::AlreadyExists(key_name(&key.id))),
+            (None, None) => {
+                if data.is_some_and(|d| d.key_ids.len() >= max_keys) {
+                    return Err(StoreError::QuotaReached { tenant: key.tenant.clone(), what: "keys", limit: max_keys });
+                }
+            }
+            (Some(_), None) => return Err(StoreError::NotFound(key_name(&key.id))),
+            (Some(_), Some(old)) if old.tenant != key.tenant => return Err(StoreError::NotFound(key_name(&key.id))),
+            (Some(expected), Some(old)) if old.version != expected => {
+                return Err(StoreError::VersionConflict { what: key_name(&key.id), expected, found: old.version });
+            }
+            (Some(_), Some(_)) => {}
+        }
+        for id in write.stored_scopes {
+            if !data.is_some_and(|d| d.scopes.contains_key(id)) {
+                return Err(StoreError::ScopeMissing(id.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TenantData {
+    fn index(&mut self, key: &Key, old: Option<&Key>) {
+        if let Some(old) = old {
+            for id in &old.scope_ids {
+                if let Some(set) = self.holders.get_mut(id) {
+                    set.remove(&old.id);
+                    if set.is_empty() {
+                        self.holders.remove(id);
+                    }
+                }
+            }
+        }
+        for id in &key.scope_ids {
+            self.holders.entry(id.clone()).or_default().insert(key.id.clone());
+        }
+        self.key_ids.insert(key.id.clone());
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError> {
+        let inner = self.read();
+        let Some(key) = inner.keys.get(id) else { return Ok(None) };
+        let scopes = inner
+            .tenants
+            .get(&key.tenant)
+            .map(|data| key.scope_ids.iter().filter_map(|s| data.scopes.get(s).cloned()).collect())
+            .unwrap_or_default();
+        Ok(Some(Credential { key: key.clone(), scopes }))
+    }
+
+    async fn get_key(&self, tenant: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError> {
+        Ok(self.read().tenant_key(tenant, id).cloned())
+    }
+
+    async fn list_keys(&self, tenant: &Tenant, query: &KeyQuery) -> Result<Vec<Arc<Key>>, StoreError> {
+        let inner = self.read();
+        let Some(data) = inner.tenants.get(tenant) else { return Ok(Vec::new()) };
+        let lower = query.after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+        let ids: Box<dyn Iterator<Item = &KeyId>> = match &query.scope {
+            Some(scope) => match data.holders.get(scope) {
+                Some(set) => Box::new(set.range((lower, Bound::Unbounded))),
+                None => return Ok(Vec::new()),
+            },
+            None => Box::new(data.key_ids.range((lower, Bound::Unbounded))),
+        };
+        Ok(ids
+            .filter_map(|id| inner.keys.get(id))
+            .filter(|k| query.owner.as_ref().is_none_or(|o| k.owner == *o))
+            .filter(|k| query.state.is_none_or(|s| k.state == s))
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn put_key(&self, write: KeyWrite<'_>, max_keys: usize) -> Result<(), StoreError> {
+        let mut inner = self.write();
+        inner.check_key_write(&write, max_keys)?;
+        let key = Arc::new(write.key.clone());
+        let old = inner.keys.insert(key.id.clone(), key.clone());
+        inner.tenants.entry(key.tenant.clone()).or_default().index(&key, old.as_deref());
+        Ok(())
+    }
+
+    async fn get_scope(&self, tenant: &Tenant, id: &ScopeId) -> Result<Option<Arc<Scope>>, StoreError> {
+        Ok(self.read().tenants.get(tenant).and_then(|d| d.scopes.get(id)).cloned())
+    }
+
+    async fn list_scopes(&self, tenant: &Tenant, after: Option<&ScopeId>, limit: usize) -> Result<Vec<Arc<Scope>>, StoreError> {
+        let inner = self.read();
+        let Some(data) = inner.tenants.get(tenant) else { return Ok(Vec::new()) };
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(data.scopes.range((lower, Bound::Unbounded)).take(limit).map(|(_, s)| s.clone()).collect())
+    }
+
+    async fn put_scope(
+        &self,
+        scope: &Scope,
+        expected_version: Option<u64>,
+        reserved_labels: &[String],
+        max_scopes: usize,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.write();
+        let data = inner.tenants.entry(scope.tenant.clone()).or_default();
+        let old = data.scopes.get(&scope.id).cloned();
+        match (expected_version, &old) {
+            (None, Some(_)) => return Err(StoreError::AlreadyExists(scope_name(&scope.id))),
+            (None, None) if data.scopes.len() >= max_scopes => {
+                return Err(StoreError::QuotaReached { tenant: scope.tenant.clone(), what: "scopes", limit: max_scopes });
+            }
+            (Some(_), None) => return Err(StoreError::NotFound(scope_name(&scope.id))),
+            (Some(expected), Some(old)) if old.version != expected => {
+                return Err(StoreError::VersionConflict { what: scope_name(&scope.id), expected, found: old.version });
+            }
+            _ => {}
+        }
+        let folded = scope.label.folded();
+        let taken = reserved_labels.contains(&folded) || data.labels.get(&folded).is_some_and(|owner| *owner != scope.id);
+        if taken {
+            return Err(StoreError::AlreadyExists(format!("a scope labelled `{}`", scope.label)));
+        }
+        if let Some(old) = &old {
+            data.labels.remove(&old.label.folded());
+        }
+        data.labels.insert(folded, scope.id.clone());
+        data.scopes.insert(scope.id.clone(), Arc::new(scope.clone()));
+        Ok(())
+    }
+
+    async fn scope_holders(&self, tenant: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError> {
+        let inner = self.read();
+        let Some(set) = inner.tenants.get(tenant).and_then(|d| d.holders.get(id)) else { return Ok(Vec::new()) };
+        Ok(set.iter().filter_map(|k| inner.keys.get(k).cloned()).collect())
+    }
+
+    async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError> {
+        let mut inner = self.write();
+        let Inner { keys, tenants, .. } = &mut *inner;
+        let data = tenants.get_mut(delete.tenant).ok_or_else(|| StoreError::NotFound(scope_name(delete.id)))?;
+        let scope = data.scopes.get(delete.id).ok_or_else(|| StoreError::NotFound(scope_name(delete.id)))?;
+        if let Some(expected) = delete.expected_version.filter(|&v| v != scope.version) {
+            return Err(StoreError::VersionConflict { what: scope_name(delete.id), expected, found: scope.version });
+        }
+        let current: Vec<(KeyId, u64)> = data
+            .holders
+            .get(delete.id)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| keys.get(k).map(|key| (k.clone(), key.version)))
+            .collect();
+        let mut expected: Vec<(KeyId, u64)> = delete.holders.to_vec();
+        expected.sort();
+        if current != expected {
+            return Err(StoreError::UsersChanged(delete.id.clone()));
+        }
+        for (key_id, _) in &current {
+            if let Some(old) = keys.get(key_id) {
+                let mut key = Key::clone(old);
+                key.scope_ids.retain(|s| s != delete.id);
+                key.version += 1;
+                key.updated_at = delete.now;
+                keys.insert(key_id.clone(), Arc::new(key));
+            }
+        }
+        data.holders.remove(delete.id);
+        if let Some(scope) = data.scopes.remove(delete.id) {
+            data.labels.remove(&scope.label.folded());
+        }
+        Ok(())
+    }
+
+    async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError> {
+        let mut inner = self.write();
+        if let Some(existing) = &inner.bootstrap {
+            return Ok(Some(existing.clone()));
+        }
+        if inner.keys.contains_key(&key.id) {
+            return Err(StoreError::AlreadyExists(key_name(&key.id)));
+        }
+        let stored = Arc::new(key.clone());
+        inner.keys.insert(key.id.clone(), stored.clone());
+        inner.tenants.entry(key.tenant.clone()).or_default().index(&stored, None);
+        inner.bootstrap = Some(key.id.clone());
+        Ok(None)
+    }
+}

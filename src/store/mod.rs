@@ -1,0 +1,155 @@
+//! Storage of keys and scopes behind one trait, so that every backend passes the same
+//! contract tests (`tests/store_contract.rs`).
+//!
+//! A store keeps records and their indexes exact and every mutation atomic; it knows nothing
+//! of admin authorization or of the builtin scopes (which the service adds on top). Backend
+//! error types never leave their backend's file: they become a [`StoreError`].
+
+mod memory;
+
+use std::{sync::Arc, time::SystemTime};
+
+use async_trait::async_trait;
+
+pub use memory::MemoryStore;
+
+use crate::domain::{Key, KeyId, KeyState, Scope, ScopeId, Tenant};
+
+/// What a store can fail with. Every variant means nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The record changed since the version the caller read.
+    #[error("{what} was changed by someone else (expected version {expected}, found {found})")]
+    VersionConflict {
+        /// What was being changed, e.g. "key `abc`".
+        what: String,
+        /// The version the caller based its change on.
+        expected: u64,
+        /// The version found.
+        found: u64,
+    },
+    /// The set of keys holding a scope changed since the caller looked.
+    #[error("the keys holding scope `{0}` changed meanwhile")]
+    UsersChanged(ScopeId),
+    /// The record to change does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A key names a scope that does not exist in its tenant.
+    #[error("scope `{0}` does not exist in the tenant")]
+    ScopeMissing(ScopeId),
+    /// Another scope of the tenant has the label (case-insensitively), or the id is taken.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// A per-tenant quota is reached.
+    #[error("tenant `{tenant}` already has the most {what} allowed ({limit})")]
+    QuotaReached {
+        /// The tenant.
+        tenant: Tenant,
+        /// "keys" or "scopes".
+        what: &'static str,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The backend cannot be reached or failed; no decision or change was possible.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A key with the stored scopes it names, loaded together for a check.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// The key.
+    pub key: Arc<Key>,
+    /// Those of the key's scopes that the store holds, in no particular order. Builtin scope
+    /// ids are not stored and so not here.
+    pub scopes: Vec<Arc<Scope>>,
+}
+
+/// Which keys a listing returns: a page after a cursor, with optional filters.
+#[derive(Debug, Clone, Default)]
+pub struct KeyQuery {
+    /// Only keys whose id sorts after this one.
+    pub after: Option<KeyId>,
+    /// At most this many.
+    pub limit: usize,
+    /// Only keys of this owner.
+    pub owner: Option<String>,
+    /// Only keys holding this scope.
+    pub scope: Option<ScopeId>,
+    /// Only keys in this state.
+    pub state: Option<KeyState>,
+}
+
+/// A change to a key, guarded by the version it was based on.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyWrite<'a> {
+    /// The new record (its `version` is the new version).
+    pub key: &'a Key,
+    /// The version the stored record must have; `None` for a key that must not exist yet.
+    pub expected_version: Option<u64>,
+    /// Scope ids of the key that the store must hold (its builtin scope ids excluded).
+    pub stored_scopes: &'a [ScopeId],
+}
+
+/// A delete of a scope, guarded by what the caller saw.
+#[derive(Debug, Clone, Copy)]
+pub struct ScopeDelete<'a> {
+    /// The tenant.
+    pub tenant: &'a Tenant,
+    /// The scope.
+    pub id: &'a ScopeId,
+    /// When set, the scope must still be at this version.
+    pub expected_version: Option<u64>,
+    /// The keys that must be holding the scope, each at the version the caller checked;
+    /// the scope is removed from each (and each key's version bumped). Empty: the scope must
+    /// be unused.
+    pub holders: &'a [(KeyId, u64)],
+    /// The time of the change, recorded as the holders' `updated_at`.
+    pub now: SystemTime,
+}
+
+/// Storage of keys and scopes. Every method is atomic; a failed call writes nothing.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The key with this id and its stored scopes, for a check (any tenant).
+    async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError>;
+
+    /// One key of a tenant.
+    async fn get_key(&self, tenant: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError>;
+
+    /// A tenant's keys by ascending id.
+    async fn list_keys(&self, tenant: &Tenant, query: &KeyQuery) -> Result<Vec<Arc<Key>>, StoreError>;
+
+    /// Writes a key: creates it when `expected_version` is `None` (refused once the tenant
+    /// holds `max_keys`), else replaces the stored record if it is at that version. Every
+    /// scope in `stored_scopes` must exist in the key's tenant. The scope -> keys index
+    /// follows.
+    async fn put_key(&self, write: KeyWrite<'_>, max_keys: usize) -> Result<(), StoreError>;
+
+    /// One stored scope of a tenant.
+    async fn get_scope(&self, tenant: &Tenant, id: &ScopeId) -> Result<Option<Arc<Scope>>, StoreError>;
+
+    /// A tenant's stored scopes by ascending id, after `after`, at most `limit`.
+    async fn list_scopes(&self, tenant: &Tenant, after: Option<&ScopeId>, limit: usize) -> Result<Vec<Arc<Scope>>, StoreError>;
+
+    /// Writes a scope: creates it when `expected_version` is `None` (refused once the tenant
+    /// holds `max_scopes`), else replaces the stored record at that version. Labels stay
+    /// unique per tenant, case-insensitively; `reserved_labels` (folded) are refused too.
+    async fn put_scope(
+        &self,
+        scope: &Scope,
+        expected_version: Option<u64>,
+        reserved_labels: &[String],
+        max_scopes: usize,
+    ) -> Result<(), StoreError>;
+
+    /// The keys holding a scope, by ascending id.
+    async fn scope_holders(&self, tenant: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError>;
+
+    /// Deletes a scope if what the caller saw still holds (see [`ScopeDelete`]).
+    async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError>;
+
+    /// Makes `key` the bootstrap admin key unless one was made before; returns the id of the
+    /// one made before, if any.
+    async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError>;
+}
