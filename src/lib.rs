@@ -16,3 +16,8 @@
 pub mod domain;
 pub mod service;
 pub mod store;
+pub mod grpc;
+pub mod config;
+pub mod server;
+pub mod telemetry;
+pub mod cli;

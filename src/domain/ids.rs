@@ -341,7 +341,7 @@ impl FromStr for Label {
 
 /// Echoes at most 64 characters of rejected input, with control characters escaped, so an
 /// error message stays one short line whatever was sent.
-pub(crate) fn shorten(s: &str) -> String {
+pub fn shorten(s: &str) -> String {
     let mut out: String = s.chars().take(64).flat_map(char::escape_default).collect();
     if s.chars().nth(64).is_some() {
         out.push('…');

@@ -3,6 +3,7 @@
 //! [`crate::domain`]. Transport-neutral: gRPC (and later Envoy) call in here.
 
 mod admin;
+mod bootstrap;
 mod builtins;
 mod check;
 mod keys;
@@ -14,6 +15,7 @@ use std::{
 };
 
 pub use admin::Caller;
+pub use bootstrap::Bootstrap;
 pub use builtins::{Builtins, Preset};
 pub use check::{CheckAnswer, Presented};
 pub use keys::{KeyChanges, NewKey};

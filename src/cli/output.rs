@@ -1,0 +1,163 @@
+//! How the CLI prints keys, scopes and answers: aligned text for people, JSON for machines.
+
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use crate::grpc::{convert, pb};
+
+fn time(ts: Option<&prost_types::Timestamp>) -> Option<String> {
+    let ts = ts?;
+    let at = convert::timestamp("", Some(ts)).ok().flatten()?;
+    Some(humantime::format_rfc3339_seconds(at).to_string())
+}
+
+fn enum_name(name: Option<&str>, prefix: &str) -> String {
+    name.map(|n| n.strip_prefix(prefix).unwrap_or(n).to_ascii_lowercase()).unwrap_or_else(|| "unknown".into())
+}
+
+fn state(raw: i32) -> String {
+    enum_name(pb::KeyState::try_from(raw).ok().map(|s| s.as_str_name()), "KEY_STATE_")
+}
+
+fn mode(raw: i32) -> String {
+    enum_name(pb::ScopeMode::try_from(raw).ok().map(|s| s.as_str_name()), "SCOPE_MODE_")
+}
+
+/// The reason name without its `REASON_` prefix.
+pub fn reason(raw: i32) -> String {
+    pb::Reason::try_from(raw)
+        .ok()
+        .map(|r| r.as_str_name().trim_start_matches("REASON_").to_owned())
+        .unwrap_or_else(|| "UNKNOWN".into())
+}
+
+fn rules_json(rules: Option<&pb::Rules>) -> Value {
+    let r = rules.cloned().unwrap_or_default();
+    json!({"create": r.create, "read": r.read, "update": r.update, "delete": r.delete})
+}
+
+/// A key as JSON.
+pub fn key_json(key: &pb::Key) -> Value {
+    json!({
+        "id": key.id,
+        "tenant": key.tenant,
+        "description": key.description,
+        "owner": key.owner,
+        "scope_ids": key.scope_ids,
+        "state": state(key.state),
+        "expires_at": time(key.expires_at.as_ref()),
+        "metadata": key.metadata,
+        "version": key.version,
+        "created_at": time(key.created_at.as_ref()),
+        "last_used_at": time(key.last_used_at.as_ref()),
+    })
+}
+
+/// A key as aligned lines.
+pub fn key_text(key: &pb::Key) -> String {
+    let mut meta: Vec<String> = key.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    meta.sort();
+    let lines = [
+        ("key", key.id.clone()),
+        ("tenant", key.tenant.clone()),
+        ("state", state(key.state)),
+        ("scopes", key.scope_ids.join(", ")),
+        ("owner", key.owner.clone()),
+        ("description", key.description.clone()),
+        ("expires", time(key.expires_at.as_ref()).unwrap_or_else(|| "never".into())),
+        ("metadata", meta.join(", ")),
+        ("version", key.version.to_string()),
+        ("created", time(key.created_at.as_ref()).unwrap_or_default()),
+        ("last used", time(key.last_used_at.as_ref()).unwrap_or_else(|| "never".into())),
+    ];
+    aligned(&lines)
+}
+
+fn aligned(lines: &[(&str, String)]) -> String {
+    lines.iter().map(|(k, v)| format!("{}\n", format!("{k:<12}{v}").trim_end())).collect()
+}
+
+/// A scope as JSON.
+pub fn scope_json(scope: &pb::Scope) -> Value {
+    json!({
+        "id": scope.id,
+        "tenant": scope.tenant,
+        "label": scope.label,
+        "description": scope.description,
+        "mode": mode(scope.mode),
+        "rules": rules_json(scope.rules.as_ref()),
+        "builtin": scope.builtin,
+        "version": scope.version,
+        "created_at": time(scope.created_at.as_ref()),
+        "updated_at": time(scope.updated_at.as_ref()),
+    })
+}
+
+/// A scope as aligned lines.
+pub fn scope_text(scope: &pb::Scope) -> String {
+    let r = scope.rules.clone().unwrap_or_default();
+    let lines = [
+        ("scope", scope.id.clone()),
+        ("label", scope.label.clone()),
+        ("tenant", scope.tenant.clone()),
+        ("mode", mode(scope.mode)),
+        ("builtin", scope.builtin.to_string()),
+        ("create", r.create.join(", ")),
+        ("read", r.read.join(", ")),
+        ("update", r.update.join(", ")),
+        ("delete", r.delete.join(", ")),
+        ("description", scope.description.clone()),
+        ("version", scope.version.to_string()),
+    ];
+    aligned(&lines)
+}
+
+/// A check answer as JSON.
+pub fn answer_json(answer: &pb::CheckResponse) -> Value {
+    json!({
+        "allowed": answer.allowed,
+        "reason": reason(answer.reason),
+        "key_id": answer.key_id,
+        "tenant": answer.tenant,
+        "owner": answer.owner,
+        "scope_ids": answer.scope_ids,
+        "message": answer.message,
+    })
+}
+
+/// A check answer as one line.
+pub fn answer_text(answer: &pb::CheckResponse) -> String {
+    let verdict = if answer.allowed { "allowed" } else { "denied" };
+    let mut line = format!("{verdict} ({})", reason(answer.reason));
+    if !answer.message.is_empty() {
+        line.push_str(": ");
+        line.push_str(&answer.message);
+    }
+    line.push('\n');
+    line
+}
+
+/// A table row per key.
+pub fn key_row(key: &pb::Key) -> String {
+    format!("{}\n", format!("{:<22}{:<10}{:<40}{}", key.id, state(key.state), key.scope_ids.join(","), key.owner).trim_end())
+}
+
+/// A table row per scope.
+pub fn scope_row(scope: &pb::Scope) -> String {
+    let builtin = if scope.builtin { "builtin" } else { "" };
+    format!("{}\n", format!("{:<28}{:<24}{:<7}{}", scope.id, scope.label, mode(scope.mode), builtin).trim_end())
+}
+
+/// An RFC 3339 instant parsed for `--expires-at`, or a duration from now for `--expires-in`.
+pub fn parse_expiry(at: Option<&str>, within: Option<&str>) -> Result<Option<prost_types::Timestamp>, String> {
+    let instant = match (at, within) {
+        (Some(text), _) => humantime::parse_rfc3339_weak(text).map_err(|e| format!("--expires-at `{text}`: {e}"))?,
+        (None, Some(text)) => {
+            let d = humantime::parse_duration(text).map_err(|e| format!("--expires-in `{text}`: {e}"))?;
+            SystemTime::now() + d
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(convert::timestamp_to_pb(instant)))
+}

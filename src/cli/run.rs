@@ -1,0 +1,302 @@
+//! Runs one client command and prints its result.
+
+use std::{collections::HashMap, process::ExitCode};
+
+use prost_types::FieldMask;
+use serde_json::{Value, json};
+
+use super::{
+    args::{CheckArgs, Cli, Command, KeyCommand, KeyStateArgs, ModeArg, RuleArgs, ScopeCommand, StateArg, TokenCommand},
+    client::{CliError, Connection},
+    output,
+};
+use crate::{domain::TokenFormat, grpc::pb};
+
+/// Exit code of a denied `check`.
+pub const EXIT_DENIED: u8 = 3;
+
+/// What a command produced: text for people, JSON for machines, and whether it was a denial.
+struct Output {
+    text: String,
+    json: Value,
+    denied: bool,
+}
+
+impl Output {
+    fn new(text: String, json: Value) -> Self {
+        Output { text, json, denied: false }
+    }
+}
+
+/// Runs a client command (everything but `serve`) and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let json = cli.json;
+    match execute(cli).await {
+        Ok(out) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out.json).unwrap_or_default());
+            } else {
+                print!("{}", out.text);
+            }
+            if out.denied { ExitCode::from(EXIT_DENIED) } else { ExitCode::SUCCESS }
+        }
+        Err(error) => {
+            if json {
+                eprintln!("{}", json!({"error": error.to_string()}));
+            } else {
+                eprintln!("error: {error}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> Result<Output, CliError> {
+    let Cli { server, token, json: _, command } = cli;
+    match command {
+        Command::Serve { .. } => Err(CliError::Usage("`serve` is not a client command".into())),
+        Command::Token(TokenCommand::New { prefix }) => new_token(&prefix),
+        Command::Check(args) => {
+            let conn = Connection::open(&server, None).await?;
+            check(&conn, args, token).await
+        }
+        Command::Key(cmd) => {
+            let conn = Connection::open(&server, token.as_deref()).await?;
+            key(&conn, cmd).await
+        }
+        Command::Scope(cmd) => {
+            let conn = Connection::open(&server, token.as_deref()).await?;
+            scope(&conn, cmd).await
+        }
+    }
+}
+
+fn new_token(prefix: &str) -> Result<Output, CliError> {
+    let format = TokenFormat::new(prefix).map_err(|p| CliError::Usage(format!("--prefix: {}", p.0)))?;
+    let id = format.new_key_id().map_err(|e| CliError::Usage(e.to_string()))?;
+    let (_, text) = format.issue(&id).map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(Output::new(format!("{}\n", text.expose()), json!({"key_id": id.as_str(), "token": text.expose()})))
+}
+
+fn action(raw: &str) -> Result<i32, CliError> {
+    let action: crate::domain::Action = raw.parse().map_err(|p: crate::domain::Problem| CliError::Usage(format!("action: {}", p.0)))?;
+    Ok(crate::grpc::convert::action_to_pb(action).into())
+}
+
+async fn check(conn: &Connection, args: CheckArgs, token: Option<String>) -> Result<Output, CliError> {
+    let CheckArgs { module, action: raw_action, tenant, credential, key_id, secret } = args;
+    let credential = match (credential.or(token), key_id, secret) {
+        (_, Some(key_id), Some(secret)) => pb::check_request::Credential::KeyPair(pb::KeyPair { key_id, secret }),
+        (Some(token), _, _) => pb::check_request::Credential::Token(token),
+        _ => return Err(CliError::Usage("give the credential to check: --credential, --token or --key-id with --secret".into())),
+    };
+    let request = pb::CheckRequest { credential: Some(credential), tenant, module, action: action(&raw_action)?, explain: true };
+    let answer = conn.checker().check(request).await?.into_inner();
+    Ok(Output { text: output::answer_text(&answer), json: output::answer_json(&answer), denied: !answer.allowed })
+}
+
+fn metadata(entries: &[String]) -> Result<HashMap<String, String>, CliError> {
+    entries
+        .iter()
+        .map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| CliError::Usage(format!("--meta `{e}`: expected KEY=VALUE")))
+        })
+        .collect()
+}
+
+fn key_output(key: &pb::Key) -> Output {
+    Output::new(output::key_text(key), output::key_json(key))
+}
+
+fn state_request(args: KeyStateArgs) -> pb::KeyStateRequest {
+    pb::KeyStateRequest { tenant: args.tenant.tenant, id: args.id, version: args.version }
+}
+
+async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
+    let mut client = conn.keys();
+    let key = match cmd {
+        KeyCommand::Create { tenant, scopes, description, owner, expiry, metadata: meta } => {
+            let request = pb::CreateKeyRequest {
+                tenant: tenant.tenant,
+                description,
+                owner,
+                scope_ids: scopes,
+                expires_at: output::parse_expiry(expiry.expires_at.as_deref(), expiry.expires_in.as_deref()).map_err(CliError::Usage)?,
+                metadata: metadata(&meta)?,
+            };
+            let response = client.create_key(request).await?.into_inner();
+            let key = response.key.unwrap_or_default();
+            let text = format!("{}token       {}\n            (shown once: store it now)\n", output::key_text(&key), response.token);
+            let mut json = output::key_json(&key);
+            json["token"] = Value::String(response.token);
+            return Ok(Output::new(text, json));
+        }
+        KeyCommand::Get { id, tenant } => client.get_key(pb::GetKeyRequest { tenant: tenant.tenant, id }).await?,
+        KeyCommand::List { tenant, owner, scope, state, page_size, page_token, all } => {
+            let state = state.map_or(pb::KeyState::Unspecified, |s| match s {
+                StateArg::Active => pb::KeyState::Active,
+                StateArg::Disabled => pb::KeyState::Disabled,
+                StateArg::Revoked => pb::KeyState::Revoked,
+            });
+            let mut request = pb::ListKeysRequest {
+                tenant: tenant.tenant,
+                page_size,
+                page_token,
+                owner: owner.unwrap_or_default(),
+                scope_id: scope.unwrap_or_default(),
+                state: state.into(),
+            };
+            let mut keys = Vec::new();
+            let next = loop {
+                let page = client.list_keys(request.clone()).await?.into_inner();
+                keys.extend(page.keys);
+                if !all || page.next_page_token.is_empty() {
+                    break page.next_page_token;
+                }
+                request.page_token = page.next_page_token;
+            };
+            let mut text = format!("{:<22}{:<10}{:<40}OWNER\n", "ID", "STATE", "SCOPES");
+            text.extend(keys.iter().map(output::key_row));
+            if !next.is_empty() {
+                text.push_str(&format!("more: --page-token {next}\n"));
+            }
+            let json = json!({"keys": keys.iter().map(output::key_json).collect::<Vec<_>>(), "next_page_token": next});
+            return Ok(Output::new(text, json));
+        }
+        KeyCommand::Update { id, tenant, version, description, owner, scopes, expiry, no_expiry, metadata: meta, clear_metadata } => {
+            let mut paths = Vec::new();
+            let mut request = pb::UpdateKeyRequest { tenant: tenant.tenant, id, version, ..Default::default() };
+            if let Some(d) = description {
+                paths.push("description");
+                request.description = d;
+            }
+            if let Some(o) = owner {
+                paths.push("owner");
+                request.owner = o;
+            }
+            if !scopes.is_empty() {
+                paths.push("scope_ids");
+                request.scope_ids = scopes;
+            }
+            let expires = output::parse_expiry(expiry.expires_at.as_deref(), expiry.expires_in.as_deref()).map_err(CliError::Usage)?;
+            if expires.is_some() || no_expiry {
+                paths.push("expires_at");
+                request.expires_at = expires;
+            }
+            if !meta.is_empty() || clear_metadata {
+                paths.push("metadata");
+                request.metadata = metadata(&meta)?;
+            }
+            if paths.is_empty() {
+                return Err(CliError::Usage("nothing to change: give at least one field flag".into()));
+            }
+            request.update_mask = Some(FieldMask { paths: paths.into_iter().map(String::from).collect() });
+            client.update_key(request).await?
+        }
+        KeyCommand::Disable(args) => client.disable_key(state_request(args)).await?,
+        KeyCommand::Enable(args) => client.enable_key(state_request(args)).await?,
+        KeyCommand::Revoke(args) => client.revoke_key(state_request(args)).await?,
+    };
+    Ok(key_output(&key.into_inner()))
+}
+
+fn rules(args: RuleArgs) -> pb::Rules {
+    let RuleArgs { create, read, update, delete } = args;
+    pb::Rules { create, read, update, delete }
+}
+
+fn mode(arg: ModeArg) -> i32 {
+    match arg {
+        ModeArg::Allow => pb::ScopeMode::Allow.into(),
+        ModeArg::Deny => pb::ScopeMode::Deny.into(),
+    }
+}
+
+fn scope_output(scope: &pb::Scope) -> Output {
+    Output::new(output::scope_text(scope), output::scope_json(scope))
+}
+
+async fn scope(conn: &Connection, cmd: ScopeCommand) -> Result<Output, CliError> {
+    let mut client = conn.scopes();
+    let scope = match cmd {
+        ScopeCommand::Create { tenant, label, description, mode: m, rules: r } => {
+            let request = pb::CreateScopeRequest { tenant: tenant.tenant, label, description, mode: mode(m), rules: Some(rules(r)) };
+            client.create_scope(request).await?
+        }
+        ScopeCommand::Get { id, tenant } => client.get_scope(pb::GetScopeRequest { tenant: tenant.tenant, id }).await?,
+        ScopeCommand::List { tenant, page_size, page_token, all } => {
+            let mut request = pb::ListScopesRequest { tenant: tenant.tenant, page_size, page_token };
+            let mut scopes = Vec::new();
+            let next = loop {
+                let page = client.list_scopes(request.clone()).await?.into_inner();
+                scopes.extend(page.scopes);
+                if !all || page.next_page_token.is_empty() {
+                    break page.next_page_token;
+                }
+                request.page_token = page.next_page_token;
+            };
+            let mut text = format!("{:<28}{:<24}MODE\n", "ID", "LABEL");
+            text.extend(scopes.iter().map(output::scope_row));
+            if !next.is_empty() {
+                text.push_str(&format!("more: --page-token {next}\n"));
+            }
+            let json = json!({"scopes": scopes.iter().map(output::scope_json).collect::<Vec<_>>(), "next_page_token": next});
+            return Ok(Output::new(text, json));
+        }
+        ScopeCommand::Update { id, tenant, version, label, description, mode: m, rules: r, clear_rules } => {
+            let mut paths = Vec::new();
+            let mut request = pb::UpdateScopeRequest { tenant: tenant.tenant, id, version, ..Default::default() };
+            if let Some(l) = label {
+                paths.push("label");
+                request.label = l;
+            }
+            if let Some(d) = description {
+                paths.push("description");
+                request.description = d;
+            }
+            if let Some(m) = m {
+                paths.push("mode");
+                request.mode = mode(m);
+            }
+            if r.any() || clear_rules {
+                paths.push("rules");
+                request.rules = Some(rules(r));
+            }
+            if paths.is_empty() {
+                return Err(CliError::Usage("nothing to change: give at least one field flag".into()));
+            }
+            request.update_mask = Some(FieldMask { paths: paths.into_iter().map(String::from).collect() });
+            client.update_scope(request).await?
+        }
+        ScopeCommand::Delete { id, tenant, force, version } => {
+            let request = pb::DeleteScopeRequest { tenant: tenant.tenant, id: id.clone(), force, version };
+            let response = client.delete_scope(request).await?.into_inner();
+            let detached = response.detached_key_ids;
+            let text = if detached.is_empty() {
+                format!("deleted scope {id}\n")
+            } else {
+                format!("deleted scope {id}; removed from {} key(s): {}\n", detached.len(), detached.join(", "))
+            };
+            return Ok(Output::new(text, json!({"deleted": id, "detached_key_ids": detached})));
+        }
+        ScopeCommand::Clone { id, tenant, label, description } => {
+            client.clone_scope(pb::CloneScopeRequest { tenant: tenant.tenant, id, label, description }).await?
+        }
+        ScopeCommand::Eval { module, action: raw_action, tenant, scopes, mode: m, rules: r } => {
+            let inline_scopes = if r.any() {
+                vec![pb::Scope { id: "inline".into(), mode: mode(m), rules: Some(rules(r)), ..Default::default() }]
+            } else {
+                Vec::new()
+            };
+            if scopes.is_empty() && inline_scopes.is_empty() {
+                return Err(CliError::Usage("give --scope ids and/or rule flags for an inline scope".into()));
+            }
+            let request = pb::EvaluateScopesRequest { tenant: tenant.tenant, scope_ids: scopes, inline_scopes, module, action: action(&raw_action)? };
+            let answer = client.evaluate_scopes(request).await?.into_inner();
+            return Ok(Output { text: output::answer_text(&answer), json: output::answer_json(&answer), denied: !answer.allowed });
+        }
+    };
+    Ok(scope_output(&scope.into_inner()))
+}

@@ -1,0 +1,272 @@
+//! Settings: built-in defaults, then an optional YAML file, then `KEYSCOPE__SECTION__KEY`
+//! environment variables. Validated once at start; a bad setting is one clear line naming
+//! the key. Secrets (pepper, bootstrap token) are never printed, not even in `Debug`.
+
+use std::{fmt, net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::{
+    domain::{Pepper, TokenFormat},
+    service::{Builtins, Preset, Quotas},
+};
+
+/// A configured secret: shown as `[redacted]`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The pepper used when none is configured: fine for trying keyscope, never for real keys.
+pub const DEV_PEPPER: &str = "keyscope-development-pepper-do-not-use";
+
+/// All settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Listen addresses.
+    pub server: ServerSettings,
+    /// Which store.
+    pub store: StoreSettings,
+    /// Pepper and token format.
+    pub security: SecuritySettings,
+    /// The first admin key.
+    pub bootstrap: BootstrapSettings,
+    /// Per-tenant quotas.
+    pub limits: LimitSettings,
+    /// Locked preset scopes added to every tenant.
+    pub presets: Vec<Preset>,
+    /// Log output.
+    pub log: LogSettings,
+}
+
+/// `server.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// gRPC listen address.
+    pub grpc_addr: String,
+    /// HTTP address for metrics and probes (served from a later release; validated now).
+    pub http_addr: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings { grpc_addr: "127.0.0.1:50051".into(), http_addr: "127.0.0.1:9464".into() }
+    }
+}
+
+/// `store.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `memory` or `redis`.
+    pub kind: StoreKind,
+    /// `store.redis.*`
+    pub redis: RedisSettings,
+}
+
+/// Which store backs keyscope.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded in-memory store.
+    #[default]
+    Memory,
+    /// Redis (standalone or cluster).
+    Redis,
+}
+
+/// `store.redis.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL; may hold a password, so it is redacted.
+    pub url: Option<SecretString>,
+}
+
+/// `security.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// Key of the secret hashes, at least 16 bytes.
+    pub pepper: Option<SecretString>,
+    /// Prefix of every token.
+    pub token_prefix: String,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        SecuritySettings { pepper: None, token_prefix: "ks".into() }
+    }
+}
+
+/// `bootstrap.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootstrapSettings {
+    /// A keyscope token (from `keyscope token new`) that becomes the `system` admin key.
+    pub admin_token: Option<SecretString>,
+    /// Where to write a created bootstrap token instead of printing it.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `limits.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Most keys per tenant.
+    pub max_keys_per_tenant: usize,
+    /// Most stored scopes per tenant.
+    pub max_scopes_per_tenant: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let q = Quotas::default();
+        LimitSettings { max_keys_per_tenant: q.max_keys_per_tenant, max_scopes_per_tenant: q.max_scopes_per_tenant }
+    }
+}
+
+/// `log.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A setting that cannot be used; its message is the one line printed before exiting.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {0}")]
+pub struct ConfigError(String);
+
+fn bad(key: &str, problem: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {problem}"))
+}
+
+/// Everything validated settings produce for the service.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// Token format.
+    pub tokens: TokenFormat,
+    /// Hash key.
+    pub pepper: Pepper,
+    /// Whether the pepper is the development default.
+    pub dev_pepper: bool,
+    /// Builtins and presets.
+    pub builtins: Builtins,
+    /// Quotas.
+    pub quotas: Quotas,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (YAML) if given, then `KEYSCOPE__...` variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("--config: no such file `{}`", path.display())));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Yaml).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("KEYSCOPE").prefix_separator("__").separator("__"),
+        );
+        let raw = builder.build().map_err(|e| ConfigError(e.to_string()))?;
+        raw.try_deserialize().map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// Checks every setting and derives what the service needs.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let addr = |key: &str, value: &str| value.parse::<SocketAddr>().map_err(|_| bad(key, format!("`{value}` is not a socket address like 127.0.0.1:50051")));
+        let grpc_addr = addr("server.grpc_addr", &self.server.grpc_addr)?;
+        let http_addr = addr("server.http_addr", &self.server.http_addr)?;
+        if self.store.kind == StoreKind::Redis {
+            return Err(bad("store.kind", "`redis` is not available in this build yet; use `memory`"));
+        }
+        let tokens = TokenFormat::new(&self.security.token_prefix).map_err(|p| bad("security.token_prefix", p.0))?;
+        let (pepper_text, dev_pepper) = match &self.security.pepper {
+            Some(p) => (p.expose(), false),
+            None => (DEV_PEPPER, true),
+        };
+        let pepper = Pepper::new(pepper_text.as_bytes()).map_err(|p| bad("security.pepper", p.0))?;
+        if let Some(token) = &self.bootstrap.admin_token {
+            tokens.parse(token.expose()).map_err(|_| {
+                bad("bootstrap.admin_token", format!("not a well-formed keyscope token with prefix `{}` (make one with `keyscope token new`)", tokens.prefix()))
+            })?;
+        }
+        let builtins = Builtins::new(&self.presets).map_err(|e| ConfigError(e.to_string()))?;
+        if self.limits.max_keys_per_tenant == 0 {
+            return Err(bad("limits.max_keys_per_tenant", "must be at least 1"));
+        }
+        if self.limits.max_scopes_per_tenant == 0 {
+            return Err(bad("limits.max_scopes_per_tenant", "must be at least 1"));
+        }
+        let quotas = Quotas {
+            max_keys_per_tenant: self.limits.max_keys_per_tenant,
+            max_scopes_per_tenant: self.limits.max_scopes_per_tenant,
+        };
+        Ok(Validated { grpc_addr, http_addr, tokens, pepper, dev_pepper, builtins, quotas })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let v = Settings::default().validate().expect("defaults are valid");
+        assert!(v.dev_pepper);
+        assert_eq!(v.grpc_addr.port(), 50051);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let mut s = Settings::default();
+        s.server.grpc_addr = "nope".into();
+        assert!(s.validate().err().is_some_and(|e| e.to_string().starts_with("config: server.grpc_addr:")));
+        let mut s = Settings::default();
+        s.security.pepper = Some(SecretString("short".into()));
+        assert!(s.validate().err().is_some_and(|e| e.to_string().starts_with("config: security.pepper:")));
+        let mut s = Settings::default();
+        s.bootstrap.admin_token = Some(SecretString("ks_not_a_token_but_secret".into()));
+        let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("config: bootstrap.admin_token:") && !e.contains("not_a_token_but_secret"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let mut s = Settings::default();
+        s.security.pepper = Some(SecretString("a-very-secret-pepper-value".into()));
+        assert!(!format!("{s:?}").contains("a-very-secret-pepper-value"));
+    }
+}

@@ -1,0 +1,123 @@
+//! `keyscope.v1.KeyAdmin`: key administration, authorized on `keyscope.keys`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{auth::admin, convert, pb};
+use crate::{
+    domain::{Action, KeyId, KeyState, Module, validate_description, validate_owner, validate_scope_ids},
+    service::{KeyChanges, Keyscope, NewKey},
+    store::KeyQuery,
+};
+
+/// The KeyAdmin service over the core.
+#[derive(Debug, Clone)]
+pub struct KeyAdminService {
+    core: Arc<Keyscope>,
+}
+
+impl KeyAdminService {
+    /// The service over `core`.
+    pub fn new(core: Arc<Keyscope>) -> Self {
+        KeyAdminService { core }
+    }
+
+    async fn set_state(&self, request: Request<pb::KeyStateRequest>, target: KeyState) -> Result<Response<pb::Key>, Status> {
+        let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Update).await?;
+        let pb::KeyStateRequest { tenant: _, id, version } = request.into_inner();
+        let id: KeyId = convert::required("id", &id)?;
+        let version = (version != 0).then_some(version);
+        let key = self.core.set_key_state(&caller, &id, version, target).await?;
+        Ok(Response::new(convert::key_to_pb(&key)))
+    }
+}
+
+const UPDATE_PATHS: &[&str] = &["description", "owner", "scope_ids", "expires_at", "metadata"];
+
+#[tonic::async_trait]
+impl pb::key_admin_server::KeyAdmin for KeyAdminService {
+    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> Result<Response<pb::CreateKeyResponse>, Status> {
+        let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Create).await?;
+        let pb::CreateKeyRequest { tenant: _, description, owner, scope_ids, expires_at, metadata } = request.into_inner();
+        validate_description("description", &description)?;
+        validate_owner("owner", &owner)?;
+        let new = NewKey {
+            scope_ids: validate_scope_ids("scope_ids", &scope_ids)?,
+            expires_at: convert::timestamp("expires_at", expires_at.as_ref())?,
+            metadata: convert::metadata("metadata", &metadata)?,
+            description,
+            owner,
+        };
+        let (key, token) = self.core.create_key(&caller, new).await?;
+        Ok(Response::new(pb::CreateKeyResponse { key: Some(convert::key_to_pb(&key)), token: token.expose().to_owned() }))
+    }
+
+    async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> Result<Response<pb::Key>, Status> {
+        let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Read).await?;
+        let pb::GetKeyRequest { tenant: _, id } = request.into_inner();
+        let key = self.core.get_key(&caller, &convert::required("id", &id)?).await?;
+        Ok(Response::new(convert::key_to_pb(&key)))
+    }
+
+    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Read).await?;
+        let pb::ListKeysRequest { tenant: _, page_size, page_token, owner, scope_id, state } = request.into_inner();
+        let query = KeyQuery {
+            after: convert::page_cursor("page_token", &page_token)?,
+            limit: convert::page_size("page_size", page_size)?,
+            owner: if owner.is_empty() { None } else { Some(owner) },
+            scope: if scope_id.is_empty() { None } else { Some(convert::required("scope_id", &scope_id)?) },
+            state: convert::state_filter("state", state)?,
+        };
+        let page = self.core.list_keys(&caller, query).await?;
+        let next_page_token = match (page.more, page.items.last()) {
+            (true, Some(last)) => convert::page_token(last.id.as_str()),
+            _ => String::new(),
+        };
+        let keys = page.items.iter().map(|k| convert::key_to_pb(k)).collect();
+        Ok(Response::new(pb::ListKeysResponse { keys, next_page_token }))
+    }
+
+    async fn update_key(&self, request: Request<pb::UpdateKeyRequest>) -> Result<Response<pb::Key>, Status> {
+        let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Update).await?;
+        let pb::UpdateKeyRequest { tenant: _, id, version, update_mask, description, owner, scope_ids, expires_at, metadata } =
+            request.into_inner();
+        let id: KeyId = convert::required("id", &id)?;
+        if version == 0 {
+            return Err(crate::domain::InputError::invalid("version", "is required: the version the change is based on").into());
+        }
+        let mut changes = KeyChanges::default();
+        for path in convert::mask("update_mask", update_mask.as_ref(), UPDATE_PATHS)? {
+            match path {
+                "description" => {
+                    validate_description("description", &description)?;
+                    changes.description = Some(description.clone());
+                }
+                "owner" => {
+                    validate_owner("owner", &owner)?;
+                    changes.owner = Some(owner.clone());
+                }
+                "scope_ids" => changes.scope_ids = Some(validate_scope_ids("scope_ids", &scope_ids)?),
+                "expires_at" => changes.expires_at = Some(convert::timestamp("expires_at", expires_at.as_ref())?),
+                "metadata" => changes.metadata = Some(convert::metadata("metadata", &metadata)?),
+                // `mask` admits only UPDATE_PATHS, all handled above.
+                _ => {}
+            }
+        }
+        let key = self.core.update_key(&caller, &id, version, changes).await?;
+        Ok(Response::new(convert::key_to_pb(&key)))
+    }
+
+    async fn disable_key(&self, request: Request<pb::KeyStateRequest>) -> Result<Response<pb::Key>, Status> {
+        self.set_state(request, KeyState::Disabled).await
+    }
+
+    async fn enable_key(&self, request: Request<pb::KeyStateRequest>) -> Result<Response<pb::Key>, Status> {
+        self.set_state(request, KeyState::Active).await
+    }
+
+    async fn revoke_key(&self, request: Request<pb::KeyStateRequest>) -> Result<Response<pb::Key>, Status> {
+        self.set_state(request, KeyState::Revoked).await
+    }
+}

@@ -1,0 +1,24 @@
+//! The gRPC edge: one thin file per service. Each handler authorizes (admin calls),
+//! validates and converts the request (`convert`), calls the service, and converts back.
+//! Errors become `tonic::Status` in one place (`status`).
+
+mod auth;
+mod checker;
+pub mod convert;
+mod key_admin;
+mod scope_admin;
+mod status;
+
+pub use auth::{AdminToken, bearer_interceptor};
+pub use checker::CheckerService;
+pub use key_admin::KeyAdminService;
+pub use scope_admin::ScopeAdminService;
+
+/// The generated protobuf messages, clients and servers of `keyscope.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("keyscope.v1");
+
+    /// The encoded descriptors of `keyscope.v1`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keyscope_descriptor.bin"));
+}
