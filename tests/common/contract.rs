@@ -1,0 +1,339 @@
+//! The store contract: one suite, written once, that every `Store` backend must pass.
+//! `contract_tests!(prefix, factory)` expands to one `#[tokio::test]` per behaviour, where
+//! `factory` is an async expression yielding a fresh, empty `Arc<dyn Store>`.
+#![allow(dead_code, missing_docs)]
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use keyscope::{
+    domain::{Key, KeyId, KeyState, Metadata, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant},
+    store::{KeyQuery, KeyWrite, ScopeDelete, Store, StoreError},
+};
+
+pub fn tenant(name: &str) -> Tenant {
+    name.parse().expect("tenant")
+}
+
+pub fn key_id(n: usize) -> KeyId {
+    format!("k{n:019}").parse().expect("key id")
+}
+
+pub fn scope_id(name: &str) -> ScopeId {
+    name.parse().expect("scope id")
+}
+
+pub fn scope(t: &str, id: &str, label: &str) -> Scope {
+    let none: &[&str] = &[];
+    Scope {
+        id: scope_id(id),
+        tenant: tenant(t),
+        label: label.parse().expect("label"),
+        description: String::new(),
+        mode: ScopeMode::Allow,
+        rules: Rules::parse([none, &["courses"], none, none]).expect("rules"),
+        builtin: false,
+        version: 1,
+        created_at: SystemTime::UNIX_EPOCH,
+        updated_at: SystemTime::UNIX_EPOCH,
+    }
+}
+
+pub fn key(t: &str, n: usize, scopes: &[&str]) -> Key {
+    Key {
+        id: key_id(n),
+        tenant: tenant(t),
+        description: String::new(),
+        owner: format!("owner-{}", n % 2),
+        scope_ids: scopes.iter().map(|s| scope_id(s)).collect(),
+        state: KeyState::Active,
+        expires_at: None,
+        metadata: Metadata::new(),
+        version: 1,
+        created_at: SystemTime::UNIX_EPOCH,
+        updated_at: SystemTime::UNIX_EPOCH,
+        last_used_at: None,
+        secret_hash: SecretHash::from_bytes([n as u8; 32]),
+    }
+}
+
+pub async fn create_scope(store: &dyn Store, s: &Scope) {
+    store.put_scope(s, None, &[], 1000).await.expect("create scope");
+}
+
+pub async fn create_key(store: &dyn Store, k: &Key) {
+    let stored = k.scope_ids.clone();
+    store.put_key(KeyWrite { key: k, expected_version: None, stored_scopes: &stored }, 1000).await.expect("create key");
+}
+
+fn query(limit: usize) -> KeyQuery {
+    KeyQuery { limit, ..Default::default() }
+}
+
+pub async fn keys_are_created_read_and_isolated_by_tenant(store: Arc<dyn Store>) {
+    let s = scope("acme", "s1", "one");
+    create_scope(&*store, &s).await;
+    let k = key("acme", 1, &["s1"]);
+    create_key(&*store, &k).await;
+    let got = store.get_key(&tenant("acme"), &k.id).await.expect("get").expect("present");
+    assert_eq!(*got, k);
+    assert_eq!(store.get_key(&tenant("globex"), &k.id).await.expect("get"), None);
+    let cred = store.credential(&k.id).await.expect("credential").expect("present");
+    assert_eq!(*cred.key, k);
+    assert_eq!(cred.scopes.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), vec![scope_id("s1")]);
+    assert!(store.credential(&key_id(99)).await.expect("credential").is_none());
+}
+
+pub async fn key_writes_are_guarded_by_version_and_write_nothing_when_refused(store: Arc<dyn Store>) {
+    create_scope(&*store, &scope("acme", "s1", "one")).await;
+    let k = key("acme", 1, &["s1"]);
+    create_key(&*store, &k).await;
+    let stored = vec![scope_id("s1")];
+    let again = store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &stored }, 1000).await;
+    assert!(matches!(again, Err(StoreError::AlreadyExists(_))), "{again:?}");
+    let mut changed = k.clone();
+    changed.description = "changed".into();
+    changed.version = 3;
+    let stale = store.put_key(KeyWrite { key: &changed, expected_version: Some(2), stored_scopes: &stored }, 1000).await;
+    assert!(matches!(stale, Err(StoreError::VersionConflict { expected: 2, found: 1, .. })), "{stale:?}");
+    assert_eq!(store.get_key(&tenant("acme"), &k.id).await.expect("get").expect("present").description, "");
+    changed.version = 2;
+    store.put_key(KeyWrite { key: &changed, expected_version: Some(1), stored_scopes: &stored }, 1000).await.expect("update");
+    assert_eq!(store.get_key(&tenant("acme"), &k.id).await.expect("get").expect("present").version, 2);
+    let missing = key("acme", 7, &["s1"]);
+    let r = store.put_key(KeyWrite { key: &missing, expected_version: Some(1), stored_scopes: &stored }, 1000).await;
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+    let mut other_tenant = changed.clone();
+    other_tenant.tenant = tenant("globex");
+    other_tenant.version = 3;
+    let r = store.put_key(KeyWrite { key: &other_tenant, expected_version: Some(2), stored_scopes: &[] }, 1000).await;
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "a key cannot move tenants: {r:?}");
+}
+
+pub async fn keys_naming_a_missing_scope_are_refused(store: Arc<dyn Store>) {
+    create_scope(&*store, &scope("globex", "s1", "one")).await;
+    let k = key("acme", 1, &["s1"]);
+    let stored = vec![scope_id("s1")];
+    let r = store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &stored }, 1000).await;
+    assert!(matches!(r, Err(StoreError::ScopeMissing(ref id)) if *id == scope_id("s1")), "{r:?}");
+    assert_eq!(store.get_key(&tenant("acme"), &k.id).await.expect("get"), None);
+    assert!(store.scope_holders(&tenant("globex"), &scope_id("s1")).await.expect("holders").is_empty());
+}
+
+pub async fn tenant_quotas_are_enforced(store: Arc<dyn Store>) {
+    for n in 0..2 {
+        let k = key("acme", n, &[]);
+        store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &[] }, 2).await.expect("within quota");
+    }
+    let k = key("acme", 2, &[]);
+    let r = store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &[] }, 2).await;
+    assert!(matches!(r, Err(StoreError::QuotaReached { what: "keys", limit: 2, .. })), "{r:?}");
+    let other = key("globex", 3, &[]);
+    store.put_key(KeyWrite { key: &other, expected_version: None, stored_scopes: &[] }, 2).await.expect("quota is per tenant");
+    store.put_scope(&scope("acme", "a", "a"), None, &[], 1).await.expect("first scope");
+    let r = store.put_scope(&scope("acme", "b", "b"), None, &[], 1).await;
+    assert!(matches!(r, Err(StoreError::QuotaReached { what: "scopes", .. })), "{r:?}");
+}
+
+pub async fn key_listing_pages_by_id_with_filters(store: Arc<dyn Store>) {
+    create_scope(&*store, &scope("acme", "s1", "one")).await;
+    create_scope(&*store, &scope("acme", "s2", "two")).await;
+    for n in (0..7).rev() {
+        let scopes: &[&str] = if n % 3 == 0 { &["s1", "s2"] } else { &["s1"] };
+        create_key(&*store, &key("acme", n, scopes)).await;
+    }
+    create_key(&*store, &key("globex", 50, &[])).await;
+    let first = store.list_keys(&tenant("acme"), &query(3)).await.expect("list");
+    let ids: Vec<KeyId> = first.iter().map(|k| k.id.clone()).collect();
+    assert_eq!(ids, vec![key_id(0), key_id(1), key_id(2)]);
+    let after = KeyQuery { after: Some(key_id(2)), ..query(10) };
+    let rest: Vec<KeyId> = store.list_keys(&tenant("acme"), &after).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    assert_eq!(rest, (3..7).map(key_id).collect::<Vec<_>>());
+    let by_scope = KeyQuery { scope: Some(scope_id("s2")), ..query(10) };
+    let got: Vec<KeyId> = store.list_keys(&tenant("acme"), &by_scope).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    assert_eq!(got, vec![key_id(0), key_id(3), key_id(6)]);
+    let by_owner = KeyQuery { owner: Some("owner-1".into()), ..query(10) };
+    let got: Vec<KeyId> = store.list_keys(&tenant("acme"), &by_owner).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    assert_eq!(got, vec![key_id(1), key_id(3), key_id(5)]);
+    let mut disabled = key("acme", 4, &["s1"]);
+    disabled.state = KeyState::Disabled;
+    disabled.version = 2;
+    let stored = vec![scope_id("s1")];
+    store.put_key(KeyWrite { key: &disabled, expected_version: Some(1), stored_scopes: &stored }, 1000).await.expect("update");
+    let by_state = KeyQuery { state: Some(KeyState::Disabled), ..query(10) };
+    let got: Vec<KeyId> = store.list_keys(&tenant("acme"), &by_state).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    assert_eq!(got, vec![key_id(4)]);
+    // The scope index follows a key that leaves a scope.
+    let by_s2 = KeyQuery { scope: Some(scope_id("s2")), after: Some(key_id(0)), ..query(10) };
+    let got: Vec<KeyId> = store.list_keys(&tenant("acme"), &by_s2).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    assert_eq!(got, vec![key_id(3), key_id(6)]);
+    assert!(store.list_keys(&tenant("nobody"), &query(10)).await.expect("list").is_empty());
+}
+
+pub async fn scope_index_follows_key_updates(store: Arc<dyn Store>) {
+    create_scope(&*store, &scope("acme", "s1", "one")).await;
+    create_scope(&*store, &scope("acme", "s2", "two")).await;
+    let k = key("acme", 1, &["s1"]);
+    create_key(&*store, &k).await;
+    let mut moved = k.clone();
+    moved.scope_ids = vec![scope_id("s2")];
+    moved.version = 2;
+    let stored = vec![scope_id("s2")];
+    store.put_key(KeyWrite { key: &moved, expected_version: Some(1), stored_scopes: &stored }, 1000).await.expect("update");
+    assert!(store.scope_holders(&tenant("acme"), &scope_id("s1")).await.expect("holders").is_empty());
+    let holders = store.scope_holders(&tenant("acme"), &scope_id("s2")).await.expect("holders");
+    assert_eq!(holders.iter().map(|k| k.id.clone()).collect::<Vec<_>>(), vec![k.id.clone()]);
+}
+
+pub async fn scope_labels_are_unique_per_tenant_case_insensitively(store: Arc<dyn Store>) {
+    create_scope(&*store, &scope("acme", "s1", "Website")).await;
+    let r = store.put_scope(&scope("acme", "s2", "WEBSITE"), None, &[], 1000).await;
+    assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "{r:?}");
+    create_scope(&*store, &scope("globex", "s2", "website")).await;
+    let r = store.put_scope(&scope("acme", "s3", "Admin"), None, &["admin".into()], 1000).await;
+    assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "reserved labels are refused: {r:?}");
+    let mut relabelled = scope("acme", "s1", "site");
+    relabelled.version = 2;
+    store.put_scope(&relabelled, Some(1), &[], 1000).await.expect("relabel");
+    create_scope(&*store, &scope("acme", "s4", "website")).await;
+    let r = store.put_scope(&scope("acme", "s1", "x"), None, &[], 1000).await;
+    assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "ids are unique: {r:?}");
+    let mut stale = scope("acme", "s1", "other");
+    stale.version = 9;
+    let r = store.put_scope(&stale, Some(1), &[], 1000).await;
+    assert!(matches!(r, Err(StoreError::VersionConflict { expected: 1, found: 2, .. })), "{r:?}");
+    let got = store.get_scope(&tenant("acme"), &scope_id("s1")).await.expect("get").expect("present");
+    assert_eq!(got.label.as_str(), "site");
+    let r = store.put_scope(&scope("acme", "nope", "n"), Some(1), &[], 1000).await;
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+}
+
+pub async fn scope_listing_pages_by_id(store: Arc<dyn Store>) {
+    for i in (0..5).rev() {
+        create_scope(&*store, &scope("acme", &format!("s{i}"), &format!("l{i}"))).await;
+    }
+    let first = store.list_scopes(&tenant("acme"), None, 2).await.expect("list");
+    assert_eq!(first.iter().map(|s| s.id.as_str().to_owned()).collect::<Vec<_>>(), ["s0", "s1"]);
+    let after = scope_id("s1");
+    let rest = store.list_scopes(&tenant("acme"), Some(&after), 10).await.expect("list");
+    assert_eq!(rest.iter().map(|s| s.id.as_str().to_owned()).collect::<Vec<_>>(), ["s2", "s3", "s4"]);
+    assert!(store.list_scopes(&tenant("globex"), None, 10).await.expect("list").is_empty());
+}
+
+pub async fn scope_delete_is_guarded_by_its_holders(store: Arc<dyn Store>) {
+    create_scope(&*store, &scope("acme", "s1", "one")).await;
+    create_scope(&*store, &scope("acme", "s2", "two")).await;
+    create_key(&*store, &key("acme", 1, &["s1", "s2"])).await;
+    create_key(&*store, &key("acme", 2, &["s1"])).await;
+    let t = tenant("acme");
+    let id = scope_id("s1");
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+    let unused = ScopeDelete { tenant: &t, id: &id, expected_version: None, holders: &[], now };
+    assert!(matches!(store.delete_scope(unused).await, Err(StoreError::UsersChanged(_))));
+    let stale_holder = [(key_id(1), 1), (key_id(2), 5)];
+    let stale = ScopeDelete { holders: &stale_holder, ..unused };
+    assert!(matches!(store.delete_scope(stale).await, Err(StoreError::UsersChanged(_))));
+    let wrong_version = ScopeDelete { expected_version: Some(4), holders: &[(key_id(1), 1), (key_id(2), 1)], ..unused };
+    assert!(matches!(store.delete_scope(wrong_version).await, Err(StoreError::VersionConflict { .. })));
+    assert!(store.get_scope(&t, &id).await.expect("get").is_some(), "refused deletes write nothing");
+    let holders = [(key_id(2), 1), (key_id(1), 1)];
+    store.delete_scope(ScopeDelete { holders: &holders, ..unused }).await.expect("delete");
+    assert!(store.get_scope(&t, &id).await.expect("get").is_none());
+    let k1 = store.get_key(&t, &key_id(1)).await.expect("get").expect("present");
+    assert_eq!(k1.scope_ids, vec![scope_id("s2")]);
+    assert_eq!(k1.version, 2);
+    assert_eq!(k1.updated_at, now);
+    let k2 = store.get_key(&t, &key_id(2)).await.expect("get").expect("present");
+    assert!(k2.scope_ids.is_empty());
+    assert!(store.scope_holders(&t, &id).await.expect("holders").is_empty());
+    // The label is free again.
+    create_scope(&*store, &scope("acme", "s3", "one")).await;
+    let gone = ScopeDelete { holders: &[], ..unused };
+    assert!(matches!(store.delete_scope(gone).await, Err(StoreError::NotFound(_))));
+}
+
+pub async fn bootstrap_is_claimed_once(store: Arc<dyn Store>) {
+    let first = key("system", 1, &[]);
+    assert_eq!(store.claim_bootstrap(&first).await.expect("claim"), None);
+    assert!(store.get_key(&tenant("system"), &first.id).await.expect("get").is_some());
+    let second = key("system", 2, &[]);
+    assert_eq!(store.claim_bootstrap(&second).await.expect("claim"), Some(first.id.clone()));
+    assert!(store.get_key(&tenant("system"), &second.id).await.expect("get").is_none());
+}
+
+/// Many writers add keys on a scope while another deletes it through the guarded protocol:
+/// afterwards no key names a missing scope.
+pub async fn concurrent_key_writes_never_leave_a_key_on_a_deleted_scope(store: Arc<dyn Store>) {
+    create_scope(&*store, &scope("acme", "s1", "one")).await;
+    let mut writers = Vec::new();
+    for n in 0..40 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let k = key("acme", n, &["s1"]);
+            let stored = vec![scope_id("s1")];
+            store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &stored }, 1000).await
+        }));
+    }
+    let deleter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let t = tenant("acme");
+            let id = scope_id("s1");
+            loop {
+                let holders: Vec<(KeyId, u64)> =
+                    store.scope_holders(&t, &id).await.expect("holders").iter().map(|k| (k.id.clone(), k.version)).collect();
+                let d = ScopeDelete { tenant: &t, id: &id, expected_version: None, holders: &holders, now: SystemTime::UNIX_EPOCH };
+                match store.delete_scope(d).await {
+                    Ok(()) => return,
+                    Err(StoreError::UsersChanged(_)) => tokio::task::yield_now().await,
+                    Err(e) => panic!("delete: {e}"),
+                }
+            }
+        })
+    };
+    for w in writers {
+        match w.await.expect("writer") {
+            Ok(()) | Err(StoreError::ScopeMissing(_)) => {}
+            Err(e) => panic!("unexpected writer error: {e}"),
+        }
+    }
+    deleter.await.expect("deleter");
+    let keys = store.list_keys(&tenant("acme"), &query(100)).await.expect("list");
+    for k in keys {
+        assert!(k.scope_ids.is_empty(), "key {} still names the deleted scope", k.id);
+    }
+}
+
+#[macro_export]
+macro_rules! contract_tests {
+    ($backend:ident, $factory:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::contract_tests!(@each $factory;
+                keys_are_created_read_and_isolated_by_tenant,
+                key_writes_are_guarded_by_version_and_write_nothing_when_refused,
+                keys_naming_a_missing_scope_are_refused,
+                tenant_quotas_are_enforced,
+                key_listing_pages_by_id_with_filters,
+                scope_index_follows_key_updates,
+                scope_labels_are_unique_per_tenant_case_insensitively,
+                scope_listing_pages_by_id,
+                scope_delete_is_guarded_by_its_holders,
+                bootstrap_is_claimed_once,
+                concurrent_key_writes_never_leave_a_key_on_a_deleted_scope,
+            );
+        }
+    };
+    (@each $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store = $factory.await;
+                contract::$name(store).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,198 @@
+//! Shared test harness: a real keyscope gRPC server on 127.0.0.1:0 inside the test process,
+//! its bootstrap admin token, and clients that send a bearer token.
+#![allow(dead_code, missing_docs)]
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use keyscope::{
+    domain::{Pepper, TokenFormat},
+    grpc::pb::{self, checker_client::CheckerClient, key_admin_client::KeyAdminClient, scope_admin_client::ScopeAdminClient},
+    service::{Bootstrap, Builtins, Keyscope, ManualClock, Preset},
+    store::{MemoryStore, Store},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+pub const PEPPER: &[u8] = b"test-pepper-0123456789";
+
+/// A running server and what tests need to talk to it.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    /// The `system` admin token made at bootstrap.
+    pub admin_token: String,
+    pub clock: Arc<ManualClock>,
+    pub store: Arc<dyn Store>,
+    channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Adds `authorization: Bearer <token>` when a token is set.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Keys = KeyAdminClient<InterceptedService<Channel, Bearer>>;
+pub type Scopes = ScopeAdminClient<InterceptedService<Channel, Bearer>>;
+
+fn bearer(token: Option<&str>) -> Bearer {
+    Bearer(token.map(|t| format!("Bearer {t}").parse().expect("ascii token")))
+}
+
+impl TestServer {
+    /// Starts a server on the memory store with no presets.
+    pub async fn start() -> TestServer {
+        Self::start_with(Arc::new(MemoryStore::new()), &[]).await
+    }
+
+    /// Starts a server on `store` with the given presets.
+    pub async fn start_with(store: Arc<dyn Store>, presets: &[Preset]) -> TestServer {
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let core = Keyscope::new(
+            store.clone(),
+            Builtins::new(presets).expect("valid presets"),
+            TokenFormat::new("ks").expect("prefix"),
+            Pepper::new(PEPPER).expect("pepper"),
+        )
+        .with_clock(clock.clone());
+        let admin_token = match core.ensure_bootstrap(None).await.expect("bootstrap") {
+            Bootstrap::Created(_, token) => token.expose().to_owned(),
+            other => panic!("expected a new bootstrap key, got {other:?}"),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            keyscope::server::serve(listener, Arc::new(core), async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+        let channel = Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+        TestServer { addr, admin_token, clock, store, channel, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn checker(&self) -> CheckerClient<Channel> {
+        CheckerClient::new(self.channel.clone())
+    }
+
+    /// KeyAdmin with the given bearer token (`None`: no authorization metadata).
+    pub fn keys_as(&self, token: Option<&str>) -> Keys {
+        KeyAdminClient::with_interceptor(self.channel.clone(), bearer(token))
+    }
+
+    pub fn scopes_as(&self, token: Option<&str>) -> Scopes {
+        ScopeAdminClient::with_interceptor(self.channel.clone(), bearer(token))
+    }
+
+    /// KeyAdmin as the `system` admin.
+    pub fn keys(&self) -> Keys {
+        self.keys_as(Some(&self.admin_token))
+    }
+
+    /// ScopeAdmin as the `system` admin.
+    pub fn scopes(&self) -> Scopes {
+        self.scopes_as(Some(&self.admin_token))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+
+    /// Creates a scope in `tenant` as the system admin.
+    pub async fn scope(&self, tenant: &str, label: &str, mode: pb::ScopeMode, rules: pb::Rules) -> pb::Scope {
+        self.scopes()
+            .create_scope(pb::CreateScopeRequest {
+                tenant: tenant.into(),
+                label: label.into(),
+                description: String::new(),
+                mode: mode.into(),
+                rules: Some(rules),
+            })
+            .await
+            .expect("create scope")
+            .into_inner()
+    }
+
+    /// Creates a key in `tenant` holding `scopes`, as the system admin; returns it and its token.
+    pub async fn key(&self, tenant: &str, scopes: &[&str]) -> (pb::Key, String) {
+        let response = self
+            .keys()
+            .create_key(pb::CreateKeyRequest {
+                tenant: tenant.into(),
+                scope_ids: scopes.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("create key")
+            .into_inner();
+        (response.key.expect("key"), response.token)
+    }
+
+    /// Checks `token` for `module`/`action` with explain.
+    pub async fn check(&self, token: &str, module: &str, action: pb::Action) -> pb::CheckResponse {
+        self.checker()
+            .check(pb::CheckRequest {
+                credential: Some(pb::check_request::Credential::Token(token.into())),
+                tenant: String::new(),
+                module: module.into(),
+                action: action.into(),
+                explain: true,
+            })
+            .await
+            .expect("check")
+            .into_inner()
+    }
+}
+
+/// Rules with only `read` patterns.
+pub fn read_rules(patterns: &[&str]) -> pb::Rules {
+    pb::Rules { read: patterns.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+}
+
+/// Rules with the same patterns under every action.
+pub fn all_rules(patterns: &[&str]) -> pb::Rules {
+    let p: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
+    pb::Rules { create: p.clone(), read: p.clone(), update: p.clone(), delete: p }
+}
+
+/// Asserts a gRPC error's code and that its message contains `needle`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: tonic::Code, needle: &str) -> Status {
+    let status = result.expect_err("expected an error status");
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    assert!(status.message().contains(needle), "message {:?} should contain {needle:?}", status.message());
+    status
+}
