@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// keyscope: an authorization service for API keys.
 #[derive(Debug, Parser)]
-#[command(name = "keyscope", version, about, propagate_version = true)]
+#[command(name = "keyscope", version, about)]
 pub struct Cli {
     /// keyscope gRPC address for client commands.
     #[arg(long, global = true, env = "KEYSCOPE_SERVER", default_value = "http://127.0.0.1:50051")]

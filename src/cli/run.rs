@@ -15,6 +15,9 @@ use crate::{domain::TokenFormat, grpc::pb};
 /// Exit code of a denied `check`.
 pub const EXIT_DENIED: u8 = 3;
 
+/// Exit code of a usage error (as clap's own): the arguments cannot be used.
+pub const EXIT_USAGE: u8 = 2;
+
 /// What a command produced: text for people, JSON for machines, and whether it was a denial.
 struct Output {
     text: String,
@@ -46,7 +49,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             } else {
                 eprintln!("error: {error}");
             }
-            ExitCode::FAILURE
+            if matches!(error, CliError::Usage(_)) { ExitCode::from(EXIT_USAGE) } else { ExitCode::FAILURE }
         }
     }
 }

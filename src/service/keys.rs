@@ -125,9 +125,9 @@ impl Keyscope {
         if let Some(at) = expires_at {
             self.check_expiry(at)?;
         }
-        if let Some(ids) = &scope_ids {
-            self.admit_scopes(caller, ids).await?;
-        }
+        // Any change to a key that grants reserved modules needs a caller holding them, not
+        // only a change of its scopes (SPEC section 5).
+        self.admit_scopes(caller, scope_ids.as_deref().unwrap_or(&current.scope_ids)).await?;
         let mut key = Key::clone(&current);
         if let Some(v) = description {
             key.description = v;
@@ -168,6 +168,11 @@ impl Keyscope {
                     "key `{id}` is revoked; it cannot become {}",
                     target.as_str()
                 )));
+            }
+            if target == KeyState::Active {
+                // Enabling hands the key's grants back out: the caller must hold any
+                // administrative ones.
+                self.admit_scopes(caller, &current.scope_ids).await?;
             }
             let mut key = Key::clone(&current);
             key.state = target;

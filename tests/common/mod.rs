@@ -196,3 +196,53 @@ pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: tonic:
     assert!(status.message().contains(needle), "message {:?} should contain {needle:?}", status.message());
     status
 }
+
+/// A field mask naming `paths`.
+pub fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask { paths: paths.iter().map(|s| s.to_string()).collect() })
+}
+
+impl TestServer {
+    /// Every key of `tenant`, following page tokens, as the system admin.
+    pub async fn all_keys(&self, tenant: &str) -> Vec<pb::Key> {
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .keys()
+                .list_keys(pb::ListKeysRequest {
+                    tenant: tenant.into(),
+                    page_size: 500,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .expect("list keys")
+                .into_inner();
+            out.extend(page.keys);
+            if page.next_page_token.is_empty() {
+                return out;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Every scope of `tenant` (builtins included), following page tokens, as the system admin.
+    pub async fn all_scopes(&self, tenant: &str) -> Vec<pb::Scope> {
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .scopes()
+                .list_scopes(pb::ListScopesRequest { tenant: tenant.into(), page_size: 500, page_token })
+                .await
+                .expect("list scopes")
+                .into_inner();
+            out.extend(page.scopes);
+            if page.next_page_token.is_empty() {
+                return out;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+}

@@ -383,10 +383,15 @@ impl Cli {
     /// Runs the command to completion (at most [`DEADLINE`]; then it is killed and the test
     /// fails).
     pub fn run(self) -> Run {
+        self.run_within(DEADLINE)
+    }
+
+    /// Runs the command to completion within `timeout`, or kills it and fails the test.
+    pub fn run_within(self, timeout: Duration) -> Run {
         let Cli { mut cmd, args } = self;
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn `keyscope {}`: {e}", args.join(" ")));
-        let (status, stdout, stderr) = wait_with_deadline(child, DEADLINE, &args);
+        let (status, stdout, stderr) = wait_with_deadline(child, timeout, &args);
         Run { status, stdout, stderr, args }
     }
 }

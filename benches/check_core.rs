@@ -1,0 +1,65 @@
+//! Cost of a check in the service core (no network), per credential outcome, so the cost of an
+//! unknown key can be compared with that of a wrong secret in the same run.
+//!
+//! `cargo bench --bench check_core` prints ns per check (median of 7 rounds) and the ratio of
+//! each outcome to a valid allowed check.
+
+use std::{hint::black_box, sync::Arc, time::Instant};
+
+use keyscope::{
+    domain::{Action, Module, Pepper, TokenFormat},
+    service::{Bootstrap, Builtins, Keyscope, NewKey, Presented},
+    store::MemoryStore,
+};
+
+const ROUNDS: usize = 7;
+const PER_ROUND: usize = 50_000;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    rt.block_on(run());
+}
+
+async fn run() {
+    let tokens = TokenFormat::new("ks").expect("prefix");
+    let core = Keyscope::new(
+        Arc::new(MemoryStore::new()),
+        Builtins::new(&[]).expect("builtins"),
+        tokens.clone(),
+        Pepper::new(b"benchmark-pepper-0123456789").expect("pepper"),
+    );
+    let Bootstrap::Created(_, admin) = core.ensure_bootstrap(None).await.expect("bootstrap") else {
+        panic!("fresh store")
+    };
+    let caller = core.authorize(Some(admin.expose()), "acme", &Module::keys(), Action::Create).await.expect("admin");
+    let new = NewKey { scope_ids: vec!["read-only".parse().expect("id")], ..Default::default() };
+    let (_, token) = core.create_key(&caller, new).await.expect("key");
+    let token = token.expose().to_owned();
+    let (id, tail) = token.rsplit_once('_').expect("token shape");
+    let wrong = tokens.issue(&id[3..].parse().expect("id")).expect("random").1.expose().to_owned();
+    let unknown = tokens.issue(&tokens.new_key_id().expect("random")).expect("random").1.expose().to_owned();
+    let malformed = format!("{id}_{}", "x".repeat(tail.len()));
+    let module: Module = "courses".parse().expect("module");
+
+    let cases = [("allowed", token), ("wrong secret", wrong), ("unknown key", unknown), ("malformed", malformed)];
+    let mut base = 0.0;
+    println!("check_core: {PER_ROUND} checks x {ROUNDS} rounds, median ns/check");
+    for (name, credential) in cases {
+        let presented = Presented::Token(credential);
+        let mut rounds = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let start = Instant::now();
+            for _ in 0..PER_ROUND {
+                let answer = core.check(&presented, None, &module, Action::Read, false).await.expect("check");
+                black_box(answer);
+            }
+            rounds.push(start.elapsed().as_nanos() as f64 / PER_ROUND as f64);
+        }
+        rounds.sort_by(f64::total_cmp);
+        let median = rounds[ROUNDS / 2];
+        if base == 0.0 {
+            base = median;
+        }
+        println!("{name:<14}{median:>9.0} ns   ratio to allowed {:.2}", median / base);
+    }
+}
