@@ -63,6 +63,20 @@ pub struct TenantArg {
     pub tenant: String,
 }
 
+/// Paging of a list command.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PageArgs {
+    /// Items per page (max 500).
+    #[arg(long, default_value_t = 0)]
+    pub page_size: i32,
+    /// Resume from a previous page.
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    /// Fetch every page.
+    #[arg(long)]
+    pub all: bool,
+}
+
 /// Key state, as typed.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum StateArg {
@@ -127,15 +141,8 @@ pub enum KeyCommand {
         /// Only keys in this state.
         #[arg(long, value_enum)]
         state: Option<StateArg>,
-        /// Keys per page (max 500).
-        #[arg(long, default_value_t = 0)]
-        page_size: i32,
-        /// Resume from a previous page.
-        #[arg(long, default_value = "")]
-        page_token: String,
-        /// Fetch every page.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Change a key's description, owner, scopes, expiry or metadata.
     Update {
@@ -250,15 +257,8 @@ pub enum ScopeCommand {
     List {
         #[command(flatten)]
         tenant: TenantArg,
-        /// Scopes per page (max 500).
-        #[arg(long, default_value_t = 0)]
-        page_size: i32,
-        /// Resume from a previous page.
-        #[arg(long, default_value = "")]
-        page_token: String,
-        /// Fetch every page.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Change a scope; rule flags replace all rules.
     Update {

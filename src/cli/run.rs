@@ -6,7 +6,7 @@ use prost_types::FieldMask;
 use serde_json::{Value, json};
 
 use super::{
-    args::{CheckArgs, Cli, Command, KeyCommand, KeyStateArgs, ModeArg, RuleArgs, ScopeCommand, StateArg, TokenCommand},
+    args::{CheckArgs, Cli, Command, KeyCommand, KeyStateArgs, ModeArg, PageArgs, RuleArgs, ScopeCommand, StateArg, TokenCommand},
     client::{CliError, Connection},
     output,
 };
@@ -98,6 +98,33 @@ async fn check(conn: &Connection, args: CheckArgs, token: Option<String>) -> Res
     Ok(Output { text: output::answer_text(&answer), json: output::answer_json(&answer), denied: !answer.allowed })
 }
 
+/// Fetches one page, or every page with `--all`; returns the items and the next page token.
+async fn pages<T>(
+    page: PageArgs,
+    mut fetch: impl AsyncFnMut(String) -> Result<(Vec<T>, String), CliError>,
+) -> Result<(Vec<T>, String), CliError> {
+    let mut items = Vec::new();
+    let mut token = page.page_token;
+    loop {
+        let (batch, next) = fetch(token).await?;
+        items.extend(batch);
+        if !page.all || next.is_empty() {
+            return Ok((items, next));
+        }
+        token = next;
+    }
+}
+
+/// A header, one row per item, and how to get the next page.
+fn table(header: String, rows: impl Iterator<Item = String>, next: &str) -> String {
+    let mut text = header;
+    text.extend(rows);
+    if !next.is_empty() {
+        text.push_str(&format!("more: --page-token {next}\n"));
+    }
+    text
+}
+
 fn metadata(entries: &[String]) -> Result<HashMap<String, String>, CliError> {
     entries
         .iter()
@@ -137,34 +164,27 @@ async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
             return Ok(Output::new(text, json));
         }
         KeyCommand::Get { id, tenant } => client.get_key(pb::GetKeyRequest { tenant: tenant.tenant, id }).await?,
-        KeyCommand::List { tenant, owner, scope, state, page_size, page_token, all } => {
+        KeyCommand::List { tenant, owner, scope, state, page } => {
             let state = state.map_or(pb::KeyState::Unspecified, |s| match s {
                 StateArg::Active => pb::KeyState::Active,
                 StateArg::Disabled => pb::KeyState::Disabled,
                 StateArg::Revoked => pb::KeyState::Revoked,
             });
-            let mut request = pb::ListKeysRequest {
+            let request = pb::ListKeysRequest {
                 tenant: tenant.tenant,
-                page_size,
-                page_token,
+                page_size: page.page_size,
+                page_token: String::new(),
                 owner: owner.unwrap_or_default(),
                 scope_id: scope.unwrap_or_default(),
                 state: state.into(),
             };
-            let mut keys = Vec::new();
-            let next = loop {
-                let page = client.list_keys(request.clone()).await?.into_inner();
-                keys.extend(page.keys);
-                if !all || page.next_page_token.is_empty() {
-                    break page.next_page_token;
-                }
-                request.page_token = page.next_page_token;
-            };
-            let mut text = format!("{:<22}{:<10}{:<40}OWNER\n", "ID", "STATE", "SCOPES");
-            text.extend(keys.iter().map(output::key_row));
-            if !next.is_empty() {
-                text.push_str(&format!("more: --page-token {next}\n"));
-            }
+            let (keys, next) = pages(page, async |page_token| {
+                let page = client.list_keys(pb::ListKeysRequest { page_token, ..request.clone() }).await?.into_inner();
+                Ok((page.keys, page.next_page_token))
+            })
+            .await?;
+            let header = format!("{:<22}{:<10}{:<40}OWNER\n", "ID", "STATE", "SCOPES");
+            let text = table(header, keys.iter().map(output::key_row), &next);
             let json = json!({"keys": keys.iter().map(output::key_json).collect::<Vec<_>>(), "next_page_token": next});
             return Ok(Output::new(text, json));
         }
@@ -229,22 +249,14 @@ async fn scope(conn: &Connection, cmd: ScopeCommand) -> Result<Output, CliError>
             client.create_scope(request).await?
         }
         ScopeCommand::Get { id, tenant } => client.get_scope(pb::GetScopeRequest { tenant: tenant.tenant, id }).await?,
-        ScopeCommand::List { tenant, page_size, page_token, all } => {
-            let mut request = pb::ListScopesRequest { tenant: tenant.tenant, page_size, page_token };
-            let mut scopes = Vec::new();
-            let next = loop {
-                let page = client.list_scopes(request.clone()).await?.into_inner();
-                scopes.extend(page.scopes);
-                if !all || page.next_page_token.is_empty() {
-                    break page.next_page_token;
-                }
-                request.page_token = page.next_page_token;
-            };
-            let mut text = format!("{:<28}{:<24}MODE\n", "ID", "LABEL");
-            text.extend(scopes.iter().map(output::scope_row));
-            if !next.is_empty() {
-                text.push_str(&format!("more: --page-token {next}\n"));
-            }
+        ScopeCommand::List { tenant, page } => {
+            let request = pb::ListScopesRequest { tenant: tenant.tenant, page_size: page.page_size, page_token: String::new() };
+            let (scopes, next) = pages(page, async |page_token| {
+                let page = client.list_scopes(pb::ListScopesRequest { page_token, ..request.clone() }).await?.into_inner();
+                Ok((page.scopes, page.next_page_token))
+            })
+            .await?;
+            let text = table(format!("{:<28}{:<24}MODE\n", "ID", "LABEL"), scopes.iter().map(output::scope_row), &next);
             let json = json!({"scopes": scopes.iter().map(output::scope_json).collect::<Vec<_>>(), "next_page_token": next});
             return Ok(Output::new(text, json));
         }
