@@ -171,6 +171,10 @@ async fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()
     #[cfg(unix)]
     options.mode(0o600);
     let mut file = options.open(path).await?;
+    // `mode` applies only when the file is created: an existing file keeps its permissions,
+    // so make it private before the token goes in.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600)).await?;
     file.write_all(format!("{text}\n").as_bytes()).await?;
     file.sync_all().await
 }

@@ -1,5 +1,7 @@
 //! The real `keyscope` binary end to end: `keyscope serve` in a child process and the CLI
 //! driven as a newcomer would, following the README walk-through.
+// A test fails by panicking, with the output that shows why.
+#![allow(clippy::panic)]
 
 #[path = "common/process.rs"]
 mod process;
@@ -45,7 +47,11 @@ fn readme_walk_through() {
     assert!(server.admin_token().starts_with("ks_"), "bootstrap token: {}", server.admin_token());
 
     // A scope, as a person would make it: human-readable output.
-    let blog = server.cli().args(["scope", "create", "--tenant", "acme", "--label", "blog", "--read", "posts"]).run().success();
+    let blog = server
+        .cli()
+        .args(["scope", "create", "--tenant", "acme", "--label", "blog", "--read", "posts"])
+        .run()
+        .success();
     assert_eq!(field(&blog, "label"), "blog");
     assert_eq!(field(&blog, "tenant"), "acme");
     assert_eq!(field(&blog, "mode"), "allow");
@@ -76,7 +82,10 @@ fn readme_walk_through() {
     // A key holding it; the token is shown once, in the create response.
     let key = server
         .cli()
-        .args(["--json", "key", "create", "--tenant", "acme", "--scope", &scope_id, "--owner", "alice", "--meta", "team=web"])
+        .args([
+            "--json", "key", "create", "--tenant", "acme", "--scope", &scope_id, "--owner", "alice", "--meta",
+            "team=web",
+        ])
         .run()
         .success()
         .json();
@@ -94,24 +103,42 @@ fn readme_walk_through() {
     assert!(allowed.stdout.starts_with("allowed (OK)"), "{}", allowed.describe());
     let denied = check(&server, &token, "courses", "update").expect_code(3);
     assert!(denied.stdout.contains("denied (NOT_GRANTED)"), "{}", denied.describe());
-    let answer = server.cli_anonymous().args(["--json", "check", "course-dates", "read", "--credential", &token]).run().success().json();
+    let answer = server
+        .cli_anonymous()
+        .args(["--json", "check", "course-dates", "read", "--credential", &token])
+        .run()
+        .success()
+        .json();
     assert_eq!(answer["allowed"], Value::Bool(true));
     assert_eq!(str_field(&answer, "reason"), "OK");
     assert_eq!(str_field(&answer, "key_id"), key_id);
     assert_eq!(str_field(&answer, "tenant"), "acme");
     assert_eq!(str_field(&answer, "owner"), "alice");
     assert_eq!(strings(&answer, "scope_ids"), [scope_id.clone()]);
-    let answer = server.cli_anonymous().args(["--json", "check", "billing", "delete", "--credential", &token]).run().expect_code(3).json();
+    let answer = server
+        .cli_anonymous()
+        .args(["--json", "check", "billing", "delete", "--credential", &token])
+        .run()
+        .expect_code(3)
+        .json();
     assert_eq!(answer["allowed"], Value::Bool(false));
     assert_eq!(str_field(&answer, "reason"), "NOT_GRANTED");
     // The key's own tenant may be named; another one is a mismatch.
     check(&server, &token, "courses", "read").success();
-    let other = server.cli_anonymous().args(["check", "courses", "read", "--tenant", "globex", "--credential", &token]).run().expect_code(3);
+    let other = server
+        .cli_anonymous()
+        .args(["check", "courses", "read", "--tenant", "globex", "--credential", &token])
+        .run()
+        .expect_code(3);
     assert!(other.stdout.contains("denied (TENANT_MISMATCH)"), "{}", other.describe());
 
     // Keys: list, get, update.
     let list = server.cli().args(["key", "list", "--tenant", "acme"]).run().success();
-    let row = list.stdout.lines().find(|l| l.starts_with(&key_id)).unwrap_or_else(|| panic!("key {key_id} not listed:\n{}", list.describe()));
+    let row = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&key_id))
+        .unwrap_or_else(|| panic!("key {key_id} not listed:\n{}", list.describe()));
     assert!(row.contains("active") && row.contains(&scope_id) && row.contains("alice"), "row: {row}");
     let listed = server.cli().args(["--json", "key", "list", "--tenant", "acme", "--all"]).run().success().json();
     let keys = listed["keys"].as_array().expect("keys array");
@@ -125,10 +152,18 @@ fn readme_walk_through() {
     assert_eq!(field(&get, "metadata"), "team=web");
     assert_eq!(field(&get, "version"), "1");
     assert!(!get.stdout.contains(&token), "key get must not show the token");
-    let updated = server.cli().args(["key", "update", &key_id, "--tenant", "acme", "--version", "1", "--description", "x"]).run().success();
+    let updated = server
+        .cli()
+        .args(["key", "update", &key_id, "--tenant", "acme", "--version", "1", "--description", "x"])
+        .run()
+        .success();
     assert_eq!(field(&updated, "description"), "x");
     assert_eq!(field(&updated, "version"), "2");
-    let stale = server.cli().args(["key", "update", &key_id, "--tenant", "acme", "--version", "1", "--description", "y"]).run().expect_code(1);
+    let stale = server
+        .cli()
+        .args(["key", "update", &key_id, "--tenant", "acme", "--version", "1", "--description", "y"])
+        .run()
+        .expect_code(1);
     assert!(stale.stderr.contains("ABORTED"), "{}", stale.describe());
 
     // Disable is reversible, revoke is final.
@@ -154,29 +189,64 @@ fn readme_walk_through() {
     assert_eq!(field(&get, "read"), "course-dates, courses");
     let list = server.cli().args(["scope", "list", "--tenant", "acme", "--all"]).run().success();
     for label in ["website", "blog", "full-access", "read-only", "admin"] {
-        assert!(list.stdout.lines().any(|l| l.split_whitespace().nth(1) == Some(label)), "scope {label} not listed:\n{}", list.describe());
+        assert!(
+            list.stdout.lines().any(|l| l.split_whitespace().nth(1) == Some(label)),
+            "scope {label} not listed:\n{}",
+            list.describe()
+        );
     }
     assert!(list.stdout.lines().any(|l| l.contains("full-access") && l.ends_with("builtin")), "{}", list.describe());
-    let updated = server.cli().args(["scope", "update", &scope_id, "--tenant", "acme", "--version", "1", "--read", "courses"]).run().success();
+    let updated = server
+        .cli()
+        .args(["scope", "update", &scope_id, "--tenant", "acme", "--version", "1", "--read", "courses"])
+        .run()
+        .success();
     assert_eq!(field(&updated, "read"), "courses");
     assert_eq!(field(&updated, "version"), "2");
-    let stale = server.cli().args(["scope", "update", &scope_id, "--tenant", "acme", "--version", "1", "--read", "billing"]).run().expect_code(1);
+    let stale = server
+        .cli()
+        .args(["scope", "update", &scope_id, "--tenant", "acme", "--version", "1", "--read", "billing"])
+        .run()
+        .expect_code(1);
     assert!(stale.stderr.contains("ABORTED"), "{}", stale.describe());
-    let copy = server.cli().args(["--json", "scope", "clone", &scope_id, "--tenant", "acme", "--label", "copy"]).run().success().json();
+    let copy = server
+        .cli()
+        .args(["--json", "scope", "clone", &scope_id, "--tenant", "acme", "--label", "copy"])
+        .run()
+        .success()
+        .json();
     let copy_id = str_field(&copy, "id").to_owned();
     assert_ne!(copy_id, scope_id);
     assert_eq!(str_field(&copy, "label"), "copy");
     assert_eq!(strings(&copy["rules"], "read"), ["courses"]);
-    let dup = server.cli().args(["scope", "clone", &scope_id, "--tenant", "acme", "--label", "COPY"]).run().expect_code(1);
+    let dup =
+        server.cli().args(["scope", "clone", &scope_id, "--tenant", "acme", "--label", "COPY"]).run().expect_code(1);
     assert!(dup.stderr.contains("ALREADY_EXISTS"), "labels are unique case-insensitively: {}", dup.describe());
 
-    let eval = server.cli().args(["scope", "eval", "courses", "read", "--tenant", "acme", "--scope", &scope_id]).run().success();
+    let eval = server
+        .cli()
+        .args(["scope", "eval", "courses", "read", "--tenant", "acme", "--scope", &scope_id])
+        .run()
+        .success();
     assert!(eval.stdout.starts_with("allowed (OK)"), "{}", eval.describe());
-    let eval = server.cli().args(["scope", "eval", "course-dates", "read", "--tenant", "acme", "--scope", &scope_id]).run().expect_code(3);
+    let eval = server
+        .cli()
+        .args(["scope", "eval", "course-dates", "read", "--tenant", "acme", "--scope", &scope_id])
+        .run()
+        .expect_code(3);
     assert!(eval.stdout.contains("denied (NOT_GRANTED)"), "the update dropped course-dates: {}", eval.describe());
-    let eval = server.cli().args(["scope", "eval", "billing", "read", "--tenant", "acme", "--mode", "deny", "--read", "billing"]).run().expect_code(3);
+    let eval = server
+        .cli()
+        .args(["scope", "eval", "billing", "read", "--tenant", "acme", "--mode", "deny", "--read", "billing"])
+        .run()
+        .expect_code(3);
     assert!(eval.stdout.contains("denied (DENIED_BY_SCOPE)"), "{}", eval.describe());
-    let eval = server.cli().args(["--json", "scope", "eval", "courses", "read", "--tenant", "acme", "--mode", "deny", "--read", "billing"]).run().success().json();
+    let eval = server
+        .cli()
+        .args(["--json", "scope", "eval", "courses", "read", "--tenant", "acme", "--mode", "deny", "--read", "billing"])
+        .run()
+        .success()
+        .json();
     assert_eq!(eval["allowed"], Value::Bool(true));
     assert_eq!(strings(&eval, "scope_ids"), ["inline"]);
 
@@ -204,7 +274,8 @@ fn readme_walk_through() {
     assert!(unused.stdout.contains(&format!("deleted scope {blog_id}")), "{}", unused.describe());
 
     // Builtins are locked.
-    let locked = server.cli().args(["scope", "delete", "full-access", "--tenant", "acme", "--force"]).run().expect_code(1);
+    let locked =
+        server.cli().args(["scope", "delete", "full-access", "--tenant", "acme", "--force"]).run().expect_code(1);
     assert!(locked.stderr.contains("FAILED_PRECONDITION"), "{}", locked.describe());
 
     // A fresh token is well formed but names no key.
@@ -229,12 +300,24 @@ fn key_pair_credentials_are_checked_like_tokens() {
     let key_id = str_field(&key, "id");
     let token = str_field(&key, "token");
     let (_, secret) = token.rsplit_once('_').expect("token parts");
-    let pair = server.cli_anonymous().args(["check", "courses", "read", "--key-id", key_id, "--secret", secret]).run().success();
+    let pair = server
+        .cli_anonymous()
+        .args(["check", "courses", "read", "--key-id", key_id, "--secret", secret])
+        .run()
+        .success();
     assert!(pair.stdout.starts_with("allowed (OK)"), "{}", pair.describe());
-    let pair = server.cli_anonymous().args(["check", "courses", "delete", "--key-id", key_id, "--secret", secret]).run().expect_code(3);
+    let pair = server
+        .cli_anonymous()
+        .args(["check", "courses", "delete", "--key-id", key_id, "--secret", secret])
+        .run()
+        .expect_code(3);
     assert!(pair.stdout.contains("denied (NOT_GRANTED)"), "{}", pair.describe());
     // read-only grants no reserved module.
-    let admin = server.cli_anonymous().args(["check", "keyscope.keys", "read", "--key-id", key_id, "--secret", secret]).run().expect_code(3);
+    let admin = server
+        .cli_anonymous()
+        .args(["check", "keyscope.keys", "read", "--key-id", key_id, "--secret", secret])
+        .run()
+        .expect_code(3);
     assert!(admin.stdout.contains("denied (NOT_GRANTED)"), "{}", admin.describe());
     // Used as an admin token, it is not allowed to administer.
     let forbidden = server.cli_with_token(token).args(["key", "list"]).run().expect_code(1);
@@ -251,7 +334,8 @@ fn the_environment_can_carry_server_and_token() {
         .run()
         .success()
         .json();
-    let labels: Vec<&str> = listed["scopes"].as_array().expect("scopes array").iter().map(|s| str_field(s, "label")).collect();
+    let labels: Vec<&str> =
+        listed["scopes"].as_array().expect("scopes array").iter().map(|s| str_field(s, "label")).collect();
     for builtin in ["full-access", "read-only", "admin"] {
         assert!(labels.contains(&builtin), "{builtin} missing from {labels:?}");
     }
@@ -280,11 +364,17 @@ fn errors_are_one_clear_line_and_exit_1() {
     assert!(nothing.stderr.starts_with("error: cannot reach keyscope"), "{}", nothing.describe());
     assert!(nothing.stdout.is_empty(), "{}", nothing.describe());
     assert!(!nothing.stderr.contains(server.admin_token()), "an error must not echo the token: {}", nothing.describe());
-    let nothing = Cli::new().args(["--server", &format!("http://127.0.0.1:{port}"), "check", "courses", "read", "--credential", "x"]).run().expect_code(1);
+    let nothing = Cli::new()
+        .args(["--server", &format!("http://127.0.0.1:{port}"), "check", "courses", "read", "--credential", "x"])
+        .run()
+        .expect_code(1);
     assert!(nothing.stderr.contains("cannot reach keyscope"), "{}", nothing.describe());
 
     // Not an address at all.
-    let bad = Cli::new().args(["--server", "not a url", "--token", server.admin_token(), "scope", "list"]).run().expect_code(1);
+    let bad = Cli::new()
+        .args(["--server", "not a url", "--token", server.admin_token(), "scope", "list"])
+        .run()
+        .expect_code(1);
     assert!(bad.stderr.contains("cannot reach keyscope"), "{}", bad.describe());
 
     // Wrong or missing admin token.
@@ -301,20 +391,31 @@ fn errors_are_one_clear_line_and_exit_1() {
     assert!(anonymous.stderr.contains("UNAUTHENTICATED"), "{}", anonymous.describe());
 
     // Unknown ids.
-    let missing = server.cli().args(["key", "get", str_field(&fresh, "key_id"), "--tenant", "acme"]).run().expect_code(1);
+    let missing =
+        server.cli().args(["key", "get", str_field(&fresh, "key_id"), "--tenant", "acme"]).run().expect_code(1);
     assert!(missing.stderr.starts_with("error: NOT_FOUND"), "{}", missing.describe());
     let missing = server.cli().args(["scope", "get", "scp_doesnotexist", "--tenant", "acme"]).run().expect_code(1);
     assert!(missing.stderr.starts_with("error: NOT_FOUND"), "{}", missing.describe());
 
     // A key needs a scope of its own tenant that exists.
-    let bad_scope = server.cli().args(["key", "create", "--tenant", "acme", "--scope", "no-such-scope"]).run().expect_code(1);
+    let bad_scope =
+        server.cli().args(["key", "create", "--tenant", "acme", "--scope", "no-such-scope"]).run().expect_code(1);
     assert!(bad_scope.stderr.starts_with("error: INVALID_ARGUMENT: scope_ids[0]"), "{}", bad_scope.describe());
-    let bad_tenant = server.cli().args(["scope", "create", "--tenant", "Not_A_Tenant", "--label", "x", "--read", "a"]).run().expect_code(1);
-    assert!(bad_tenant.stderr.contains("INVALID_ARGUMENT") && bad_tenant.stderr.contains("tenant"), "{}", bad_tenant.describe());
+    let bad_tenant = server
+        .cli()
+        .args(["scope", "create", "--tenant", "Not_A_Tenant", "--label", "x", "--read", "a"])
+        .run()
+        .expect_code(1);
+    assert!(
+        bad_tenant.stderr.contains("INVALID_ARGUMENT") && bad_tenant.stderr.contains("tenant"),
+        "{}",
+        bad_tenant.describe()
+    );
 
     // --json errors are JSON too.
     let json_error = server.cli_with_token("garbage").args(["--json", "key", "list"]).run().expect_code(1);
-    let parsed: Value = serde_json::from_str(json_error.stderr.trim()).unwrap_or_else(|e| panic!("stderr is not JSON ({e}): {}", json_error.describe()));
+    let parsed: Value = serde_json::from_str(json_error.stderr.trim())
+        .unwrap_or_else(|e| panic!("stderr is not JSON ({e}): {}", json_error.describe()));
     assert!(str_field(&parsed, "error").contains("UNAUTHENTICATED"), "{parsed}");
     assert!(json_error.stdout.is_empty(), "{}", json_error.describe());
 }
@@ -327,7 +428,10 @@ fn usage_errors_exit_2() {
     // An unknown subcommand.
     Cli::new().args(["frobnicate"]).run().expect_code(2);
     // Flags that cannot go together.
-    Cli::new().args(["check", "courses", "read", "--credential", "x", "--key-id", "k", "--secret", "s"]).run().expect_code(2);
+    Cli::new()
+        .args(["check", "courses", "read", "--credential", "x", "--key-id", "k", "--secret", "s"])
+        .run()
+        .expect_code(2);
     // A bad token prefix, found by keyscope rather than clap, is a usage error as well.
     let prefix = Cli::new().args(["token", "new", "--prefix", "NOT OK"]).run().expect_code(2);
     assert!(prefix.stderr.contains("--prefix"), "{}", prefix.describe());
@@ -340,6 +444,10 @@ fn usage_errors_found_after_connecting_exit_2() {
     assert!(action.stderr.contains("action"), "{}", action.describe());
     let nothing = server.cli().args(["key", "update", "kid", "--version", "1"]).run().expect_code(2);
     assert!(nothing.stderr.contains("nothing to change"), "{}", nothing.describe());
-    let meta = server.cli().args(["key", "create", "--tenant", "acme", "--scope", "read-only", "--meta", "novalue"]).run().expect_code(2);
+    let meta = server
+        .cli()
+        .args(["key", "create", "--tenant", "acme", "--scope", "read-only", "--meta", "novalue"])
+        .run()
+        .expect_code(2);
     assert!(meta.stderr.contains("KEY=VALUE"), "{}", meta.describe());
 }

@@ -2,6 +2,8 @@
 //! naming the key, a non-zero exit before serving, and never an echo of a secret; a good
 //! YAML file with env overrides starts a server that uses its configured admin token and
 //! presets without printing any token.
+// A test fails by panicking, with the output that shows why.
+#![allow(clippy::panic)]
 
 #[path = "common/process.rs"]
 mod process;
@@ -54,7 +56,11 @@ fn a_bad_listen_address_is_named() {
 
 #[test]
 fn a_malformed_bootstrap_token_is_named_but_never_echoed() {
-    for token in ["ks_notatoken_zqxwvuSecretPart", "ks_abcdefghijklmnopqrst_zqxwvuTsrqpoNmlkjiHgfedcbaZY", "plain-password-zqxwvu"] {
+    for token in [
+        "ks_notatoken_zqxwvuSecretPart",
+        "ks_abcdefghijklmnopqrst_zqxwvuTsrqpoNmlkjiHgfedcbaZY",
+        "plain-password-zqxwvu",
+    ] {
         let line = refused(&[], &[("KEYSCOPE__BOOTSTRAP__ADMIN_TOKEN", token)], "bootstrap.admin_token");
         assert!(line.starts_with("error: config: bootstrap.admin_token: "), "{line}");
         assert!(!line.contains("zqxwvu"), "the token was echoed: {line}");
@@ -71,7 +77,11 @@ fn redis_is_refused_clearly() {
     let line = refused(&[], &[("KEYSCOPE__STORE__KIND", "redis")], "store.kind");
     assert!(line.contains("redis"), "{line}");
     let dir = tempfile::TempDir::new().expect("temp dir");
-    let file = write(dir.path(), "redis.yaml", "store:\n  kind: redis\n  redis:\n    url: redis://:hunter2zqxwvu@localhost:6379\n");
+    let file = write(
+        dir.path(),
+        "redis.yaml",
+        "store:\n  kind: redis\n  redis:\n    url: redis://:hunter2zqxwvu@localhost:6379\n",
+    );
     let line = refused(&["--config", &file], &[], "store.kind");
     assert!(!line.contains("hunter2zqxwvu"), "the Redis password was echoed: {line}");
     refused(&[], &[("KEYSCOPE__STORE__KIND", "mongo")], "store.kind");
@@ -85,7 +95,8 @@ fn unknown_keys_in_yaml_are_named() {
     assert!(line.contains("server"), "the section is named too: {line}");
     let file = write(dir.path(), "top.yaml", "surprise: 1\n");
     refused(&["--config", &file], &[], "surprise");
-    let file = write(dir.path(), "nested.yaml", "security:\n  pepper: zqxwvu-long-enough-pepper\n  peper: zqxwvu-misspelt\n");
+    let file =
+        write(dir.path(), "nested.yaml", "security:\n  pepper: zqxwvu-long-enough-pepper\n  peper: zqxwvu-misspelt\n");
     let line = refused(&["--config", &file], &[], "peper");
     assert!(!line.contains("zqxwvu"), "a secret was echoed: {line}");
     // An unknown variable under the prefix is named the same way.
@@ -105,7 +116,8 @@ fn broken_yaml_and_wrong_types_do_not_echo_secrets() {
     refused(&[], &[("KEYSCOPE__LIMITS__MAX_KEYS_PER_TENANT", "many")], "limits.max_keys_per_tenant");
     refused(&[], &[("KEYSCOPE__LOG__FORMAT", "xml")], "log.format");
     refused(&[], &[("KEYSCOPE__SECURITY__TOKEN_PREFIX", "Not-OK")], "security.token_prefix");
-    let file = write(dir.path(), "preset.yaml", "presets:\n  - {id: scp_mine, mode: allow, rules: {read: [reports]}}\n");
+    let file =
+        write(dir.path(), "preset.yaml", "presets:\n  - {id: scp_mine, mode: allow, rules: {read: [reports]}}\n");
     refused(&["--config", &file], &[], "presets[0].id");
 }
 
@@ -118,7 +130,9 @@ fn a_missing_config_file_is_an_error() {
 /// A configured token's key id, from the JSON `token new` output.
 fn new_token(prefix: &str) -> (String, String) {
     let made = Cli::new().args(["--json", "token", "new", "--prefix", prefix]).run().success().json();
-    let field = |name: &str| made.get(name).and_then(Value::as_str).unwrap_or_else(|| panic!("no `{name}` in {made}")).to_owned();
+    let field = |name: &str| {
+        made.get(name).and_then(Value::as_str).unwrap_or_else(|| panic!("no `{name}` in {made}")).to_owned()
+    };
     (field("key_id"), field("token"))
 }
 
@@ -135,7 +149,11 @@ fn a_yaml_file_with_env_overrides_configures_token_prefix_and_presets() {
     );
     let file = write(dir.path(), "keyscope.yaml", &yaml);
     // The environment overrides the file: a free port, JSON logs.
-    let server = ServerOptions::default().args(["--config", &file]).env("KEYSCOPE__LOG__FORMAT", "json").expect_token(false).start();
+    let server = ServerOptions::default()
+        .args(["--config", &file])
+        .env("KEYSCOPE__LOG__FORMAT", "json")
+        .expect_token(false)
+        .start();
     assert_ne!(server.addr, "127.0.0.1:50051", "KEYSCOPE__SERVER__GRPC_ADDR must override the file");
     assert!(
         server.stderr_lines().iter().any(|l| l.contains("bootstrap.admin_token") && l.contains(&admin_id)),
@@ -144,7 +162,12 @@ fn a_yaml_file_with_env_overrides_configures_token_prefix_and_presets() {
     );
 
     // The configured token is the system admin.
-    let preset = server.cli_with_token(&admin_token).args(["--json", "scope", "get", "reporting", "--tenant", "acme"]).run().success().json();
+    let preset = server
+        .cli_with_token(&admin_token)
+        .args(["--json", "scope", "get", "reporting", "--tenant", "acme"])
+        .run()
+        .success()
+        .json();
     assert_eq!(preset["builtin"], Value::Bool(true), "{preset}");
     assert_eq!(preset["label"], "reporting");
     assert_eq!(preset["rules"]["read"], serde_json::json!(["reports.*"]));
@@ -155,10 +178,18 @@ fn a_yaml_file_with_env_overrides_configures_token_prefix_and_presets() {
         .run()
         .expect_code(1);
     assert!(locked.stderr.contains("FAILED_PRECONDITION"), "{}", locked.describe());
-    let locked = server.cli_with_token(&admin_token).args(["scope", "delete", "reporting", "--tenant", "acme", "--force"]).run().expect_code(1);
+    let locked = server
+        .cli_with_token(&admin_token)
+        .args(["scope", "delete", "reporting", "--tenant", "acme", "--force"])
+        .run()
+        .expect_code(1);
     assert!(locked.stderr.contains("FAILED_PRECONDITION"), "{}", locked.describe());
     let listed = server.cli_with_token(&admin_token).args(["scope", "list", "--tenant", "globex"]).run().success();
-    assert!(listed.stdout.lines().any(|l| l.starts_with("reporting") && l.ends_with("builtin")), "presets exist in every tenant: {}", listed.describe());
+    assert!(
+        listed.stdout.lines().any(|l| l.starts_with("reporting") && l.ends_with("builtin")),
+        "presets exist in every tenant: {}",
+        listed.describe()
+    );
 
     // Keys get the configured prefix, and the preset decides.
     let key = server
@@ -169,11 +200,17 @@ fn a_yaml_file_with_env_overrides_configures_token_prefix_and_presets() {
         .json();
     let token = key.get("token").and_then(Value::as_str).expect("token").to_owned();
     assert!(token.starts_with("acme_"), "{token}");
-    let check = |module: &str, credential: &str| server.cli_anonymous().args(["check", module, "read", "--credential", credential]).run();
+    let check = |module: &str, credential: &str| {
+        server.cli_anonymous().args(["check", module, "read", "--credential", credential]).run()
+    };
     let allowed = check("reports.daily", &token).success();
     assert!(allowed.stdout.contains("allowed (OK)"), "{}", allowed.describe());
     let denied = check("reports", &token).expect_code(3);
-    assert!(denied.stdout.contains("denied (NOT_GRANTED)"), "`reports.*` does not match `reports`: {}", denied.describe());
+    assert!(
+        denied.stdout.contains("denied (NOT_GRANTED)"),
+        "`reports.*` does not match `reports`: {}",
+        denied.describe()
+    );
     // A `ks_` token is not a token of this deployment.
     let (_, foreign) = new_token("ks");
     let malformed = check("reports.daily", &foreign).expect_code(3);
@@ -226,7 +263,8 @@ fn an_existing_token_file_is_made_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::TempDir::new().expect("temp dir");
     let token_file = dir.path().join("admin.token");
-    std::fs::write(&token_file, "old contents that are much longer than any token, to check truncation\n").expect("pre-create");
+    std::fs::write(&token_file, "old contents that are much longer than any token, to check truncation\n")
+        .expect("pre-create");
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).expect("chmod 644");
     let server = ServerOptions::default()
         .env("KEYSCOPE__BOOTSTRAP__TOKEN_FILE", token_file.to_str().expect("utf-8 path"))

@@ -1,6 +1,8 @@
 //! No token, secret or pepper is ever logged: the real binary runs with `RUST_LOG=trace`
 //! (h2, hyper, tonic and tower internals included) and JSON logs, serves a realistic mix
 //! of admin calls and checks, and everything it wrote is searched for every credential.
+// A test fails by panicking, with the output that shows why.
+#![allow(clippy::panic)]
 
 #[path = "common/process.rs"]
 mod process;
@@ -68,10 +70,11 @@ fn batch_check(addr: &str, token: &str) -> Vec<pb::CheckResponse> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let mut client = CheckerClient::connect(format!("http://{addr}")).await.expect("connect");
-        let items = [("courses", pb::Action::Read), ("courses", pb::Action::Delete), ("billing.invoices", pb::Action::Read)]
-            .into_iter()
-            .map(|(module, action)| pb::CheckItem { module: module.into(), action: action.into() })
-            .collect();
+        let items =
+            [("courses", pb::Action::Read), ("courses", pb::Action::Delete), ("billing.invoices", pb::Action::Read)]
+                .into_iter()
+                .map(|(module, action)| pb::CheckItem { module: module.into(), action: action.into() })
+                .collect();
         let request = pb::BatchCheckRequest {
             credential: Some(batch_check_request::Credential::Token(token.into())),
             tenant: "acme".into(),
@@ -93,7 +96,17 @@ fn no_token_secret_or_pepper_is_ever_logged() {
     let website = json(
         server
             .cli()
-            .args(["--json", "scope", "create", "--tenant", "acme", "--label", "website", "--read", "courses,course-dates"])
+            .args([
+                "--json",
+                "scope",
+                "create",
+                "--tenant",
+                "acme",
+                "--label",
+                "website",
+                "--read",
+                "courses,course-dates",
+            ])
             .run()
             .success(),
     );
@@ -101,21 +114,54 @@ fn no_token_secret_or_pepper_is_ever_logged() {
     let no_billing = json(
         server
             .cli()
-            .args(["--json", "scope", "create", "--tenant", "acme", "--label", "no-billing", "--mode", "deny", "--read", "billing.*"])
+            .args([
+                "--json",
+                "scope",
+                "create",
+                "--tenant",
+                "acme",
+                "--label",
+                "no-billing",
+                "--mode",
+                "deny",
+                "--read",
+                "billing.*",
+            ])
             .run()
             .success(),
     );
     let deny_id = text(&no_billing, "id").to_owned();
     server.cli().args(["scope", "list", "--tenant", "acme", "--all"]).run().success();
-    server.cli().args(["scope", "update", &scope_id, "--tenant", "acme", "--version", "1", "--read", "courses,course-dates,posts"]).run().success();
-    server.cli().args(["scope", "eval", "billing.invoices", "read", "--tenant", "acme", "--scope", &deny_id]).run().expect_code(3);
+    server
+        .cli()
+        .args([
+            "scope",
+            "update",
+            &scope_id,
+            "--tenant",
+            "acme",
+            "--version",
+            "1",
+            "--read",
+            "courses,course-dates,posts",
+        ])
+        .run()
+        .success();
+    server
+        .cli()
+        .args(["scope", "eval", "billing.invoices", "read", "--tenant", "acme", "--scope", &deny_id])
+        .run()
+        .expect_code(3);
 
     // Keys: their tokens come back in the responses.
     let mut create_key = |owner: &str, scopes: &str| {
         let key = json(
             server
                 .cli()
-                .args(["--json", "key", "create", "--tenant", "acme", "--scope", scopes, "--owner", owner, "--meta", "team=web"])
+                .args([
+                    "--json", "key", "create", "--tenant", "acme", "--scope", scopes, "--owner", owner, "--meta",
+                    "team=web",
+                ])
                 .run()
                 .success(),
         );
@@ -163,7 +209,11 @@ fn no_token_secret_or_pepper_is_ever_logged() {
     // Key lifecycle.
     server.cli().args(["key", "get", &alice, "--tenant", "acme"]).run().success();
     server.cli().args(["key", "list", "--tenant", "acme", "--all"]).run().success();
-    server.cli().args(["key", "update", &alice, "--tenant", "acme", "--version", "1", "--description", "web site"]).run().success();
+    server
+        .cli()
+        .args(["key", "update", &alice, "--tenant", "acme", "--version", "1", "--description", "web site"])
+        .run()
+        .success();
     server.cli().args(["key", "disable", &carol, "--tenant", "acme"]).run().success();
     check(&["courses", "read", "--credential", &carol_token]).expect_code(3);
     server.cli().args(["key", "enable", &carol, "--tenant", "acme"]).run().success();
@@ -175,6 +225,8 @@ fn no_token_secret_or_pepper_is_ever_logged() {
 
     // stdout holds the banner (with the bootstrap token, on purpose) and nothing after it.
     assert_eq!(captured.stdout.len(), 3, "stdout after the banner: {:?}", captured.stdout);
+    // The matcher finds what it looks for: the banner's token is one of its needles.
+    assert_eq!(forbidden.leaks(&captured.stdout[2..]).len(), 3, "the search must see the banner's token");
     let after_banner = &captured.stdout[3..];
     let mut leaks = forbidden.leaks(after_banner);
     leaks.extend(forbidden.leaks(&captured.stderr));
@@ -188,6 +240,13 @@ fn no_token_secret_or_pepper_is_ever_logged() {
         .collect();
     assert!(lines.len() > 100, "suspiciously few log lines at trace: {}", lines.len());
     assert!(lines.iter().any(|l| l["level"] == "TRACE"), "no TRACE line: RUST_LOG=trace was not honoured");
+    // The transport's own trace output (h2 decodes every header, the bearer included) is
+    // part of what was searched. Should logging ever cap these targets on purpose, point
+    // this at what remains of the transport's output instead.
+    assert!(
+        lines.iter().any(|l| l["target"].as_str().is_some_and(|t| t.starts_with("h2::hpack"))),
+        "no h2 header-decoding trace in the capture"
+    );
     for id in &key_ids {
         assert!(captured.stderr.iter().any(|l| l.contains(id.as_str())), "key id {id} never logged");
     }
@@ -197,7 +256,16 @@ fn no_token_secret_or_pepper_is_ever_logged() {
         .filter(|s| s["name"] == "check")
         .filter_map(|s| s.get("reason").and_then(Value::as_str))
         .collect();
-    for reason in ["OK", "NOT_GRANTED", "DENIED_BY_SCOPE", "TENANT_MISMATCH", "UNKNOWN_KEY", "MALFORMED_CREDENTIAL", "KEY_DISABLED", "KEY_REVOKED"] {
+    for reason in [
+        "OK",
+        "NOT_GRANTED",
+        "DENIED_BY_SCOPE",
+        "TENANT_MISMATCH",
+        "UNKNOWN_KEY",
+        "MALFORMED_CREDENTIAL",
+        "KEY_DISABLED",
+        "KEY_REVOKED",
+    ] {
         assert!(check_reasons.contains(&reason), "no check span with reason {reason}; seen: {check_reasons:?}");
     }
     assert!(

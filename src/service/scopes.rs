@@ -142,9 +142,9 @@ impl Keyscope {
             return Err(locked(id));
         }
         for _ in 0..RETRIES {
-            if self.store.get_scope(&caller.tenant, id).await?.is_none() {
+            let Some(scope) = self.store.get_scope(&caller.tenant, id).await? else {
                 return Err(scope_not_found(id, caller));
-            }
+            };
             let holders = self.store.scope_holders(&caller.tenant, id).await?;
             if !holders.is_empty() && !force {
                 return Err(ServiceError::FailedPrecondition(format!(
@@ -152,7 +152,11 @@ impl Keyscope {
                     holders.len()
                 )));
             }
-            self.refuse_widening(caller, id, &holders).await?;
+            // An allow-mode scope only ever adds grants, so removing it cannot widen access;
+            // only a deny-mode scope needs the per-key comparison.
+            if scope.mode == ScopeMode::Deny {
+                self.refuse_widening(caller, id, &holders).await?;
+            }
             let guard: Vec<(KeyId, u64)> = holders.iter().map(|k| (k.id.clone(), k.version)).collect();
             let delete = ScopeDelete { tenant: &caller.tenant, id, expected_version: version, holders: &guard, now: self.clock.now() };
             match self.store.delete_scope(delete).await {

@@ -1,7 +1,8 @@
 //! Process-level test helpers: run the real `keyscope` binary as a server child process
 //! (killed on drop), find its bound address and bootstrap token, and run CLI commands
 //! against it. Every wait has a deadline and fails loudly; nothing sleeps to synchronise.
-#![allow(dead_code, missing_docs)]
+// Test helpers fail the test by panicking, with the process output in the message.
+#![allow(dead_code, missing_docs, clippy::panic)]
 
 use std::{
     ffi::OsStr,
@@ -315,7 +316,14 @@ impl Run {
 
     /// Panics with the full output unless the exit code is `code`.
     pub fn expect_code(self, code: i32) -> Run {
-        assert_eq!(self.code(), code, "`keyscope {}` exited {} (expected {code})\n{}", self.args.join(" "), self.code(), self.describe());
+        assert_eq!(
+            self.code(),
+            code,
+            "`keyscope {}` exited {} (expected {code})\n{}",
+            self.args.join(" "),
+            self.code(),
+            self.describe()
+        );
         self
     }
 
