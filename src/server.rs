@@ -1,26 +1,16 @@
 //! Wires the gRPC services, health and reflection, and serves them on a listener until a
 //! shutdown future resolves. Tests call [`serve`] on `127.0.0.1:0`.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{future::Future, sync::Arc};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{
-    codegen::{Service, http},
-    server::NamedService,
-    service::interceptor::InterceptedService,
-    transport::Server,
-};
+use tonic::{service::interceptor::InterceptedService, transport::Server};
 
 use crate::{
     domain::limits,
     grpc::{
-        CheckerService, KeyAdminService, ScopeAdminService, bearer_interceptor,
+        CheckerService, KeyAdminService, OversizeIsExhausted, ScopeAdminService, bearer_interceptor,
         pb::{self, checker_server::CheckerServer, key_admin_server::KeyAdminServer, scope_admin_server::ScopeAdminServer},
     },
     service::Keyscope,
@@ -75,42 +65,6 @@ pub async fn serve(listener: TcpListener, core: Arc<Keyscope>, shutdown: impl Fu
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
         .await?;
     Ok(())
-}
-
-/// Answers a request over [`limits::MESSAGE_MAX_BYTES`] with `RESOURCE_EXHAUSTED`, the code
-/// gRPC and SPEC section 6 give an exceeded message size; tonic's decoder says `OUT_OF_RANGE`.
-/// Only that decoder produces `OUT_OF_RANGE` here: no keyscope error maps to it (`grpc::status`).
-#[derive(Debug, Clone)]
-struct OversizeIsExhausted<S>(S);
-
-impl<S: NamedService> NamedService for OversizeIsExhausted<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B, R> Service<http::Request<B>> for OversizeIsExhausted<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<R>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let call = self.0.call(request);
-        Box::pin(async move {
-            let mut response = call.await?;
-            let status = response.headers_mut();
-            if status.get("grpc-status").is_some_and(|code| code == "11") {
-                status.insert("grpc-status", http::HeaderValue::from_static("8"));
-            }
-            Ok(response)
-        })
-    }
 }
 
 /// Why `keyscope serve` could not start or stopped with an error.

@@ -13,6 +13,7 @@ pub use auth::{AdminToken, bearer_interceptor};
 pub use checker::CheckerService;
 pub use key_admin::KeyAdminService;
 pub use scope_admin::ScopeAdminService;
+pub use status::OversizeIsExhausted;
 
 /// The generated protobuf messages, clients and servers of `keyscope.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
