@@ -63,6 +63,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
     async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
         let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Read).await?;
         let pb::ListKeysRequest { tenant: _, page_size, page_token, owner, scope_id, state } = request.into_inner();
+        validate_owner("owner", &owner)?;
         let query = KeyQuery {
             after: convert::page_cursor("page_token", &page_token)?,
             limit: convert::page_size("page_size", page_size)?,

@@ -73,15 +73,25 @@ impl Keyscope {
         Ok(Caller { key: holder.key, scopes: holder.scopes, tenant })
     }
 
-    /// Looks up scope ids of the caller's tenant (builtins included), naming the field of
-    /// any that does not exist there.
-    pub(super) async fn tenant_scopes(&self, tenant: &Tenant, field: &str, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, ServiceError> {
+    /// Looks up scope ids of a tenant, builtins included; `None` where a scope does not exist.
+    pub(super) async fn lookup_scopes(&self, tenant: &Tenant, ids: &[ScopeId]) -> Result<Vec<Option<Arc<Scope>>>, ServiceError> {
         let mut scopes = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
+        for id in ids {
             let scope = match self.builtins.get(id) {
                 Some(builtin) => Some(builtin.clone()),
                 None => self.store.get_scope(tenant, id).await?,
             };
+            scopes.push(scope);
+        }
+        Ok(scopes)
+    }
+
+    /// Looks up scope ids of the caller's tenant (builtins included), naming the field of
+    /// any that does not exist there.
+    pub(super) async fn tenant_scopes(&self, tenant: &Tenant, field: &str, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, ServiceError> {
+        let found = self.lookup_scopes(tenant, ids).await?;
+        let mut scopes = Vec::with_capacity(ids.len());
+        for (i, (id, scope)) in ids.iter().zip(found).enumerate() {
             let scope = scope.ok_or_else(|| {
                 InputError::invalid(format!("{field}[{i}]"), format!("no scope `{id}` in tenant `{tenant}`"))
             })?;

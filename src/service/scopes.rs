@@ -174,10 +174,12 @@ impl Keyscope {
     async fn refuse_widening(&self, caller: &Caller, id: &ScopeId, holders: &[Arc<crate::domain::Key>]) -> Result<(), ServiceError> {
         let mut widened = Vec::new();
         for key in holders {
-            let others: Vec<ScopeId> = key.scope_ids.iter().filter(|s| *s != id).cloned().collect();
-            let before = self.tenant_scopes(&caller.tenant, "scope_ids", &key.scope_ids).await?;
+            let found = self.lookup_scopes(&caller.tenant, &key.scope_ids).await?;
+            // A key naming a scope that no longer exists is denied everything, before and
+            // after: it cannot widen.
+            let Some(before) = found.into_iter().collect::<Option<Vec<Arc<Scope>>>>() else { continue };
             let before: Vec<&Scope> = before.iter().map(Arc::as_ref).collect();
-            let after: Vec<&Scope> = before.iter().copied().filter(|s| others.contains(&s.id)).collect();
+            let after: Vec<&Scope> = before.iter().copied().filter(|s| s.id != *id).collect();
             if let Some(found) = widens(&before, &after, false) {
                 widened.push((key.id.clone(), found));
             }
