@@ -197,16 +197,19 @@ impl Settings {
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Yaml).required(true));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("KEYSCOPE").prefix_separator("__").separator("__"),
-        );
+        builder =
+            builder.add_source(config::Environment::with_prefix("KEYSCOPE").prefix_separator("__").separator("__"));
         let raw = builder.build().map_err(|e| ConfigError(e.to_string()))?;
         raw.try_deserialize().map_err(|e| ConfigError(e.to_string()))
     }
 
     /// Checks every setting and derives what the service needs.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
-        let addr = |key: &str, value: &str| value.parse::<SocketAddr>().map_err(|_| bad(key, format!("`{value}` is not a socket address like 127.0.0.1:50051")));
+        let addr = |key: &str, value: &str| {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|_| bad(key, format!("`{value}` is not a socket address like 127.0.0.1:50051")))
+        };
         let grpc_addr = addr("server.grpc_addr", &self.server.grpc_addr)?;
         let http_addr = addr("server.http_addr", &self.server.http_addr)?;
         if self.store.kind == StoreKind::Redis {
@@ -220,7 +223,13 @@ impl Settings {
         let pepper = Pepper::new(pepper_text.as_bytes()).map_err(|p| bad("security.pepper", p.0))?;
         if let Some(token) = &self.bootstrap.admin_token {
             tokens.parse(token.expose()).map_err(|_| {
-                bad("bootstrap.admin_token", format!("not a well-formed keyscope token with prefix `{}` (make one with `keyscope token new`)", tokens.prefix()))
+                bad(
+                    "bootstrap.admin_token",
+                    format!(
+                        "not a well-formed keyscope token with prefix `{}` (make one with `keyscope token new`)",
+                        tokens.prefix()
+                    ),
+                )
             })?;
         }
         let builtins = Builtins::new(&self.presets).map_err(|e| ConfigError(e.to_string()))?;

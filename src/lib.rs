@@ -13,11 +13,11 @@
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`cli`]: the `keyscope` command line (client side).
 
+pub mod cli;
+pub mod config;
 pub mod domain;
+pub mod grpc;
+pub mod server;
 pub mod service;
 pub mod store;
-pub mod grpc;
-pub mod config;
-pub mod server;
 pub mod telemetry;
-pub mod cli;

@@ -11,7 +11,9 @@ use crate::{
     domain::limits,
     grpc::{
         CheckerService, KeyAdminService, OversizeIsExhausted, ScopeAdminService, bearer_interceptor,
-        pb::{self, checker_server::CheckerServer, key_admin_server::KeyAdminServer, scope_admin_server::ScopeAdminServer},
+        pb::{
+            self, checker_server::CheckerServer, key_admin_server::KeyAdminServer, scope_admin_server::ScopeAdminServer,
+        },
     },
     service::Keyscope,
 };
@@ -29,7 +31,11 @@ pub enum ServeError {
 
 /// Serves keyscope's gRPC API on `listener` until `shutdown` resolves, then drains in-flight
 /// calls and returns.
-pub async fn serve(listener: TcpListener, core: Arc<Keyscope>, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+pub async fn serve(
+    listener: TcpListener,
+    core: Arc<Keyscope>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CheckerServer<CheckerService>>().await;
     health.set_serving::<KeyAdminServer<KeyAdminService>>().await;
@@ -44,9 +50,12 @@ pub async fn serve(listener: TcpListener, core: Arc<Keyscope>, shutdown: impl Fu
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let checker = CheckerServer::new(CheckerService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
-    let keys = KeyAdminServer::new(KeyAdminService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
-    let scopes = ScopeAdminServer::new(ScopeAdminService::new(core)).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
+    let checker =
+        CheckerServer::new(CheckerService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
+    let keys =
+        KeyAdminServer::new(KeyAdminService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
+    let scopes =
+        ScopeAdminServer::new(ScopeAdminService::new(core)).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
 
     let drained = async move {
         shutdown.await;
@@ -104,7 +113,9 @@ async fn announce(outcome: crate::service::Bootstrap, token_file: Option<&std::p
         Bootstrap::Existing(id) => tracing::info!(key_id = %id, "bootstrap admin key exists"),
         Bootstrap::Created(id, token) => match token_file {
             Some(path) => {
-                write_private(path, token.expose()).await.map_err(|e| StartError::Io(format!("bootstrap.token_file `{}`: {e}", path.display())))?;
+                write_private(path, token.expose())
+                    .await
+                    .map_err(|e| StartError::Io(format!("bootstrap.token_file `{}`: {e}", path.display())))?;
                 tracing::info!(key_id = %id, path = %path.display(), "bootstrap admin key created; its token was written to bootstrap.token_file");
             }
             None => {
@@ -137,7 +148,9 @@ async fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()
 pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
     let validated = settings.validate()?;
     if validated.dev_pepper {
-        tracing::warn!("security.pepper is not set: using the built-in development pepper; set KEYSCOPE__SECURITY__PEPPER for real keys");
+        tracing::warn!(
+            "security.pepper is not set: using the built-in development pepper; set KEYSCOPE__SECURITY__PEPPER for real keys"
+        );
     }
     let core = build(&validated);
     let outcome = core.ensure_bootstrap(settings.bootstrap.admin_token.as_ref().map(|t| t.expose())).await?;

@@ -94,7 +94,7 @@ fn readme_walk_through() {
     assert!(token.starts_with(&format!("ks_{key_id}_")), "token {token} for key {key_id}");
     assert_eq!(str_field(&key, "owner"), "alice");
     assert_eq!(str_field(&key, "state"), "active");
-    assert_eq!(strings(&key, "scope_ids"), [scope_id.clone()]);
+    assert_eq!(strings(&key, "scope_ids"), [scope_id.as_str()]);
     assert_eq!(key["metadata"]["team"], "web");
     assert_eq!(u64_field(&key, "version"), 1);
 
@@ -114,7 +114,7 @@ fn readme_walk_through() {
     assert_eq!(str_field(&answer, "key_id"), key_id);
     assert_eq!(str_field(&answer, "tenant"), "acme");
     assert_eq!(str_field(&answer, "owner"), "alice");
-    assert_eq!(strings(&answer, "scope_ids"), [scope_id.clone()]);
+    assert_eq!(strings(&answer, "scope_ids"), [scope_id.as_str()]);
     let answer = server
         .cli_anonymous()
         .args(["--json", "check", "billing", "delete", "--credential", &token])
@@ -450,4 +450,16 @@ fn usage_errors_found_after_connecting_exit_2() {
         .run()
         .expect_code(2);
     assert!(meta.stderr.contains("KEY=VALUE"), "{}", meta.describe());
+}
+
+#[test]
+fn the_command_line_grammar_is_consistent() {
+    // clap checks the grammar only when a command is parsed in a debug build; this checks
+    // every subcommand at once (e.g. a `--version` argument beside clap's own flag).
+    use clap::CommandFactory;
+    keyscope::cli::Cli::command().debug_assert();
+    // `--version` is an argument of the versioned commands, and the top level's own flag.
+    Cli::new().args(["--version"]).run().success();
+    let help = Cli::new().args(["key", "update", "--help"]).run().success();
+    assert!(help.stdout.contains("--version <VERSION>"), "{}", help.describe());
 }

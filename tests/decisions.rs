@@ -2,6 +2,8 @@
 //! through `ScopeAdmin.EvaluateScopes` with inline scopes, and through `Checker.Check` on
 //! real keys holding stored scopes, over a real socket.
 
+#![allow(clippy::panic)] // tests fail by panicking
+
 mod common;
 #[path = "common/fixtures.rs"]
 mod fixtures;
@@ -77,7 +79,12 @@ async fn decision_cases_hold_through_evaluate_scopes() {
         let inline_scopes = case
             .scopes
             .iter()
-            .map(|s| pb::Scope { id: s.id.clone(), mode: pb_mode(&s.mode).into(), rules: Some(pb_rules(s)), ..Default::default() })
+            .map(|s| pb::Scope {
+                id: s.id.clone(),
+                mode: pb_mode(&s.mode).into(),
+                rules: Some(pb_rules(s)),
+                ..Default::default()
+            })
             .collect();
         let answer = scopes
             .evaluate_scopes(pb::EvaluateScopesRequest {

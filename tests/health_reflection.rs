@@ -1,13 +1,15 @@
 //! grpc.health.v1 and server reflection work on the gRPC port, so Kubernetes probes and
 //! grpcurl need no extra setup.
 
+#![allow(clippy::panic)] // tests fail by panicking
+
 mod common;
 
 use common::TestServer;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tonic_reflection::pb::v1::{
-    ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-    server_reflection_response::MessageResponse,
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
 #[tokio::test]
@@ -32,7 +34,10 @@ async fn reflection_lists_and_describes_the_keyscope_services() {
     let server = TestServer::start().await;
     let mut reflection = ServerReflectionClient::new(server.channel());
     let requests = vec![
-        ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
         ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::FileContainingSymbol("keyscope.v1.ScopeAdmin".into())),

@@ -1,5 +1,7 @@
 //! The store contract suite (tests/common/contract.rs) against every backend.
 
+#![allow(clippy::panic)] // tests fail by panicking
+
 #[path = "common/contract.rs"]
 mod contract;
 

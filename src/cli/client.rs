@@ -7,7 +7,9 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use crate::grpc::pb::{checker_client::CheckerClient, key_admin_client::KeyAdminClient, scope_admin_client::ScopeAdminClient};
+use crate::grpc::pb::{
+    checker_client::CheckerClient, key_admin_client::KeyAdminClient, scope_admin_client::ScopeAdminClient,
+};
 
 /// Why the CLI could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -140,7 +140,10 @@ pub fn answer_text(answer: &pb::CheckResponse) -> String {
 
 /// A table row per key.
 pub fn key_row(key: &pb::Key) -> String {
-    format!("{}\n", format!("{:<22}{:<10}{:<40}{}", key.id, state(key.state), key.scope_ids.join(","), key.owner).trim_end())
+    format!(
+        "{}\n",
+        format!("{:<22}{:<10}{:<40}{}", key.id, state(key.state), key.scope_ids.join(","), key.owner).trim_end()
+    )
 }
 
 /// A table row per scope.

@@ -6,7 +6,10 @@ use prost_types::FieldMask;
 use serde_json::{Value, json};
 
 use super::{
-    args::{CheckArgs, Cli, Command, KeyCommand, KeyStateArgs, ModeArg, PageArgs, RuleArgs, ScopeCommand, StateArg, TokenCommand},
+    args::{
+        CheckArgs, Cli, Command, KeyCommand, KeyStateArgs, ModeArg, PageArgs, RuleArgs, ScopeCommand, StateArg,
+        TokenCommand,
+    },
     client::{CliError, Connection},
     output,
 };
@@ -82,7 +85,8 @@ fn new_token(prefix: &str) -> Result<Output, CliError> {
 }
 
 fn action(raw: &str) -> Result<i32, CliError> {
-    let action: crate::domain::Action = raw.parse().map_err(|p: crate::domain::Problem| CliError::Usage(format!("action: {}", p.0)))?;
+    let action: crate::domain::Action =
+        raw.parse().map_err(|p: crate::domain::Problem| CliError::Usage(format!("action: {}", p.0)))?;
     Ok(crate::grpc::convert::action_to_pb(action).into())
 }
 
@@ -91,9 +95,14 @@ async fn check(conn: &Connection, args: CheckArgs, token: Option<String>) -> Res
     let credential = match (credential.or(token), key_id, secret) {
         (_, Some(key_id), Some(secret)) => pb::check_request::Credential::KeyPair(pb::KeyPair { key_id, secret }),
         (Some(token), _, _) => pb::check_request::Credential::Token(token),
-        _ => return Err(CliError::Usage("give the credential to check: --credential, --token or --key-id with --secret".into())),
+        _ => {
+            return Err(CliError::Usage(
+                "give the credential to check: --credential, --token or --key-id with --secret".into(),
+            ));
+        }
     };
-    let request = pb::CheckRequest { credential: Some(credential), tenant, module, action: action(&raw_action)?, explain: true };
+    let request =
+        pb::CheckRequest { credential: Some(credential), tenant, module, action: action(&raw_action)?, explain: true };
     let answer = conn.checker().check(request).await?.into_inner();
     Ok(Output { text: output::answer_text(&answer), json: output::answer_json(&answer), denied: !answer.allowed })
 }
@@ -153,12 +162,17 @@ async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
                 description,
                 owner,
                 scope_ids: scopes,
-                expires_at: output::parse_expiry(expiry.expires_at.as_deref(), expiry.expires_in.as_deref()).map_err(CliError::Usage)?,
+                expires_at: output::parse_expiry(expiry.expires_at.as_deref(), expiry.expires_in.as_deref())
+                    .map_err(CliError::Usage)?,
                 metadata: metadata(&meta)?,
             };
             let response = client.create_key(request).await?.into_inner();
             let key = response.key.unwrap_or_default();
-            let text = format!("{}token       {}\n            (shown once: store it now)\n", output::key_text(&key), response.token);
+            let text = format!(
+                "{}token       {}\n            (shown once: store it now)\n",
+                output::key_text(&key),
+                response.token
+            );
             let mut json = output::key_json(&key);
             json["token"] = Value::String(response.token);
             return Ok(Output::new(text, json));
@@ -188,7 +202,18 @@ async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
             let json = json!({"keys": keys.iter().map(output::key_json).collect::<Vec<_>>(), "next_page_token": next});
             return Ok(Output::new(text, json));
         }
-        KeyCommand::Update { id, tenant, version, description, owner, scopes, expiry, no_expiry, metadata: meta, clear_metadata } => {
+        KeyCommand::Update {
+            id,
+            tenant,
+            version,
+            description,
+            owner,
+            scopes,
+            expiry,
+            no_expiry,
+            metadata: meta,
+            clear_metadata,
+        } => {
             let mut paths = Vec::new();
             let mut request = pb::UpdateKeyRequest { tenant: tenant.tenant, id, version, ..Default::default() };
             if let Some(d) = description {
@@ -203,7 +228,8 @@ async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
                 paths.push("scope_ids");
                 request.scope_ids = scopes;
             }
-            let expires = output::parse_expiry(expiry.expires_at.as_deref(), expiry.expires_in.as_deref()).map_err(CliError::Usage)?;
+            let expires = output::parse_expiry(expiry.expires_at.as_deref(), expiry.expires_in.as_deref())
+                .map_err(CliError::Usage)?;
             if expires.is_some() || no_expiry {
                 paths.push("expires_at");
                 request.expires_at = expires;
@@ -245,19 +271,28 @@ async fn scope(conn: &Connection, cmd: ScopeCommand) -> Result<Output, CliError>
     let mut client = conn.scopes();
     let scope = match cmd {
         ScopeCommand::Create { tenant, label, description, mode: m, rules: r } => {
-            let request = pb::CreateScopeRequest { tenant: tenant.tenant, label, description, mode: mode(m), rules: Some(rules(r)) };
+            let request = pb::CreateScopeRequest {
+                tenant: tenant.tenant,
+                label,
+                description,
+                mode: mode(m),
+                rules: Some(rules(r)),
+            };
             client.create_scope(request).await?
         }
         ScopeCommand::Get { id, tenant } => client.get_scope(pb::GetScopeRequest { tenant: tenant.tenant, id }).await?,
         ScopeCommand::List { tenant, page } => {
-            let request = pb::ListScopesRequest { tenant: tenant.tenant, page_size: page.page_size, page_token: String::new() };
+            let request =
+                pb::ListScopesRequest { tenant: tenant.tenant, page_size: page.page_size, page_token: String::new() };
             let (scopes, next) = pages(page, async |page_token| {
-                let page = client.list_scopes(pb::ListScopesRequest { page_token, ..request.clone() }).await?.into_inner();
+                let page =
+                    client.list_scopes(pb::ListScopesRequest { page_token, ..request.clone() }).await?.into_inner();
                 Ok((page.scopes, page.next_page_token))
             })
             .await?;
             let text = table(format!("{:<28}{:<24}MODE\n", "ID", "LABEL"), scopes.iter().map(output::scope_row), &next);
-            let json = json!({"scopes": scopes.iter().map(output::scope_json).collect::<Vec<_>>(), "next_page_token": next});
+            let json =
+                json!({"scopes": scopes.iter().map(output::scope_json).collect::<Vec<_>>(), "next_page_token": next});
             return Ok(Output::new(text, json));
         }
         ScopeCommand::Update { id, tenant, version, label, description, mode: m, rules: r, clear_rules } => {
@@ -308,9 +343,19 @@ async fn scope(conn: &Connection, cmd: ScopeCommand) -> Result<Output, CliError>
             if scopes.is_empty() && inline_scopes.is_empty() {
                 return Err(CliError::Usage("give --scope ids and/or rule flags for an inline scope".into()));
             }
-            let request = pb::EvaluateScopesRequest { tenant: tenant.tenant, scope_ids: scopes, inline_scopes, module, action: action(&raw_action)? };
+            let request = pb::EvaluateScopesRequest {
+                tenant: tenant.tenant,
+                scope_ids: scopes,
+                inline_scopes,
+                module,
+                action: action(&raw_action)?,
+            };
             let answer = client.evaluate_scopes(request).await?.into_inner();
-            return Ok(Output { text: output::answer_text(&answer), json: output::answer_json(&answer), denied: !answer.allowed });
+            return Ok(Output {
+                text: output::answer_text(&answer),
+                json: output::answer_json(&answer),
+                denied: !answer.allowed,
+            });
         }
     };
     Ok(scope_output(&scope.into_inner()))

@@ -159,9 +159,9 @@ pub fn widens(before: &[&Scope], after: &[&Scope], reserved_only: bool) -> Optio
 /// The first administrative grant (on a reserved module) that `granted` gives and `holder`
 /// lacks: an admin may hand out only the administrative grants it holds.
 pub fn grants_reserved(granted: &[&Scope], holder: &[&Scope]) -> Option<(Action, Module)> {
-    let any_reserved = granted
-        .iter()
-        .any(|s| s.mode == ScopeMode::Allow && Action::ALL.iter().any(|&a| s.rules.patterns(a).iter().any(|p| p.is_reserved())));
+    let any_reserved = granted.iter().any(|s| {
+        s.mode == ScopeMode::Allow && Action::ALL.iter().any(|&a| s.rules.patterns(a).iter().any(|p| p.is_reserved()))
+    });
     if !any_reserved {
         return None;
     }

@@ -94,10 +94,7 @@ impl FromStr for Tenant {
             && is_lower_alnum(b[0])
             && b.iter().all(|&c| is_lower_alnum(c) || c == b'-');
         if !ok {
-            return Err(Problem::new(format!(
-                "`{}` is not a tenant name (^[a-z0-9][a-z0-9-]{{0,62}}$)",
-                shorten(s)
-            )));
+            return Err(Problem::new(format!("`{}` is not a tenant name (^[a-z0-9][a-z0-9-]{{0,62}}$)", shorten(s))));
         }
         Ok(Tenant(Arc::from(s)))
     }
@@ -152,7 +149,8 @@ impl FromStr for Module {
     type Err = Problem;
 
     fn from_str(s: &str) -> Result<Self, Problem> {
-        let ok = !s.is_empty() && s.len() <= limits::MODULE_MAX && s.as_bytes().split(|&c| c == b'.').all(valid_segment);
+        let ok =
+            !s.is_empty() && s.len() <= limits::MODULE_MAX && s.as_bytes().split(|&c| c == b'.').all(valid_segment);
         if !ok {
             return Err(Problem::new(format!(
                 "`{}` is not a module name (lowercase segments [a-z0-9][a-z0-9_-]* joined by `.`, at most {} characters)",
@@ -181,10 +179,9 @@ impl Pattern {
         match self {
             Pattern::Any => true,
             Pattern::Exact(m) => m == module,
-            Pattern::Below(parent) => module
-                .as_str()
-                .strip_prefix(parent.as_str())
-                .is_some_and(|rest| rest.starts_with('.')),
+            Pattern::Below(parent) => {
+                module.as_str().strip_prefix(parent.as_str()).is_some_and(|rest| rest.starts_with('.'))
+            }
         }
     }
 

@@ -17,6 +17,8 @@ pub use action::Action;
 pub use decision::{Decision, Reason, describe_module, evaluate, grants_reserved, widens};
 pub use error::{InputError, Problem, parse_field};
 pub use ids::{KeyId, Label, Module, Pattern, ScopeId, Tenant, shorten as shorten_for_message};
-pub use key::{Key, KeyState, Metadata, key_status, validate_description, validate_metadata, validate_owner, validate_scope_ids};
+pub use key::{
+    Key, KeyState, Metadata, key_status, validate_description, validate_metadata, validate_owner, validate_scope_ids,
+};
 pub use scope::{Rules, Scope, ScopeMode};
 pub use token::{Malformed, Pepper, RandomError, Secret, SecretHash, Token, TokenFormat};

@@ -102,7 +102,9 @@ impl TokenFormat {
             && prefix.len() <= PREFIX_MAX
             && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !ok {
-            return Err(Problem::new(format!("`{prefix}` is not a token prefix (1 to {PREFIX_MAX} characters [a-z0-9])")));
+            return Err(Problem::new(format!(
+                "`{prefix}` is not a token prefix (1 to {PREFIX_MAX} characters [a-z0-9])"
+            )));
         }
         Ok(TokenFormat { prefix: prefix.to_owned() })
     }
@@ -131,10 +133,7 @@ impl TokenFormat {
         if text.len() > limits::TOKEN_MAX {
             return Err(Malformed);
         }
-        let rest = text
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|r| r.strip_prefix('_'))
-            .ok_or(Malformed)?;
+        let rest = text.strip_prefix(self.prefix.as_str()).and_then(|r| r.strip_prefix('_')).ok_or(Malformed)?;
         let (id, tail) = rest.split_once('_').ok_or(Malformed)?;
         if tail.len() != SECRET_LEN + CHECKSUM_LEN || !tail.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(Malformed);
@@ -267,7 +266,8 @@ mod tests {
         let (_, text) = f.issue(&f.new_key_id().expect("random")).expect("random");
         let other = TokenFormat::new("xx").expect("valid prefix");
         assert_eq!(other.parse(text.expose()), Err(Malformed));
-        for bad in ["", "ks", "ks_", "ks__", "ks_abc_def", &"ks_".repeat(200), "ks_ééééééééééééééééééé_x"] {
+        for bad in ["", "ks", "ks_", "ks__", "ks_abc_def", &"ks_".repeat(200), "ks_ééééééééééééééééééé_x"]
+        {
             assert_eq!(f.parse(bad), Err(Malformed), "{bad:?}");
         }
     }

@@ -39,7 +39,13 @@ pub fn bearer_interceptor(mut request: Request<()>) -> Result<Request<()>, Statu
 
 /// Authorizes an admin call: `action` on the reserved `module`, in `tenant` (empty: the
 /// calling key's own).
-pub(super) async fn admin<T>(core: &Keyscope, request: &Request<T>, tenant: &str, module: Module, action: Action) -> Result<Caller, Status> {
+pub(super) async fn admin<T>(
+    core: &Keyscope,
+    request: &Request<T>,
+    tenant: &str,
+    module: Module,
+    action: Action,
+) -> Result<Caller, Status> {
     let token = request.extensions().get::<AdminToken>().map(|t| t.0.as_str());
     Ok(core.authorize(token, tenant, &module, action).await?)
 }

@@ -54,7 +54,10 @@ impl pb::checker_server::Checker for CheckerService {
         Ok(Response::new(convert::answer_to_pb(answer)))
     }
 
-    async fn batch_check(&self, request: Request<pb::BatchCheckRequest>) -> Result<Response<pb::BatchCheckResponse>, Status> {
+    async fn batch_check(
+        &self,
+        request: Request<pb::BatchCheckRequest>,
+    ) -> Result<Response<pb::BatchCheckResponse>, Status> {
         let pb::BatchCheckRequest { credential, tenant: raw_tenant, items, explain } = request.into_inner();
         if items.is_empty() {
             return Err(InputError::invalid("items", "at least one item is required").into());

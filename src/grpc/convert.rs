@@ -25,10 +25,9 @@ pub fn action(field: &str, raw: i32) -> Result<Action, InputError> {
         Ok(pb::Action::Read) => Ok(Action::Read),
         Ok(pb::Action::Update) => Ok(Action::Update),
         Ok(pb::Action::Delete) => Ok(Action::Delete),
-        Ok(pb::Action::Unspecified) | Err(_) => Err(InputError::invalid(
-            field,
-            "must be one of ACTION_CREATE, ACTION_READ, ACTION_UPDATE, ACTION_DELETE",
-        )),
+        Ok(pb::Action::Unspecified) | Err(_) => {
+            Err(InputError::invalid(field, "must be one of ACTION_CREATE, ACTION_READ, ACTION_UPDATE, ACTION_DELETE"))
+        }
     }
 }
 
@@ -98,7 +97,12 @@ pub fn rules(field: &str, raw: Option<&pb::Rules>) -> Result<Rules, InputError> 
 /// The wire form of rules.
 pub fn rules_to_pb(rules: &Rules) -> pb::Rules {
     let list = |a: Action| rules.patterns(a).iter().map(ToString::to_string).collect();
-    pb::Rules { create: list(Action::Create), read: list(Action::Read), update: list(Action::Update), delete: list(Action::Delete) }
+    pb::Rules {
+        create: list(Action::Create),
+        read: list(Action::Read),
+        update: list(Action::Update),
+        delete: list(Action::Delete),
+    }
 }
 
 /// Latest instant accepted: the end of year 9999.
@@ -212,7 +216,11 @@ pub fn page_cursor<T: std::str::FromStr<Err = Problem>>(field: &str, raw: &str) 
 }
 
 /// The paths of an update mask, each checked against `allowed`; at least one.
-pub fn mask<'a>(field: &str, raw: Option<&'a prost_types::FieldMask>, allowed: &[&str]) -> Result<Vec<&'a str>, InputError> {
+pub fn mask<'a>(
+    field: &str,
+    raw: Option<&'a prost_types::FieldMask>,
+    allowed: &[&str],
+) -> Result<Vec<&'a str>, InputError> {
     let paths: Vec<&str> = raw.map(|m| m.paths.iter().map(String::as_str).collect()).unwrap_or_default();
     if paths.is_empty() {
         return Err(InputError::invalid(field, format!("must name at least one of: {}", allowed.join(", "))));

@@ -23,7 +23,11 @@ impl KeyAdminService {
         KeyAdminService { core }
     }
 
-    async fn set_state(&self, request: Request<pb::KeyStateRequest>, target: KeyState) -> Result<Response<pb::Key>, Status> {
+    async fn set_state(
+        &self,
+        request: Request<pb::KeyStateRequest>,
+        target: KeyState,
+    ) -> Result<Response<pb::Key>, Status> {
         let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Update).await?;
         let pb::KeyStateRequest { tenant: _, id, version } = request.into_inner();
         let id: KeyId = convert::required("id", &id)?;
@@ -37,9 +41,13 @@ const UPDATE_PATHS: &[&str] = &["description", "owner", "scope_ids", "expires_at
 
 #[tonic::async_trait]
 impl pb::key_admin_server::KeyAdmin for KeyAdminService {
-    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> Result<Response<pb::CreateKeyResponse>, Status> {
+    async fn create_key(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+    ) -> Result<Response<pb::CreateKeyResponse>, Status> {
         let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Create).await?;
-        let pb::CreateKeyRequest { tenant: _, description, owner, scope_ids, expires_at, metadata } = request.into_inner();
+        let pb::CreateKeyRequest { tenant: _, description, owner, scope_ids, expires_at, metadata } =
+            request.into_inner();
         validate_description("description", &description)?;
         validate_owner("owner", &owner)?;
         let new = NewKey {
@@ -50,7 +58,10 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
             owner,
         };
         let (key, token) = self.core.create_key(&caller, new).await?;
-        Ok(Response::new(pb::CreateKeyResponse { key: Some(convert::key_to_pb(&key)), token: token.expose().to_owned() }))
+        Ok(Response::new(pb::CreateKeyResponse {
+            key: Some(convert::key_to_pb(&key)),
+            token: token.expose().to_owned(),
+        }))
     }
 
     async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> Result<Response<pb::Key>, Status> {
@@ -82,11 +93,24 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
 
     async fn update_key(&self, request: Request<pb::UpdateKeyRequest>) -> Result<Response<pb::Key>, Status> {
         let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Update).await?;
-        let pb::UpdateKeyRequest { tenant: _, id, version, update_mask, description, owner, scope_ids, expires_at, metadata } =
-            request.into_inner();
+        let pb::UpdateKeyRequest {
+            tenant: _,
+            id,
+            version,
+            update_mask,
+            description,
+            owner,
+            scope_ids,
+            expires_at,
+            metadata,
+        } = request.into_inner();
         let id: KeyId = convert::required("id", &id)?;
         if version == 0 {
-            return Err(crate::domain::InputError::invalid("version", "is required: the version the change is based on").into());
+            return Err(crate::domain::InputError::invalid(
+                "version",
+                "is required: the version the change is based on",
+            )
+            .into());
         }
         let mut changes = KeyChanges::default();
         for path in convert::mask("update_mask", update_mask.as_ref(), UPDATE_PATHS)? {

@@ -52,7 +52,10 @@ impl pb::scope_admin_server::ScopeAdmin for ScopeAdminService {
         Ok(scope_response(&scope))
     }
 
-    async fn list_scopes(&self, request: Request<pb::ListScopesRequest>) -> Result<Response<pb::ListScopesResponse>, Status> {
+    async fn list_scopes(
+        &self,
+        request: Request<pb::ListScopesRequest>,
+    ) -> Result<Response<pb::ListScopesResponse>, Status> {
         let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::scopes(), Action::Read).await?;
         let pb::ListScopesRequest { tenant: _, page_size, page_token } = request.into_inner();
         let after: Option<ScopeId> = convert::page_cursor("page_token", &page_token)?;
@@ -68,7 +71,8 @@ impl pb::scope_admin_server::ScopeAdmin for ScopeAdminService {
 
     async fn update_scope(&self, request: Request<pb::UpdateScopeRequest>) -> Result<Response<pb::Scope>, Status> {
         let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::scopes(), Action::Update).await?;
-        let pb::UpdateScopeRequest { tenant: _, id, version, update_mask, label, description, mode, rules } = request.into_inner();
+        let pb::UpdateScopeRequest { tenant: _, id, version, update_mask, label, description, mode, rules } =
+            request.into_inner();
         let id: ScopeId = convert::required("id", &id)?;
         if version == 0 {
             return Err(InputError::invalid("version", "is required: the version the change is based on").into());
@@ -91,12 +95,17 @@ impl pb::scope_admin_server::ScopeAdmin for ScopeAdminService {
         Ok(scope_response(&scope))
     }
 
-    async fn delete_scope(&self, request: Request<pb::DeleteScopeRequest>) -> Result<Response<pb::DeleteScopeResponse>, Status> {
+    async fn delete_scope(
+        &self,
+        request: Request<pb::DeleteScopeRequest>,
+    ) -> Result<Response<pb::DeleteScopeResponse>, Status> {
         let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::scopes(), Action::Delete).await?;
         let pb::DeleteScopeRequest { tenant: _, id, force, version } = request.into_inner();
         let id: ScopeId = convert::required("id", &id)?;
         let detached = self.core.delete_scope(&caller, &id, force, (version != 0).then_some(version)).await?;
-        Ok(Response::new(pb::DeleteScopeResponse { detached_key_ids: detached.iter().map(ToString::to_string).collect() }))
+        Ok(Response::new(pb::DeleteScopeResponse {
+            detached_key_ids: detached.iter().map(ToString::to_string).collect(),
+        }))
     }
 
     async fn clone_scope(&self, request: Request<pb::CloneScopeRequest>) -> Result<Response<pb::Scope>, Status> {
@@ -110,7 +119,10 @@ impl pb::scope_admin_server::ScopeAdmin for ScopeAdminService {
         Ok(scope_response(&scope))
     }
 
-    async fn evaluate_scopes(&self, request: Request<pb::EvaluateScopesRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+    async fn evaluate_scopes(
+        &self,
+        request: Request<pb::EvaluateScopesRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
         let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::scopes(), Action::Read).await?;
         let pb::EvaluateScopesRequest { tenant: _, scope_ids, inline_scopes, module, action } = request.into_inner();
         let module: Module = convert::required("module", &module)?;

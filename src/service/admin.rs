@@ -74,7 +74,11 @@ impl Keyscope {
     }
 
     /// Looks up scope ids of a tenant, builtins included; `None` where a scope does not exist.
-    pub(super) async fn lookup_scopes(&self, tenant: &Tenant, ids: &[ScopeId]) -> Result<Vec<Option<Arc<Scope>>>, ServiceError> {
+    pub(super) async fn lookup_scopes(
+        &self,
+        tenant: &Tenant,
+        ids: &[ScopeId],
+    ) -> Result<Vec<Option<Arc<Scope>>>, ServiceError> {
         let mut scopes = Vec::with_capacity(ids.len());
         for id in ids {
             let scope = match self.builtins.get(id) {
@@ -88,7 +92,12 @@ impl Keyscope {
 
     /// Looks up scope ids of the caller's tenant (builtins included), naming the field of
     /// any that does not exist there.
-    pub(super) async fn tenant_scopes(&self, tenant: &Tenant, field: &str, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, ServiceError> {
+    pub(super) async fn tenant_scopes(
+        &self,
+        tenant: &Tenant,
+        field: &str,
+        ids: &[ScopeId],
+    ) -> Result<Vec<Arc<Scope>>, ServiceError> {
         let found = self.lookup_scopes(tenant, ids).await?;
         let mut scopes = Vec::with_capacity(ids.len());
         for (i, (id, scope)) in ids.iter().zip(found).enumerate() {

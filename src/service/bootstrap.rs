@@ -45,7 +45,9 @@ impl Keyscope {
                 ServiceError::FailedPrecondition("bootstrap.admin_token is not a well-formed keyscope token".into())
             })?;
             return match self.store.credential(&token.key_id).await? {
-                Some(found) if self.pepper.verify(&token, Some(&found.key.secret_hash)) => Ok(Bootstrap::Configured(token.key_id)),
+                Some(found) if self.pepper.verify(&token, Some(&found.key.secret_hash)) => {
+                    Ok(Bootstrap::Configured(token.key_id))
+                }
                 Some(_) => Err(ServiceError::FailedPrecondition(format!(
                     "bootstrap.admin_token names key `{}`, which exists with a different secret",
                     token.key_id
@@ -57,7 +59,8 @@ impl Keyscope {
                         // Another bootstrap key exists (made before a token was configured):
                         // add the configured one beside it.
                         Some(_) => {
-                            let write = crate::store::KeyWrite { key: &key, expected_version: None, stored_scopes: &[] };
+                            let write =
+                                crate::store::KeyWrite { key: &key, expected_version: None, stored_scopes: &[] };
                             self.store.put_key(write, usize::MAX).await?;
                             Ok(Bootstrap::ConfiguredCreated(token.key_id))
                         }

@@ -97,7 +97,12 @@ impl Holder {
 }
 
 /// The reason, and with `explain` the deciding ids and the message, of a decision.
-pub(super) fn explained(decision: &Decision<'_>, module: &Module, action: Action, explain: bool) -> (Reason, Vec<ScopeId>, String) {
+pub(super) fn explained(
+    decision: &Decision<'_>,
+    module: &Module,
+    action: Action,
+    explain: bool,
+) -> (Reason, Vec<ScopeId>, String) {
     if !explain {
         return (decision.reason, Vec::new(), String::new());
     }
@@ -125,7 +130,11 @@ fn refusal_message(reason: Reason) -> String {
 
 impl Keyscope {
     /// Parses, looks up and verifies a credential, then applies the key state checks.
-    pub(super) async fn resolve(&self, presented: &Presented, tenant: Option<&Tenant>) -> Result<Resolved, ServiceError> {
+    pub(super) async fn resolve(
+        &self,
+        presented: &Presented,
+        tenant: Option<&Tenant>,
+    ) -> Result<Resolved, ServiceError> {
         let parsed = match presented {
             Presented::Token(text) => self.tokens.parse(text),
             Presented::Pair { key_id, secret } => self.tokens.parse_pair(key_id, secret),
@@ -209,7 +218,9 @@ impl Keyscope {
             reason = Empty,
         );
         let answers: Vec<CheckAnswer> = match self.resolve(presented, tenant).instrument(span.clone()).await? {
-            Resolved::Refused { reason, key_id } => items.iter().map(|_| refused(reason, key_id.clone(), explain)).collect(),
+            Resolved::Refused { reason, key_id } => {
+                items.iter().map(|_| refused(reason, key_id.clone(), explain)).collect()
+            }
             Resolved::Holder(holder) => items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect(),
         };
         if let Some(first) = answers.first() {

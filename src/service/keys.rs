@@ -66,7 +66,11 @@ impl Keyscope {
         match self.store.put_key(write, self.quotas.max_keys_per_tenant).await {
             Err(StoreError::ScopeMissing(id)) => {
                 let i = key.scope_ids.iter().position(|s| *s == id).unwrap_or(0);
-                Err(InputError::invalid(format!("scope_ids[{i}]"), format!("no scope `{id}` in tenant `{}`", key.tenant)).into())
+                Err(InputError::invalid(
+                    format!("scope_ids[{i}]"),
+                    format!("no scope `{id}` in tenant `{}`", key.tenant),
+                )
+                .into())
             }
             other => Ok(other?),
         }
@@ -113,13 +117,26 @@ impl Keyscope {
     }
 
     /// Applies `changes` to a key still at `version`.
-    pub async fn update_key(&self, caller: &Caller, id: &KeyId, version: u64, changes: KeyChanges) -> Result<Key, ServiceError> {
+    pub async fn update_key(
+        &self,
+        caller: &Caller,
+        id: &KeyId,
+        version: u64,
+        changes: KeyChanges,
+    ) -> Result<Key, ServiceError> {
         let current = self.get_key(caller, id).await?;
         if current.version != version {
-            return Err(StoreError::VersionConflict { what: format!("key `{id}`"), expected: version, found: current.version }.into());
+            return Err(StoreError::VersionConflict {
+                what: format!("key `{id}`"),
+                expected: version,
+                found: current.version,
+            }
+            .into());
         }
         if current.state == KeyState::Revoked {
-            return Err(ServiceError::FailedPrecondition(format!("key `{id}` is revoked; a revoked key cannot change")));
+            return Err(ServiceError::FailedPrecondition(format!(
+                "key `{id}` is revoked; a revoked key cannot change"
+            )));
         }
         let KeyChanges { description, owner, scope_ids, expires_at, metadata } = changes;
         if let Some(at) = expires_at {
@@ -154,11 +171,22 @@ impl Keyscope {
     /// Disables, enables or revokes a key. With `version`, only if the key is still at it;
     /// without, the change is retried over concurrent writers. Asking for the state a key is
     /// already in changes nothing.
-    pub async fn set_key_state(&self, caller: &Caller, id: &KeyId, version: Option<u64>, target: KeyState) -> Result<Key, ServiceError> {
+    pub async fn set_key_state(
+        &self,
+        caller: &Caller,
+        id: &KeyId,
+        version: Option<u64>,
+        target: KeyState,
+    ) -> Result<Key, ServiceError> {
         for _ in 0..RETRIES {
             let current = self.get_key(caller, id).await?;
             if let Some(expected) = version.filter(|&v| v != current.version) {
-                return Err(StoreError::VersionConflict { what: format!("key `{id}`"), expected, found: current.version }.into());
+                return Err(StoreError::VersionConflict {
+                    what: format!("key `{id}`"),
+                    expected,
+                    found: current.version,
+                }
+                .into());
             }
             if current.state == target {
                 return Ok(Key::clone(&current));

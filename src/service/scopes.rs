@@ -4,7 +4,10 @@ use std::{sync::Arc, time::SystemTime};
 
 use super::{Builtins, Caller, Keyscope, Page, RETRIES, ServiceError, check::explained};
 use crate::{
-    domain::{Action, InputError, KeyId, Label, Module, Reason, Rules, Scope, ScopeId, ScopeMode, describe_module, evaluate, widens},
+    domain::{
+        Action, InputError, KeyId, Label, Module, Reason, Rules, Scope, ScopeId, ScopeMode, describe_module, evaluate,
+        widens,
+    },
     store::{ScopeDelete, StoreError},
 };
 
@@ -43,7 +46,12 @@ fn locked(id: &ScopeId) -> ServiceError {
 }
 
 impl Keyscope {
-    async fn write_scope(&self, caller: &Caller, scope: &Scope, expected_version: Option<u64>) -> Result<(), ServiceError> {
+    async fn write_scope(
+        &self,
+        caller: &Caller,
+        scope: &Scope,
+        expected_version: Option<u64>,
+    ) -> Result<(), ServiceError> {
         caller.may_grant("rules", &[scope])?;
         let reserved = self.builtins.folded_labels();
         self.store.put_scope(scope, expected_version, reserved, self.quotas.max_scopes_per_tenant).await?;
@@ -80,7 +88,12 @@ impl Keyscope {
     }
 
     /// A page of the caller's tenant's scopes, builtins and stored merged by id.
-    pub async fn list_scopes(&self, caller: &Caller, after: Option<&ScopeId>, limit: usize) -> Result<Page<Scope>, ServiceError> {
+    pub async fn list_scopes(
+        &self,
+        caller: &Caller,
+        after: Option<&ScopeId>,
+        limit: usize,
+    ) -> Result<Page<Scope>, ServiceError> {
         let stored = self.store.list_scopes(&caller.tenant, after, limit + 1).await?;
         let mut all: Vec<Scope> = self
             .builtins
@@ -93,13 +106,24 @@ impl Keyscope {
     }
 
     /// Applies `changes` to a stored scope still at `version`.
-    pub async fn update_scope(&self, caller: &Caller, id: &ScopeId, version: u64, changes: ScopeChanges) -> Result<Scope, ServiceError> {
+    pub async fn update_scope(
+        &self,
+        caller: &Caller,
+        id: &ScopeId,
+        version: u64,
+        changes: ScopeChanges,
+    ) -> Result<Scope, ServiceError> {
         if self.builtins.contains(id) {
             return Err(locked(id));
         }
         let current = self.get_scope(caller, id).await?;
         if current.version != version {
-            return Err(StoreError::VersionConflict { what: format!("scope `{id}`"), expected: version, found: current.version }.into());
+            return Err(StoreError::VersionConflict {
+                what: format!("scope `{id}`"),
+                expected: version,
+                found: current.version,
+            }
+            .into());
         }
         let ScopeChanges { label, description, mode, rules } = changes;
         let mut scope = current;
@@ -123,7 +147,13 @@ impl Keyscope {
     }
 
     /// Copies a scope (a builtin too) under a new label.
-    pub async fn clone_scope(&self, caller: &Caller, id: &ScopeId, label: Label, description: Option<String>) -> Result<Scope, ServiceError> {
+    pub async fn clone_scope(
+        &self,
+        caller: &Caller,
+        id: &ScopeId,
+        label: Label,
+        description: Option<String>,
+    ) -> Result<Scope, ServiceError> {
         let source = self.get_scope(caller, id).await?;
         let draft = ScopeDraft {
             label,
@@ -137,7 +167,13 @@ impl Keyscope {
     /// Deletes a stored scope. In use, it is refused unless `force`; forced, the scope leaves
     /// its keys, unless that would widen any key's access (a deny-mode scope beside others),
     /// which is refused too. Returns the keys it was removed from.
-    pub async fn delete_scope(&self, caller: &Caller, id: &ScopeId, force: bool, version: Option<u64>) -> Result<Vec<KeyId>, ServiceError> {
+    pub async fn delete_scope(
+        &self,
+        caller: &Caller,
+        id: &ScopeId,
+        force: bool,
+        version: Option<u64>,
+    ) -> Result<Vec<KeyId>, ServiceError> {
         if self.builtins.contains(id) {
             return Err(locked(id));
         }
@@ -158,7 +194,13 @@ impl Keyscope {
                 self.refuse_widening(caller, id, &holders).await?;
             }
             let guard: Vec<(KeyId, u64)> = holders.iter().map(|k| (k.id.clone(), k.version)).collect();
-            let delete = ScopeDelete { tenant: &caller.tenant, id, expected_version: version, holders: &guard, now: self.clock.now() };
+            let delete = ScopeDelete {
+                tenant: &caller.tenant,
+                id,
+                expected_version: version,
+                holders: &guard,
+                now: self.clock.now(),
+            };
             match self.store.delete_scope(delete).await {
                 Err(StoreError::UsersChanged(_)) => continue,
                 Err(StoreError::NotFound(_)) => return Err(scope_not_found(id, caller)),
@@ -171,7 +213,12 @@ impl Keyscope {
     }
 
     /// Refuses a forced delete that would widen any holder's access.
-    async fn refuse_widening(&self, caller: &Caller, id: &ScopeId, holders: &[Arc<crate::domain::Key>]) -> Result<(), ServiceError> {
+    async fn refuse_widening(
+        &self,
+        caller: &Caller,
+        id: &ScopeId,
+        holders: &[Arc<crate::domain::Key>],
+    ) -> Result<(), ServiceError> {
         let mut widened = Vec::new();
         for key in holders {
             let found = self.lookup_scopes(&caller.tenant, &key.scope_ids).await?;
@@ -210,7 +257,13 @@ impl Keyscope {
 }
 
 /// An inline scope for [`Keyscope::evaluate_scopes`]: not stored, named by the id given.
-pub fn inline_scope(caller: &Caller, id: ScopeId, label: Option<Label>, mode: ScopeMode, rules: Rules) -> Result<Scope, InputError> {
+pub fn inline_scope(
+    caller: &Caller,
+    id: ScopeId,
+    label: Option<Label>,
+    mode: ScopeMode,
+    rules: Rules,
+) -> Result<Scope, InputError> {
     let label = match label {
         Some(l) => l,
         None => id.as_str().parse().map_err(|crate::domain::Problem(p)| InputError::invalid("label", p))?,

@@ -160,7 +160,12 @@ impl Store for MemoryStore {
         Ok(self.read().tenants.get(tenant).and_then(|d| d.scopes.get(id)).cloned())
     }
 
-    async fn list_scopes(&self, tenant: &Tenant, after: Option<&ScopeId>, limit: usize) -> Result<Vec<Arc<Scope>>, StoreError> {
+    async fn list_scopes(
+        &self,
+        tenant: &Tenant,
+        after: Option<&ScopeId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Scope>>, StoreError> {
         let inner = self.read();
         let Some(data) = inner.tenants.get(tenant) else { return Ok(Vec::new()) };
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
@@ -180,7 +185,11 @@ impl Store for MemoryStore {
         match (expected_version, &old) {
             (None, Some(_)) => return Err(StoreError::AlreadyExists(scope_name(&scope.id))),
             (None, None) if data.scopes.len() >= max_scopes => {
-                return Err(StoreError::QuotaReached { tenant: scope.tenant.clone(), what: "scopes", limit: max_scopes });
+                return Err(StoreError::QuotaReached {
+                    tenant: scope.tenant.clone(),
+                    what: "scopes",
+                    limit: max_scopes,
+                });
             }
             (Some(_), None) => return Err(StoreError::NotFound(scope_name(&scope.id))),
             (Some(expected), Some(old)) if old.version != expected => {
@@ -189,7 +198,8 @@ impl Store for MemoryStore {
             _ => {}
         }
         let folded = scope.label.folded();
-        let taken = reserved_labels.contains(&folded) || data.labels.get(&folded).is_some_and(|owner| *owner != scope.id);
+        let taken =
+            reserved_labels.contains(&folded) || data.labels.get(&folded).is_some_and(|owner| *owner != scope.id);
         if taken {
             return Err(StoreError::AlreadyExists(format!("a scope labelled `{}`", scope.label)));
         }

@@ -130,7 +130,12 @@ pub trait Store: Send + Sync + 'static {
     async fn get_scope(&self, tenant: &Tenant, id: &ScopeId) -> Result<Option<Arc<Scope>>, StoreError>;
 
     /// A tenant's stored scopes by ascending id, after `after`, at most `limit`.
-    async fn list_scopes(&self, tenant: &Tenant, after: Option<&ScopeId>, limit: usize) -> Result<Vec<Arc<Scope>>, StoreError>;
+    async fn list_scopes(
+        &self,
+        tenant: &Tenant,
+        after: Option<&ScopeId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Scope>>, StoreError>;
 
     /// Writes a scope: creates it when `expected_version` is `None` (refused once the tenant
     /// holds `max_scopes`), else replaces the stored record at that version. Labels stay

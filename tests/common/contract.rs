@@ -96,11 +96,15 @@ pub async fn key_writes_are_guarded_by_version_and_write_nothing_when_refused(st
     let mut changed = k.clone();
     changed.description = "changed".into();
     changed.version = 3;
-    let stale = store.put_key(KeyWrite { key: &changed, expected_version: Some(2), stored_scopes: &stored }, 1000).await;
+    let stale =
+        store.put_key(KeyWrite { key: &changed, expected_version: Some(2), stored_scopes: &stored }, 1000).await;
     assert!(matches!(stale, Err(StoreError::VersionConflict { expected: 2, found: 1, .. })), "{stale:?}");
     assert_eq!(store.get_key(&tenant("acme"), &k.id).await.expect("get").expect("present").description, "");
     changed.version = 2;
-    store.put_key(KeyWrite { key: &changed, expected_version: Some(1), stored_scopes: &stored }, 1000).await.expect("update");
+    store
+        .put_key(KeyWrite { key: &changed, expected_version: Some(1), stored_scopes: &stored }, 1000)
+        .await
+        .expect("update");
     assert_eq!(store.get_key(&tenant("acme"), &k.id).await.expect("get").expect("present").version, 2);
     let missing = key("acme", 7, &["s1"]);
     let r = store.put_key(KeyWrite { key: &missing, expected_version: Some(1), stored_scopes: &stored }, 1000).await;
@@ -131,7 +135,10 @@ pub async fn tenant_quotas_are_enforced(store: Arc<dyn Store>) {
     let r = store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &[] }, 2).await;
     assert!(matches!(r, Err(StoreError::QuotaReached { what: "keys", limit: 2, .. })), "{r:?}");
     let other = key("globex", 3, &[]);
-    store.put_key(KeyWrite { key: &other, expected_version: None, stored_scopes: &[] }, 2).await.expect("quota is per tenant");
+    store
+        .put_key(KeyWrite { key: &other, expected_version: None, stored_scopes: &[] }, 2)
+        .await
+        .expect("quota is per tenant");
     store.put_scope(&scope("acme", "a", "a"), None, &[], 1).await.expect("first scope");
     let r = store.put_scope(&scope("acme", "b", "b"), None, &[], 1).await;
     assert!(matches!(r, Err(StoreError::QuotaReached { what: "scopes", .. })), "{r:?}");
@@ -149,25 +156,33 @@ pub async fn key_listing_pages_by_id_with_filters(store: Arc<dyn Store>) {
     let ids: Vec<KeyId> = first.iter().map(|k| k.id.clone()).collect();
     assert_eq!(ids, vec![key_id(0), key_id(1), key_id(2)]);
     let after = KeyQuery { after: Some(key_id(2)), ..query(10) };
-    let rest: Vec<KeyId> = store.list_keys(&tenant("acme"), &after).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    let rest: Vec<KeyId> =
+        store.list_keys(&tenant("acme"), &after).await.expect("list").iter().map(|k| k.id.clone()).collect();
     assert_eq!(rest, (3..7).map(key_id).collect::<Vec<_>>());
     let by_scope = KeyQuery { scope: Some(scope_id("s2")), ..query(10) };
-    let got: Vec<KeyId> = store.list_keys(&tenant("acme"), &by_scope).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    let got: Vec<KeyId> =
+        store.list_keys(&tenant("acme"), &by_scope).await.expect("list").iter().map(|k| k.id.clone()).collect();
     assert_eq!(got, vec![key_id(0), key_id(3), key_id(6)]);
     let by_owner = KeyQuery { owner: Some("owner-1".into()), ..query(10) };
-    let got: Vec<KeyId> = store.list_keys(&tenant("acme"), &by_owner).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    let got: Vec<KeyId> =
+        store.list_keys(&tenant("acme"), &by_owner).await.expect("list").iter().map(|k| k.id.clone()).collect();
     assert_eq!(got, vec![key_id(1), key_id(3), key_id(5)]);
     let mut disabled = key("acme", 4, &["s1"]);
     disabled.state = KeyState::Disabled;
     disabled.version = 2;
     let stored = vec![scope_id("s1")];
-    store.put_key(KeyWrite { key: &disabled, expected_version: Some(1), stored_scopes: &stored }, 1000).await.expect("update");
+    store
+        .put_key(KeyWrite { key: &disabled, expected_version: Some(1), stored_scopes: &stored }, 1000)
+        .await
+        .expect("update");
     let by_state = KeyQuery { state: Some(KeyState::Disabled), ..query(10) };
-    let got: Vec<KeyId> = store.list_keys(&tenant("acme"), &by_state).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    let got: Vec<KeyId> =
+        store.list_keys(&tenant("acme"), &by_state).await.expect("list").iter().map(|k| k.id.clone()).collect();
     assert_eq!(got, vec![key_id(4)]);
     // The scope index follows a key that leaves a scope.
     let by_s2 = KeyQuery { scope: Some(scope_id("s2")), after: Some(key_id(0)), ..query(10) };
-    let got: Vec<KeyId> = store.list_keys(&tenant("acme"), &by_s2).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    let got: Vec<KeyId> =
+        store.list_keys(&tenant("acme"), &by_s2).await.expect("list").iter().map(|k| k.id.clone()).collect();
     assert_eq!(got, vec![key_id(3), key_id(6)]);
     assert!(store.list_keys(&tenant("nobody"), &query(10)).await.expect("list").is_empty());
 }
@@ -181,7 +196,10 @@ pub async fn scope_index_follows_key_updates(store: Arc<dyn Store>) {
     moved.scope_ids = vec![scope_id("s2")];
     moved.version = 2;
     let stored = vec![scope_id("s2")];
-    store.put_key(KeyWrite { key: &moved, expected_version: Some(1), stored_scopes: &stored }, 1000).await.expect("update");
+    store
+        .put_key(KeyWrite { key: &moved, expected_version: Some(1), stored_scopes: &stored }, 1000)
+        .await
+        .expect("update");
     assert!(store.scope_holders(&tenant("acme"), &scope_id("s1")).await.expect("holders").is_empty());
     let holders = store.scope_holders(&tenant("acme"), &scope_id("s2")).await.expect("holders");
     assert_eq!(holders.iter().map(|k| k.id.clone()).collect::<Vec<_>>(), vec![k.id.clone()]);
@@ -282,9 +300,20 @@ pub async fn concurrent_key_writes_never_leave_a_key_on_a_deleted_scope(store: A
             let t = tenant("acme");
             let id = scope_id("s1");
             loop {
-                let holders: Vec<(KeyId, u64)> =
-                    store.scope_holders(&t, &id).await.expect("holders").iter().map(|k| (k.id.clone(), k.version)).collect();
-                let d = ScopeDelete { tenant: &t, id: &id, expected_version: None, holders: &holders, now: SystemTime::UNIX_EPOCH };
+                let holders: Vec<(KeyId, u64)> = store
+                    .scope_holders(&t, &id)
+                    .await
+                    .expect("holders")
+                    .iter()
+                    .map(|k| (k.id.clone(), k.version))
+                    .collect();
+                let d = ScopeDelete {
+                    tenant: &t,
+                    id: &id,
+                    expected_version: None,
+                    holders: &holders,
+                    now: SystemTime::UNIX_EPOCH,
+                };
                 match store.delete_scope(d).await {
                     Ok(()) => return,
                     Err(StoreError::UsersChanged(_)) => tokio::task::yield_now().await,

@@ -10,7 +10,9 @@ use std::{
 
 use keyscope::{
     domain::{Pepper, TokenFormat},
-    grpc::pb::{self, checker_client::CheckerClient, key_admin_client::KeyAdminClient, scope_admin_client::ScopeAdminClient},
+    grpc::pb::{
+        self, checker_client::CheckerClient, key_admin_client::KeyAdminClient, scope_admin_client::ScopeAdminClient,
+    },
     service::{Bootstrap, Builtins, Keyscope, ManualClock, Preset},
     store::{MemoryStore, Store},
 };
