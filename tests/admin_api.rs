@@ -1141,6 +1141,69 @@ async fn scope_admin_cannot_create_or_widen_scopes_beyond_its_own_grants() {
     assert_eq!(denied.version, mine.version + 1);
 }
 
+#[tokio::test]
+async fn lifting_a_reserved_denial_from_a_scope_is_escalation() {
+    let server = TestServer::start().await;
+    // K holds `admin` beside a deny-mode scope that takes away creating and changing keys.
+    let no_keys =
+        pb::Rules { create: vec!["keyscope.keys".into()], update: vec!["keyscope.keys".into()], ..Default::default() };
+    let fence = server.scope(ACME, "no key changes", pb::ScopeMode::Deny, no_keys).await;
+    let (_, token) = server.key(ACME, &["admin", &fence.id]).await;
+    let create = pb::CreateKeyRequest { scope_ids: vec!["read-only".into()], ..Default::default() };
+    assert_status(
+        server.keys_as(Some(&token)).create_key(create.clone()).await,
+        Code::PermissionDenied,
+        "keyscope.keys",
+    );
+    let scopes = server.scopes_as(Some(&token));
+    let lift = |mask_path: &str, mode: pb::ScopeMode| pb::UpdateScopeRequest {
+        tenant: String::new(),
+        id: fence.id.clone(),
+        version: fence.version,
+        update_mask: mask(&[mask_path]),
+        mode: mode.into(),
+        rules: Some(pb::Rules::default()),
+        ..Default::default()
+    };
+    // Emptying the deny rules or turning the scope to allow mode would hand K what it lacks.
+    assert_status(
+        scopes.clone().update_scope(lift("rules", pb::ScopeMode::Deny)).await,
+        Code::PermissionDenied,
+        "keyscope.keys",
+    );
+    assert_status(
+        scopes.clone().update_scope(lift("mode", pb::ScopeMode::Allow)).await,
+        Code::PermissionDenied,
+        "keyscope.keys",
+    );
+    assert_eq!(get_scope(&server, ACME, &fence.id).await, fence, "nothing written");
+    assert_status(
+        server.keys_as(Some(&token)).create_key(create.clone()).await,
+        Code::PermissionDenied,
+        "keyscope.keys",
+    );
+    // The system admin, which holds those grants, may lift the denial.
+    let by_system = pb::UpdateScopeRequest { tenant: ACME.into(), ..lift("rules", pb::ScopeMode::Deny) };
+    server.scopes().update_scope(by_system).await.expect("system admin lifts it");
+    server.keys_as(Some(&token)).create_key(create).await.expect("now K may create keys");
+}
+
+#[tokio::test]
+async fn token_shaped_input_is_never_echoed_in_errors() {
+    let server = TestServer::start().await;
+    let (_, token) = server.key(ACME, &["read-only"]).await;
+    let secret = secret_part(&token);
+    let create = pb::CreateKeyRequest { tenant: ACME.into(), scope_ids: vec![token.clone()], ..Default::default() };
+    let status = assert_status(server.keys().create_key(create).await, Code::InvalidArgument, "scope_ids[0]");
+    let bad_module = server.checker().check(check_request(&token, "", &token, pb::Action::Read)).await;
+    let status_module = assert_status(bad_module, Code::InvalidArgument, "module");
+    let get = server.scopes().get_scope(pb::GetScopeRequest { tenant: ACME.into(), id: secret.clone() }).await;
+    let status_scope = assert_status(get, Code::InvalidArgument, "id");
+    for s in [status, status_module, status_scope] {
+        assert!(!s.message().contains(&secret), "secret echoed in {:?}", s.message());
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9. bad input
 

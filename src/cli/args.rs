@@ -346,6 +346,6 @@ pub struct CheckArgs {
     #[arg(long, requires = "secret", conflicts_with = "credential")]
     pub key_id: Option<String>,
     /// The token's last part, with --key-id.
-    #[arg(long, requires = "key_id", hide_env_values = true)]
+    #[arg(long, requires = "key_id", env = "KEYSCOPE_CHECK_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
 }

@@ -158,7 +158,7 @@ pub fn parse_expiry(at: Option<&str>, within: Option<&str>) -> Result<Option<pro
         (Some(text), _) => humantime::parse_rfc3339_weak(text).map_err(|e| format!("--expires-at `{text}`: {e}"))?,
         (None, Some(text)) => {
             let d = humantime::parse_duration(text).map_err(|e| format!("--expires-in `{text}`: {e}"))?;
-            SystemTime::now() + d
+            SystemTime::now().checked_add(d).ok_or_else(|| format!("--expires-in `{text}`: too far in the future"))?
         }
         (None, None) => return Ok(None),
     };

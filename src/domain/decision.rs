@@ -137,17 +137,14 @@ fn witnesses<'s>(scopes: impl Iterator<Item = &'s Scope>) -> Vec<Module> {
     out
 }
 
-/// The first action and module that `after` allows and `before` does not, if any: whether
-/// replacing a key's scopes `before` with `after` widens its access. With `reserved_only`, only
-/// reserved modules count (the no-escalation rule of SPEC section 5). A module in the answer
-/// may be an unnamed stand-in for "any module below X"; show it with [`describe_module`].
-pub fn widens(before: &[&Scope], after: &[&Scope], reserved_only: bool) -> Option<(Action, Module)> {
+/// The first action and module that `after` allows and `before` does not, among those `keep`
+/// admits: whether replacing a key's scopes `before` with `after` widens its access there. A
+/// module in the answer may be an unnamed stand-in for "any module below X"; show it with
+/// [`describe_module`].
+pub fn widens(before: &[&Scope], after: &[&Scope], keep: impl Fn(Action, &Module) -> bool) -> Option<(Action, Module)> {
     let modules = witnesses(before.iter().chain(after).copied());
     for action in Action::ALL {
-        for module in &modules {
-            if reserved_only && !module.is_reserved() {
-                continue;
-            }
+        for module in modules.iter().filter(|m| keep(action, m)) {
             if allowed(after, module, action) && !allowed(before, module, action) {
                 return Some((action, module.clone()));
             }
@@ -165,7 +162,26 @@ pub fn grants_reserved(granted: &[&Scope], holder: &[&Scope]) -> Option<(Action,
     if !any_reserved {
         return None;
     }
-    widens(holder, granted, true)
+    widens(holder, granted, |_, m| m.is_reserved())
+}
+
+/// The first administrative grant that changing a scope from `old` to `new` hands out and
+/// `holder` lacks: what `new` grants on reserved modules, and every reserved module `old`
+/// denied and `new` no longer does (which widens any key holding the scope beside a grant).
+pub fn change_grants_reserved(old: Option<&Scope>, new: &Scope, holder: &[&Scope]) -> Option<(Action, Module)> {
+    if let Some(found) = grants_reserved(&[new], holder) {
+        return Some(found);
+    }
+    let old = old.filter(|o| o.mode == ScopeMode::Deny)?;
+    let modules = witnesses(holder.iter().copied().chain([old, new]));
+    for action in Action::ALL {
+        for module in modules.iter().filter(|m| m.is_reserved()) {
+            if old.denies(module, action) && !new.denies(module, action) && !allowed(holder, module, action) {
+                return Some((action, module.clone()));
+            }
+        }
+    }
+    None
 }
 
 /// How a module from [`widens`] reads in a message: `'billing'`, or `'billing.*'` for the
@@ -222,7 +238,7 @@ mod tests {
     fn removing_a_deny_scope_beside_a_broad_allow_widens() {
         let all = scope("all", ScopeMode::Allow, &["*"]);
         let no_billing = scope("no-billing", ScopeMode::Deny, &["billing.*"]);
-        let widened = widens(&[&all, &no_billing], &[&all], false);
+        let widened = widens(&[&all, &no_billing], &[&all], |_, _| true);
         assert_eq!(widened.map(|(a, m)| (a, describe_module(&m))), Some((Action::Read, "'billing.*'".to_owned())));
     }
 
@@ -231,15 +247,15 @@ mod tests {
         let all = scope("all", ScopeMode::Allow, &["*"]);
         let some = scope("some", ScopeMode::Allow, &["courses"]);
         let deny = scope("deny", ScopeMode::Deny, &["users"]);
-        assert_eq!(widens(&[&all, &some, &deny], &[&all, &deny], false), None);
-        assert_eq!(widens(&[&deny], &[], false), None);
+        assert_eq!(widens(&[&all, &some, &deny], &[&all, &deny], |_, _| true), None);
+        assert_eq!(widens(&[&deny], &[], |_, _| true), None);
     }
 
     #[test]
     fn removing_a_deny_scope_that_nothing_else_overrides_does_not_widen() {
         let courses = scope("courses", ScopeMode::Allow, &["courses"]);
         let no_users = scope("no-users", ScopeMode::Deny, &["users"]);
-        assert_eq!(widens(&[&courses, &no_users], &[&courses], false), None);
+        assert_eq!(widens(&[&courses, &no_users], &[&courses], |_, _| true), None);
     }
 
     #[test]
@@ -255,6 +271,22 @@ mod tests {
         // Ordinary grants are never escalation.
         let all = scope("all", ScopeMode::Allow, &["*"]);
         assert_eq!(grants_reserved(&[&all], &[]), None);
+    }
+
+    #[test]
+    fn lifting_a_reserved_denial_hands_out_that_grant() {
+        let admin = scope("admin", ScopeMode::Allow, &["keyscope.*"]);
+        let no_keys = scope("nk", ScopeMode::Deny, &["keyscope.keys"]);
+        let lifted = scope("nk", ScopeMode::Deny, &[]);
+        // The caller holds admin but is itself denied keyscope.keys: it may not lift that denial.
+        let got = change_grants_reserved(Some(&no_keys), &lifted, &[&admin, &no_keys]);
+        assert_eq!(got.map(|(a, m)| (a, m.as_str().to_owned())), Some((Action::Read, "keyscope.keys".to_owned())));
+        let to_allow = scope("nk", ScopeMode::Allow, &[]);
+        assert!(change_grants_reserved(Some(&no_keys), &to_allow, &[&admin, &no_keys]).is_some());
+        // A caller that holds the grant may lift it; ordinary denials are anyone's to lift.
+        assert_eq!(change_grants_reserved(Some(&no_keys), &lifted, &[&admin]), None);
+        let no_users = scope("nu", ScopeMode::Deny, &["users"]);
+        assert_eq!(change_grants_reserved(Some(&no_users), &lifted, &[]), None);
     }
 
     #[test]

@@ -298,10 +298,13 @@ impl FromStr for ScopeId {
         let ok = !b.is_empty()
             && b.len() <= limits::SCOPE_ID_MAX
             && is_base62(b[0])
-            && b.iter().all(|&c| is_base62(c) || c == b'_' || c == b'-');
+            && b.iter().all(|&c| is_base62(c) || c == b'_' || c == b'-')
+            && longest_alnum_run(s) <= ALNUM_RUN_MAX;
         if !ok {
+            // Scope ids are echoed in later messages, so one that could hold a secret (a long
+            // run of letters and digits, as in a pasted token) is refused here.
             return Err(Problem::new(format!(
-                "`{}` is not a scope id (^[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}$)",
+                "`{}` is not a scope id (^[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}$, at most {ALNUM_RUN_MAX} letters and digits in a row)",
                 shorten(s)
             )));
         }
@@ -336,9 +339,21 @@ impl FromStr for Label {
     }
 }
 
+/// Longest run of letters and digits that rejected input may have and still be echoed, and
+/// that a scope id may hold: key ids and generated scope ids have 20; a secret has 22 or more.
+const ALNUM_RUN_MAX: usize = 20;
+
+fn longest_alnum_run(s: &str) -> usize {
+    s.split(|c: char| !c.is_ascii_alphanumeric()).map(str::len).max().unwrap_or(0)
+}
+
 /// Echoes at most 64 characters of rejected input, with control characters escaped, so an
-/// error message stays one short line whatever was sent.
+/// error message stays one short line whatever was sent. Input that looks like it holds a
+/// secret (a run of more than 20 letters and digits) is not echoed at all.
 pub fn shorten(s: &str) -> String {
+    if longest_alnum_run(s) > ALNUM_RUN_MAX {
+        return "(value not shown: it looks like a credential)".to_owned();
+    }
     let mut out: String = s.chars().take(64).flat_map(char::escape_default).collect();
     if s.chars().nth(64).is_some() {
         out.push('…');
@@ -390,8 +405,20 @@ mod tests {
     }
 
     #[test]
+    fn token_shaped_input_is_never_echoed_nor_a_scope_id() {
+        let token = "ks_AbCdEfGhIjKlMnOpQrSt_0123456789abcdefghijKLMNOPqr";
+        assert!(!shorten(token).contains("AbCdEfGh"));
+        assert!(!shorten("0123456789abcdefghijKLMNOPqr").contains("0123"));
+        let refused = token.parse::<ScopeId>().err().map(|p| p.0).unwrap_or_default();
+        assert!(!refused.is_empty() && !refused.contains("AbCdEfGh"), "{refused}");
+        assert!("scp_AbCdEfGhIjKlMnOpQrSt".parse::<ScopeId>().is_ok());
+        assert!(ScopeId::generate().is_ok_and(|id| id.as_str().parse::<ScopeId>().is_ok()));
+        assert_eq!(shorten("Bad Module"), "Bad Module");
+    }
+
+    #[test]
     fn rejected_input_is_shortened_and_escaped() {
-        let long = format!("{}\n", "x".repeat(100));
+        let long = format!("{}\n", "x-".repeat(50));
         let shown = shorten(&long);
         assert!(shown.ends_with('…'));
         assert!(!shown.contains('\n'));

@@ -14,7 +14,7 @@ mod scope;
 mod token;
 
 pub use action::Action;
-pub use decision::{Decision, Reason, describe_module, evaluate, grants_reserved, widens};
+pub use decision::{Decision, Reason, change_grants_reserved, describe_module, evaluate, grants_reserved, widens};
 pub use error::{InputError, Problem, parse_field};
 pub use ids::{KeyId, Label, Module, Pattern, ScopeId, Tenant, shorten as shorten_for_message};
 pub use key::{

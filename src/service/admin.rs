@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use super::{Keyscope, Presented, ServiceError, check::Resolved};
 use crate::domain::{
-    Action, InputError, Key, Module, Scope, ScopeId, Tenant, describe_module, grants_reserved, parse_field,
+    Action, InputError, Key, Module, Scope, ScopeId, Tenant, change_grants_reserved, describe_module, grants_reserved,
+    parse_field,
 };
 
 /// An authenticated admin caller and the tenant its call acts in.
@@ -24,9 +25,20 @@ impl Caller {
         self.scopes.iter().map(Arc::as_ref).collect()
     }
 
-    /// Refuses to hand out administrative grants the caller does not hold itself.
+    /// Refuses to hand out administrative grants the caller does not hold itself: those a
+    /// key's scopes give.
     pub(super) fn may_grant(&self, field: &str, granted: &[&Scope]) -> Result<(), ServiceError> {
-        match grants_reserved(granted, &self.scope_refs()) {
+        self.refuse(field, grants_reserved(granted, &self.scope_refs()))
+    }
+
+    /// The same for a scope changing from `old` (none: created) to `new`: what `new` grants,
+    /// and every reserved denial `old` had and `new` drops.
+    pub(super) fn may_change_scope(&self, old: Option<&Scope>, new: &Scope) -> Result<(), ServiceError> {
+        self.refuse("scope", change_grants_reserved(old, new, &self.scope_refs()))
+    }
+
+    fn refuse(&self, field: &str, handed_out: Option<(Action, Module)>) -> Result<(), ServiceError> {
+        match handed_out {
             None => Ok(()),
             Some((action, module)) => Err(ServiceError::PermissionDenied(format!(
                 "{field}: would grant {action} on {}, which the calling key `{}` does not hold",

@@ -122,8 +122,12 @@ impl Builtins {
                 PresetMode::Allow => ScopeMode::Allow,
                 PresetMode::Deny => ScopeMode::Deny,
             };
-            let scope = template(&preset.id, &preset.label, &preset.description, mode, rules)
-                .map_err(|e| InputError::invalid(field.clone(), e.to_string()))?;
+            let scope = template(&preset.id, &preset.label, &preset.description, mode, rules).map_err(|e| match e {
+                InputError::Invalid { field: f, problem } => {
+                    InputError::invalid(format!("{field}.{}", f.trim_start_matches("presets.")), problem)
+                }
+                other => other,
+            })?;
             if scope.id.as_str().starts_with(ScopeId::GENERATED_PREFIX) {
                 return Err(InputError::invalid(format!("{field}.id"), "must not start with `scp_`"));
             }
@@ -161,9 +165,4 @@ impl Builtins {
     pub fn in_tenant(scope: &Scope, tenant: &Tenant) -> Scope {
         Scope { tenant: tenant.clone(), ..scope.clone() }
     }
-}
-
-/// An id no scope has: the readiness probe looks it up to see that the store answers.
-pub(super) fn probe_id() -> ScopeId {
-    "readiness-probe".parse().expect("INVARIANT: a literal that satisfies the scope id syntax")
 }

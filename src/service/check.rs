@@ -41,7 +41,7 @@ pub struct CheckAnswer {
     pub tenant: Option<Tenant>,
     /// The key's owner, once its secret is verified.
     pub owner: String,
-    /// With explain: the deciding scopes, sorted.
+    /// The deciding scopes, sorted.
     pub scope_ids: Vec<ScopeId>,
     /// With explain: one human line.
     pub message: String,
@@ -83,7 +83,7 @@ impl Holder {
             } else {
                 String::new()
             };
-            (Reason::DeniedByScope, if explain { self.missing.clone() } else { Vec::new() }, message)
+            (Reason::DeniedByScope, self.missing.clone(), message)
         };
         CheckAnswer {
             reason,
@@ -96,18 +96,16 @@ impl Holder {
     }
 }
 
-/// The reason, and with `explain` the deciding ids and the message, of a decision.
+/// The reason, the deciding scope ids and, with `explain`, the message of a decision.
 pub(super) fn explained(
     decision: &Decision<'_>,
     module: &Module,
     action: Action,
     explain: bool,
 ) -> (Reason, Vec<ScopeId>, String) {
-    if !explain {
-        return (decision.reason, Vec::new(), String::new());
-    }
     let ids = decision.deciding.iter().map(|s| s.id.clone()).collect();
-    (decision.reason, ids, decision.message(module, action))
+    let message = if explain { decision.message(module, action) } else { String::new() };
+    (decision.reason, ids, message)
 }
 
 fn refused(reason: Reason, key_id: Option<KeyId>, explain: bool) -> CheckAnswer {
@@ -215,16 +213,20 @@ impl Keyscope {
             tenant = Empty,
             key_id = Empty,
             allowed = Empty,
-            reason = Empty,
+            credential = Empty,
         );
         let answers: Vec<CheckAnswer> = match self.resolve(presented, tenant).instrument(span.clone()).await? {
             Resolved::Refused { reason, key_id } => {
+                span.record("credential", reason.as_str());
                 items.iter().map(|_| refused(reason, key_id.clone(), explain)).collect()
             }
-            Resolved::Holder(holder) => items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect(),
+            Resolved::Holder(holder) => {
+                span.record("credential", Reason::Ok.as_str());
+                items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect()
+            }
         };
         if let Some(first) = answers.first() {
-            record(&span, first);
+            record_identity(&span, first);
         }
         span.record("allowed", answers.iter().filter(|a| a.allowed()).count());
         span.in_scope(|| tracing::debug!("batch check answered"));
@@ -233,12 +235,16 @@ impl Keyscope {
 }
 
 fn record(span: &tracing::Span, answer: &CheckAnswer) {
+    record_identity(span, answer);
+    span.record("decision", if answer.allowed() { "allow" } else { "deny" });
+    span.record("reason", answer.reason.as_str());
+}
+
+fn record_identity(span: &tracing::Span, answer: &CheckAnswer) {
     if let Some(tenant) = &answer.tenant {
         span.record("tenant", tenant.as_str());
     }
     if let Some(key_id) = &answer.key_id {
         span.record("key_id", key_id.as_str());
     }
-    span.record("decision", if answer.allowed() { "allow" } else { "deny" });
-    span.record("reason", answer.reason.as_str());
 }

@@ -153,11 +153,6 @@ impl Keyscope {
     pub fn builtins(&self) -> &Builtins {
         &self.builtins
     }
-
-    /// Whether the store answers; used by the health service.
-    pub async fn store_ready(&self) -> bool {
-        self.store.get_scope(&crate::domain::Tenant::system(), &builtins::probe_id()).await.is_ok()
-    }
 }
 
 /// A page of a listing and whether more follow.

@@ -1,12 +1,12 @@
 //! Scope administration: create, read, list, update, delete, clone and evaluate.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{collections::HashSet, sync::Arc, time::SystemTime};
 
 use super::{Builtins, Caller, Keyscope, Page, RETRIES, ServiceError, check::explained};
 use crate::{
     domain::{
-        Action, InputError, KeyId, Label, Module, Reason, Rules, Scope, ScopeId, ScopeMode, describe_module, evaluate,
-        widens,
+        Action, InputError, Key, KeyId, Label, Module, Reason, Rules, Scope, ScopeId, ScopeMode, describe_module,
+        evaluate, widens,
     },
     store::{ScopeDelete, StoreError},
 };
@@ -46,14 +46,11 @@ fn locked(id: &ScopeId) -> ServiceError {
 }
 
 impl Keyscope {
-    async fn write_scope(
-        &self,
-        caller: &Caller,
-        scope: &Scope,
-        expected_version: Option<u64>,
-    ) -> Result<(), ServiceError> {
-        caller.may_grant("rules", &[scope])?;
+    /// Writes a scope created (`old` none) or changed from `old`, guarded by `old`'s version.
+    async fn write_scope(&self, caller: &Caller, old: Option<&Scope>, scope: &Scope) -> Result<(), ServiceError> {
+        caller.may_change_scope(old, scope)?;
         let reserved = self.builtins.folded_labels();
+        let expected_version = old.map(|o| o.version);
         self.store.put_scope(scope, expected_version, reserved, self.quotas.max_scopes_per_tenant).await?;
         Ok(())
     }
@@ -73,7 +70,7 @@ impl Keyscope {
             created_at: now,
             updated_at: now,
         };
-        self.write_scope(caller, &scope, None).await?;
+        self.write_scope(caller, None, &scope).await?;
         tracing::info!(scope_id = %scope.id, tenant = %scope.tenant, actor = %caller.key.id, "scope created");
         Ok(scope)
     }
@@ -126,7 +123,7 @@ impl Keyscope {
             .into());
         }
         let ScopeChanges { label, description, mode, rules } = changes;
-        let mut scope = current;
+        let mut scope = current.clone();
         if let Some(v) = label {
             scope.label = v;
         }
@@ -141,7 +138,7 @@ impl Keyscope {
         }
         scope.version = version + 1;
         scope.updated_at = self.clock.now();
-        self.write_scope(caller, &scope, Some(version)).await?;
+        self.write_scope(caller, Some(&current), &scope).await?;
         tracing::info!(scope_id = %scope.id, tenant = %scope.tenant, actor = %caller.key.id, "scope updated");
         Ok(scope)
     }
@@ -181,6 +178,10 @@ impl Keyscope {
             let Some(scope) = self.store.get_scope(&caller.tenant, id).await? else {
                 return Err(scope_not_found(id, caller));
             };
+            if let Some(expected) = version.filter(|&v| v != scope.version) {
+                let found = scope.version;
+                return Err(StoreError::VersionConflict { what: format!("scope `{id}`"), expected, found }.into());
+            }
             let holders = self.store.scope_holders(&caller.tenant, id).await?;
             if !holders.is_empty() && !force {
                 return Err(ServiceError::FailedPrecondition(format!(
@@ -191,18 +192,20 @@ impl Keyscope {
             // An allow-mode scope only ever adds grants, so removing it cannot widen access;
             // only a deny-mode scope needs the per-key comparison.
             if scope.mode == ScopeMode::Deny {
-                self.refuse_widening(caller, id, &holders).await?;
+                self.refuse_widening(caller, &scope, &holders).await?;
             }
             let guard: Vec<(KeyId, u64)> = holders.iter().map(|k| (k.id.clone(), k.version)).collect();
+            // The delete is guarded by the version the decision above was made on, so a
+            // concurrent change of the scope's mode or rules makes it start over.
             let delete = ScopeDelete {
                 tenant: &caller.tenant,
                 id,
-                expected_version: version,
+                expected_version: Some(scope.version),
                 holders: &guard,
                 now: self.clock.now(),
             };
             match self.store.delete_scope(delete).await {
-                Err(StoreError::UsersChanged(_)) => continue,
+                Err(StoreError::UsersChanged(_) | StoreError::VersionConflict { .. }) => continue,
                 Err(StoreError::NotFound(_)) => return Err(scope_not_found(id, caller)),
                 other => other?,
             }
@@ -212,32 +215,34 @@ impl Keyscope {
         Err(ServiceError::Aborted(format!("the keys holding scope `{id}` kept changing; retry")))
     }
 
-    /// Refuses a forced delete that would widen any holder's access.
-    async fn refuse_widening(
-        &self,
-        caller: &Caller,
-        id: &ScopeId,
-        holders: &[Arc<crate::domain::Key>],
-    ) -> Result<(), ServiceError> {
-        let mut widened = Vec::new();
+    /// Refuses a forced delete of the deny-mode `scope` that would widen any holder's access.
+    /// Only what `scope` denies can change, so only that is compared; keys with the same scope
+    /// set are compared once; the first key that would widen ends the search.
+    async fn refuse_widening(&self, caller: &Caller, scope: &Scope, holders: &[Arc<Key>]) -> Result<(), ServiceError> {
+        let mut compared: HashSet<Vec<ScopeId>> = HashSet::new();
         for key in holders {
+            let mut set = key.scope_ids.clone();
+            set.sort();
+            if !compared.insert(set) {
+                continue;
+            }
             let found = self.lookup_scopes(&caller.tenant, &key.scope_ids).await?;
             // A key naming a scope that no longer exists is denied everything, before and
             // after: it cannot widen.
             let Some(before) = found.into_iter().collect::<Option<Vec<Arc<Scope>>>>() else { continue };
             let before: Vec<&Scope> = before.iter().map(Arc::as_ref).collect();
-            let after: Vec<&Scope> = before.iter().copied().filter(|s| s.id != *id).collect();
-            if let Some(found) = widens(&before, &after, false) {
-                widened.push((key.id.clone(), found));
+            let after: Vec<&Scope> = before.iter().copied().filter(|s| s.id != scope.id).collect();
+            if let Some((action, module)) = widens(&before, &after, |a, m| scope.denies(m, a)) {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "removing scope `{}` would widen the access of key `{}` (it would gain {action} on {}); \
+                     change the scopes of the keys holding it first",
+                    scope.id,
+                    key.id,
+                    describe_module(&module)
+                )));
             }
         }
-        let Some((first, (action, module))) = widened.first() else { return Ok(()) };
-        Err(ServiceError::FailedPrecondition(format!(
-            "removing scope `{id}` would widen the access of {} key(s) (key `{first}` would gain {action} on {}); \
-             change those keys' scopes first",
-            widened.len(),
-            describe_module(module)
-        )))
+        Ok(())
     }
 
     /// Answers a check for stored scopes (by id) and inline scopes together, with no key.

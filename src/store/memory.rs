@@ -180,7 +180,9 @@ impl Store for MemoryStore {
         max_scopes: usize,
     ) -> Result<(), StoreError> {
         let mut inner = self.write();
-        let data = inner.tenants.entry(scope.tenant.clone()).or_default();
+        // A tenant's entry is made only once the write is known to succeed.
+        let empty = TenantData::default();
+        let data = inner.tenants.get(&scope.tenant).unwrap_or(&empty);
         let old = data.scopes.get(&scope.id).cloned();
         match (expected_version, &old) {
             (None, Some(_)) => return Err(StoreError::AlreadyExists(scope_name(&scope.id))),
@@ -203,6 +205,7 @@ impl Store for MemoryStore {
         if taken {
             return Err(StoreError::AlreadyExists(format!("a scope labelled `{}`", scope.label)));
         }
+        let data = inner.tenants.entry(scope.tenant.clone()).or_default();
         if let Some(old) = &old {
             data.labels.remove(&old.label.folded());
         }
