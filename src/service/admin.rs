@@ -91,15 +91,8 @@ impl Keyscope {
         tenant: &Tenant,
         ids: &[ScopeId],
     ) -> Result<Vec<Option<Arc<Scope>>>, ServiceError> {
-        let mut scopes = Vec::with_capacity(ids.len());
-        for id in ids {
-            let scope = match self.builtins.get(id) {
-                Some(builtin) => Some(builtin.clone()),
-                None => self.store.get_scope(tenant, id).await?,
-            };
-            scopes.push(scope);
-        }
-        Ok(scopes)
+        let stored = self.store.get_scopes(tenant, &self.stored_ids(ids)).await?;
+        Ok(self.resolve_ids(ids, &stored))
     }
 
     /// Looks up scope ids of the caller's tenant (builtins included), naming the field of

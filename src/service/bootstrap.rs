@@ -2,7 +2,7 @@
 //! configured token or else by creating one that is shown once.
 
 use super::{Keyscope, ServiceError, builtins::ADMIN};
-use crate::domain::{Key, KeyId, KeyState, Metadata, Secret, Tenant, Token};
+use crate::domain::{Action, Key, KeyId, KeyState, Metadata, Module, Secret, Tenant, Token, key_status};
 
 /// What start-up found or did about the bootstrap admin key.
 #[derive(Debug)]
@@ -46,6 +46,18 @@ impl Keyscope {
             })?;
             return match self.store.credential(&token.key_id).await? {
                 Some(found) if self.pepper.verify(&token, Some(&found.key.secret_hash)) => {
+                    let holder = self.holder(found.key, found.scopes);
+                    let usable = holder.key.tenant.is_system()
+                        && key_status(&holder.key, self.clock.now(), None).is_none()
+                        && [Module::keys(), Module::scopes()]
+                            .iter()
+                            .all(|m| Action::ALL.iter().all(|&a| holder.decide(m, a, false).allowed()));
+                    if !usable {
+                        return Err(ServiceError::FailedPrecondition(format!(
+                            "bootstrap.admin_token names key `{}`, which is not an active `system` admin key",
+                            token.key_id
+                        )));
+                    }
                     Ok(Bootstrap::Configured(token.key_id))
                 }
                 Some(_) => Err(ServiceError::FailedPrecondition(format!(

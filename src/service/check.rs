@@ -160,16 +160,18 @@ impl Keyscope {
     pub(super) fn holder(&self, key: Arc<Key>, stored: Vec<Arc<Scope>>) -> Holder {
         let mut scopes = Vec::with_capacity(key.scope_ids.len());
         let mut missing = Vec::new();
-        for id in &key.scope_ids {
-            if let Some(builtin) = self.builtins.get(id) {
-                scopes.push(builtin.clone());
-            } else if let Some(scope) = stored.iter().find(|s| s.id == *id) {
-                scopes.push(scope.clone());
-            } else {
-                missing.push(id.clone());
+        for (id, scope) in key.scope_ids.iter().zip(self.resolve_ids(&key.scope_ids, &stored)) {
+            match scope {
+                Some(scope) => scopes.push(scope),
+                None => missing.push(id.clone()),
             }
         }
         Holder { key, scopes, missing }
+    }
+
+    /// Each of `ids` as a builtin or one of the `stored` scopes; `None` where it is neither.
+    pub(super) fn resolve_ids(&self, ids: &[ScopeId], stored: &[Arc<Scope>]) -> Vec<Option<Arc<Scope>>> {
+        ids.iter().map(|id| self.builtins.get(id).or_else(|| stored.iter().find(|s| s.id == *id)).cloned()).collect()
     }
 
     /// Answers one check, in a `check` span carrying everything but the credential.

@@ -118,7 +118,7 @@ impl Store for MemoryStore {
         let scopes = inner
             .tenants
             .get(&key.tenant)
-            .map(|data| key.scope_ids.iter().filter_map(|s| data.scopes.get(s).cloned()).collect())
+            .map(|data| key.scope_ids.iter().filter_map(|id| data.scopes.get(id).cloned()).collect())
             .unwrap_or_default();
         Ok(Some(Credential { key: key.clone(), scopes }))
     }
@@ -158,6 +158,12 @@ impl Store for MemoryStore {
 
     async fn get_scope(&self, tenant: &Tenant, id: &ScopeId) -> Result<Option<Arc<Scope>>, StoreError> {
         Ok(self.read().tenants.get(tenant).and_then(|d| d.scopes.get(id)).cloned())
+    }
+
+    async fn get_scopes(&self, tenant: &Tenant, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, StoreError> {
+        let inner = self.read();
+        let Some(data) = inner.tenants.get(tenant) else { return Ok(Vec::new()) };
+        Ok(ids.iter().filter_map(|id| data.scopes.get(id).cloned()).collect())
     }
 
     async fn list_scopes(

@@ -129,6 +129,9 @@ pub trait Store: Send + Sync + 'static {
     /// One stored scope of a tenant.
     async fn get_scope(&self, tenant: &Tenant, id: &ScopeId) -> Result<Option<Arc<Scope>>, StoreError>;
 
+    /// Those of `ids` that the tenant stores, in no particular order (missing ids are left out).
+    async fn get_scopes(&self, tenant: &Tenant, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, StoreError>;
+
     /// A tenant's stored scopes by ascending id, after `after`, at most `limit`.
     async fn list_scopes(
         &self,

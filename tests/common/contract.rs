@@ -238,6 +238,12 @@ pub async fn scope_listing_pages_by_id(store: Arc<dyn Store>) {
     let rest = store.list_scopes(&tenant("acme"), Some(&after), 10).await.expect("list");
     assert_eq!(rest.iter().map(|s| s.id.as_str().to_owned()).collect::<Vec<_>>(), ["s2", "s3", "s4"]);
     assert!(store.list_scopes(&tenant("globex"), None, 10).await.expect("list").is_empty());
+    let wanted = [scope_id("s3"), scope_id("nope"), scope_id("s1")];
+    let mut got: Vec<String> =
+        store.get_scopes(&tenant("acme"), &wanted).await.expect("get").iter().map(|s| s.id.to_string()).collect();
+    got.sort();
+    assert_eq!(got, ["s1", "s3"]);
+    assert!(store.get_scopes(&tenant("globex"), &wanted).await.expect("get").is_empty(), "scopes stay in their tenant");
 }
 
 pub async fn scope_delete_is_guarded_by_its_holders(store: Arc<dyn Store>) {
