@@ -35,6 +35,7 @@ impl From<ServiceError> for Status {
                 StoreError::AlreadyExists(_) => Code::AlreadyExists,
                 StoreError::QuotaReached { .. } => Code::ResourceExhausted,
                 StoreError::Unavailable(_) => Code::Unavailable,
+                StoreError::Corrupt(_) => Code::Internal,
             },
         };
         if matches!(code, Code::Internal | Code::Unavailable) {

@@ -6,11 +6,13 @@
 //! error types never leave their backend's file: they become a [`StoreError`].
 
 mod memory;
+mod redis;
 
 use std::{sync::Arc, time::SystemTime};
 
 use async_trait::async_trait;
 
+pub use self::redis::{RedisOptions, RedisStore, SCHEMA_VERSION};
 pub use memory::MemoryStore;
 
 use crate::domain::{Key, KeyId, KeyState, Scope, ScopeId, Tenant};
@@ -50,6 +52,9 @@ pub enum StoreError {
         /// The configured limit.
         limit: usize,
     },
+    /// A stored record cannot be read back (or the stored schema is not this build's).
+    #[error("store data unreadable: {0}")]
+    Corrupt(String),
     /// The backend cannot be reached or failed; no decision or change was possible.
     #[error("store unavailable: {0}")]
     Unavailable(String),

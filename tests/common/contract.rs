@@ -341,34 +341,70 @@ pub async fn concurrent_key_writes_never_leave_a_key_on_a_deleted_scope(store: A
     }
 }
 
+/// Every contract case, by name; the macros below expand over this list.
+#[macro_export]
+macro_rules! contract_cases {
+    ($callback:ident ! ($($args:tt)*)) => {
+        $callback!($($args)*;
+            keys_are_created_read_and_isolated_by_tenant,
+            key_writes_are_guarded_by_version_and_write_nothing_when_refused,
+            keys_naming_a_missing_scope_are_refused,
+            tenant_quotas_are_enforced,
+            key_listing_pages_by_id_with_filters,
+            scope_index_follows_key_updates,
+            scope_labels_are_unique_per_tenant_case_insensitively,
+            scope_listing_pages_by_id,
+            scope_delete_is_guarded_by_its_holders,
+            bootstrap_is_claimed_once,
+            concurrent_key_writes_never_leave_a_key_on_a_deleted_scope,
+        );
+    };
+}
+
+/// One `#[tokio::test]` per case; `$factory` is an async expression yielding a fresh empty
+/// store and a guard that keeps its backend alive for the test.
 #[macro_export]
 macro_rules! contract_tests {
     ($backend:ident, $factory:expr) => {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;
-            $crate::contract_tests!(@each $factory;
-                keys_are_created_read_and_isolated_by_tenant,
-                key_writes_are_guarded_by_version_and_write_nothing_when_refused,
-                keys_naming_a_missing_scope_are_refused,
-                tenant_quotas_are_enforced,
-                key_listing_pages_by_id_with_filters,
-                scope_index_follows_key_updates,
-                scope_labels_are_unique_per_tenant_case_insensitively,
-                scope_listing_pages_by_id,
-                scope_delete_is_guarded_by_its_holders,
-                bootstrap_is_claimed_once,
-                concurrent_key_writes_never_leave_a_key_on_a_deleted_scope,
-            );
+            $crate::contract_cases!(contract_each!($factory));
         }
     };
-    (@each $factory:expr; $($name:ident),* $(,)?) => {
+}
+
+#[macro_export]
+macro_rules! contract_each {
+    ($factory:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let store = $factory.await;
+                let (store, _guard) = $factory.await;
                 contract::$name(store).await;
             }
+        )*
+    };
+}
+
+/// One test running every case in turn, each on a fresh store from `$factory` (which gets the
+/// shared `$setup` value): for backends too costly to start per case, like a cluster.
+#[macro_export]
+macro_rules! contract_suite {
+    ($test:ident, $setup:expr, $factory:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let shared = $setup;
+            $crate::contract_cases!(contract_in_turn!(shared, $factory));
+        }
+    };
+}
+
+#[macro_export]
+macro_rules! contract_in_turn {
+    ($shared:ident, $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            contract::$name(($factory)(&$shared).await).await;
         )*
     };
 }

@@ -1,0 +1,34 @@
+-- Deletes a scope if its version and the exact set of keys holding it (each at a version)
+-- are what the caller saw; removes it from those keys, bumping their versions.
+-- KEYS[1] tenant scope set. ARGV: base, scope id, expected version ('' = any), now,
+-- n holders, then key id and version for each holder.
+local base, sid = ARGV[1], ARGV[2]
+local rec = base .. 'scope:' .. sid
+local cur = redis.call('HGET', rec, 'v')
+if not cur then return {'notfound'} end
+if ARGV[3] ~= '' and cur ~= ARGV[3] then return {'conflict', cur} end
+local holders = base .. 'holders:' .. sid
+local members = redis.call('ZRANGE', holders, 0, -1)
+local n = tonumber(ARGV[5])
+if #members ~= n then return {'users'} end
+local expected = {}
+for i = 0, n - 1 do expected[ARGV[6 + 2 * i]] = ARGV[7 + 2 * i] end
+for _, kid in ipairs(members) do
+  local v = redis.call('HGET', base .. 'key:' .. kid, 'v')
+  if not expected[kid] or v ~= expected[kid] then return {'users'} end
+end
+for _, kid in ipairs(members) do
+  local krec = base .. 'key:' .. kid
+  local kept = {}
+  for s in string.gmatch(redis.call('HGET', krec, 'scopes') or '', '[^,]+') do
+    if s ~= sid then table.insert(kept, s) end
+  end
+  redis.call('HSET', krec, 'scopes', table.concat(kept, ','), 'updated', ARGV[4])
+  redis.call('HINCRBY', krec, 'v', 1)
+end
+redis.call('DEL', holders)
+local folded = redis.call('HGET', rec, 'folded')
+if folded then redis.call('HDEL', base .. 'labels', folded) end
+redis.call('DEL', rec)
+redis.call('ZREM', KEYS[1], sid)
+return {'ok'}

@@ -1,0 +1,26 @@
+-- Creates or replaces a key record, keeping the tenant's key set and the scope -> keys index
+-- exact. Every key touched lives in the tenant's hash slot (KEYS[1] routes the call).
+-- KEYS[1] tenant key set. ARGV: base, key id, expected version ('' = create), max keys,
+-- new version, scope ids (comma-separated), updated, body, n stored scopes, stored scope ids...
+local base, kid, expected = ARGV[1], ARGV[2], ARGV[3]
+local rec = base .. 'key:' .. kid
+local cur = redis.call('HGET', rec, 'v')
+if expected == '' then
+  if cur then return {'exists'} end
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return {'quota'} end
+else
+  if not cur then return {'notfound'} end
+  if cur ~= expected then return {'conflict', cur} end
+end
+for i = 1, tonumber(ARGV[9]) do
+  local sid = ARGV[9 + i]
+  if redis.call('EXISTS', base .. 'scope:' .. sid) == 0 then return {'scopemissing', sid} end
+end
+if cur then
+  local old = redis.call('HGET', rec, 'scopes') or ''
+  for sid in string.gmatch(old, '[^,]+') do redis.call('ZREM', base .. 'holders:' .. sid, kid) end
+end
+for sid in string.gmatch(ARGV[6], '[^,]+') do redis.call('ZADD', base .. 'holders:' .. sid, 0, kid) end
+redis.call('ZADD', KEYS[1], 0, kid)
+redis.call('HSET', rec, 'v', ARGV[5], 'scopes', ARGV[6], 'updated', ARGV[7], 'body', ARGV[8])
+return {'ok'}

@@ -1,0 +1,634 @@
+//! The Redis store: every real deployment's shared engine, standalone or Redis Cluster.
+//!
+//! # Layout
+//! Every key starts with the configured prefix (default `keyscope`), so deployments can share
+//! one Redis. A tenant's records all carry the hash tag `{<tenant>}`, so each atomic change
+//! (one Lua script) stays in one cluster slot:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:schema` | string | the stored schema version, checked at start |
+//! | `P:kt:<key id>` | string | the tenant of a key (ids are global; written before the key) |
+//! | `P:{T}:key:<id>` | hash | `v` version, `scopes` ids comma-separated, `updated`, `body` JSON |
+//! | `P:{T}:keys` | sorted set | the tenant's key ids (score 0, ordered by id) |
+//! | `P:{T}:scope:<id>` | hash | `v`, `label`, `folded` label, `body` JSON |
+//! | `P:{T}:scopes` | sorted set | the tenant's stored scope ids |
+//! | `P:{T}:labels` | hash | folded label -> scope id |
+//! | `P:{T}:holders:<scope id>` | sorted set | ids of the keys holding the scope |
+//! | `P:{system}:bootstrap` | string | the bootstrap admin key's id |
+//!
+//! Mutations are Lua scripts (`src/store/lua/`), atomic by construction. A check that misses
+//! every cache costs two round trips: the key's tenant, then one script returning the key and
+//! its scopes. Lists page through the sorted sets; nothing on a request path uses `KEYS` or
+//! `SCAN`. `redis::` types never leave this file.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use redis::{
+    AsyncCommands, Cmd, Pipeline, RedisError, RedisFuture, Script, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClientBuilder,
+    cluster_async::ClusterConnection,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError};
+use crate::domain::{Key, KeyId, KeyState, Pattern, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant};
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// How to reach Redis.
+#[derive(Clone)]
+pub struct RedisOptions {
+    /// `redis://` or `rediss://` URL (with user and password when ACLs are on); for a cluster,
+    /// one or more seed node URLs separated by commas.
+    pub url: String,
+    /// Whether `url` names Redis Cluster seed nodes.
+    pub cluster: bool,
+    /// Prefix of every key.
+    pub prefix: String,
+    /// Longest wait for Redis on the check path.
+    pub check_timeout: Duration,
+    /// Longest wait for Redis on admin calls and start-up.
+    pub admin_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &"[redacted]")
+            .field("cluster", &self.cluster)
+            .field("prefix", &self.prefix)
+            .field("check_timeout", &self.check_timeout)
+            .field("admin_timeout", &self.admin_timeout)
+            .finish()
+    }
+}
+
+/// One multiplexed connection, to a standalone Redis (reconnecting) or to a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+struct Scripts {
+    put_key: Script,
+    put_scope: Script,
+    delete_scope: Script,
+    claim_bootstrap: Script,
+    credential: Script,
+}
+
+/// Keys and scopes in Redis. Cloning shares the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    prefix: Arc<str>,
+    check_timeout: Duration,
+    admin_timeout: Duration,
+    scripts: Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {error}"))
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {detail}"))
+}
+
+impl RedisStore {
+    /// Connects, loads the scripts and checks (or, on an empty Redis, writes) the schema
+    /// version.
+    pub async fn connect(options: RedisOptions) -> Result<Self, StoreError> {
+        let conn = tokio::time::timeout(options.admin_timeout, Self::open(&options))
+            .await
+            .map_err(|_| StoreError::Unavailable("redis: timed out connecting".into()))??;
+        let store = RedisStore {
+            conn,
+            prefix: Arc::from(options.prefix.as_str()),
+            check_timeout: options.check_timeout,
+            admin_timeout: options.admin_timeout,
+            scripts: Arc::new(Scripts {
+                put_key: Script::new(include_str!("lua/put_key.lua")),
+                put_scope: Script::new(include_str!("lua/put_scope.lua")),
+                delete_scope: Script::new(include_str!("lua/delete_scope.lua")),
+                claim_bootstrap: Script::new(include_str!("lua/claim_bootstrap.lua")),
+                credential: Script::new(include_str!("lua/credential.lua")),
+            }),
+        };
+        store.check_schema().await?;
+        Ok(store)
+    }
+
+    async fn open(options: &RedisOptions) -> Result<Conn, StoreError> {
+        if options.cluster {
+            let nodes: Vec<&str> = options.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            let client = ClusterClientBuilder::new(nodes)
+                .connection_timeout(options.admin_timeout)
+                .response_timeout(options.admin_timeout)
+                .build()
+                .map_err(unavailable)?;
+            return Ok(Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?));
+        }
+        let client = redis::Client::open(options.url.as_str()).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.admin_timeout))
+            .set_response_timeout(Some(options.admin_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        Ok(Conn::Single(ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?))
+    }
+
+    async fn check_schema(&self) -> Result<(), StoreError> {
+        let key = format!("{}:schema", self.prefix);
+        let mut conn = self.conn.clone();
+        let set: bool = self
+            .admin(redis::cmd("SET").arg(&key).arg(SCHEMA_VERSION).arg("NX").query_async::<Option<String>>(&mut conn))
+            .await?
+            .is_some();
+        if set {
+            return Ok(());
+        }
+        let found: Option<String> = self.admin(conn.get(&key)).await?;
+        match found.as_deref() {
+            Some(SCHEMA_VERSION) => Ok(()),
+            other => Err(StoreError::Corrupt(format!(
+                "stored schema version {} at `{key}`; this build reads version {SCHEMA_VERSION}",
+                other.unwrap_or("(none)")
+            ))),
+        }
+    }
+
+    /// Runs a command with the admin timeout.
+    async fn admin<T>(&self, call: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
+        Self::bounded(self.admin_timeout, call).await
+    }
+
+    async fn bounded<T>(limit: Duration, call: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable(format!("redis: no answer within {} ms", limit.as_millis()))),
+        }
+    }
+
+    fn base(&self, tenant: &Tenant) -> String {
+        format!("{}:{{{}}}:", self.prefix, tenant)
+    }
+
+    fn tenant_of(&self, id: &KeyId) -> String {
+        format!("{}:kt:{}", self.prefix, id)
+    }
+
+    /// The fields of several hashes of one tenant, in one round trip.
+    async fn hashes(&self, keys: &[String], fields: &[&str]) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HMGET").arg(key).arg(fields);
+        }
+        let mut conn = self.conn.clone();
+        self.admin(pipe.query_async(&mut conn)).await
+    }
+
+    async fn keys_by_id(&self, tenant: &Tenant, ids: &[String]) -> Result<Vec<Arc<Key>>, StoreError> {
+        let base = self.base(tenant);
+        let names: Vec<String> = ids.iter().map(|id| format!("{base}key:{id}")).collect();
+        let rows = self.hashes(&names, &KEY_FIELDS).await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for (id, row) in ids.iter().zip(rows) {
+            if let Some(key) = decode_key(tenant, id, &row)? {
+                keys.push(Arc::new(key));
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn scopes_by_id(&self, tenant: &Tenant, ids: &[String]) -> Result<Vec<Arc<Scope>>, StoreError> {
+        let base = self.base(tenant);
+        let names: Vec<String> = ids.iter().map(|id| format!("{base}scope:{id}")).collect();
+        let rows = self.hashes(&names, &SCOPE_FIELDS).await?;
+        let mut scopes = Vec::with_capacity(rows.len());
+        for (id, row) in ids.iter().zip(rows) {
+            if let Some(scope) = decode_scope(tenant, id, &row)? {
+                scopes.push(Arc::new(scope));
+            }
+        }
+        Ok(scopes)
+    }
+
+    /// Ids from a sorted set after `after`, in id order.
+    async fn ids_after(&self, set: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let min = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        let mut conn = self.conn.clone();
+        self.admin(conn.zrangebylex_limit(set, min, "+", 0, limit as isize)).await
+    }
+}
+
+const KEY_FIELDS: [&str; 4] = ["v", "scopes", "updated", "body"];
+const SCOPE_FIELDS: [&str; 3] = ["v", "label", "body"];
+
+/// An instant as (seconds, nanoseconds) since the epoch.
+type Instant = (u64, u32);
+
+fn instant(at: SystemTime) -> Instant {
+    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs(), d.subsec_nanos())
+}
+
+fn system_time((secs, nanos): Instant) -> SystemTime {
+    UNIX_EPOCH + Duration::new(secs, nanos)
+}
+
+fn instant_text(at: SystemTime) -> String {
+    let (s, n) = instant(at);
+    format!("{s}.{n:09}")
+}
+
+fn parse_instant_text(text: &str) -> Option<SystemTime> {
+    let (s, n) = text.split_once('.')?;
+    Some(system_time((s.parse().ok()?, n.parse().ok()?)))
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyBody {
+    description: String,
+    owner: String,
+    state: String,
+    expires_at: Option<Instant>,
+    metadata: BTreeMap<String, String>,
+    created_at: Instant,
+    last_used_at: Option<Instant>,
+    secret_hash: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ScopeBody {
+    description: String,
+    mode: String,
+    rules: [Vec<String>; 4],
+    created_at: Instant,
+    updated_at: Instant,
+}
+
+fn join_ids(ids: &[ScopeId]) -> String {
+    ids.iter().map(ScopeId::as_str).collect::<Vec<_>>().join(",")
+}
+
+fn encode_key(key: &Key) -> Result<String, StoreError> {
+    let body = KeyBody {
+        description: key.description.clone(),
+        owner: key.owner.clone(),
+        state: key.state.as_str().to_owned(),
+        expires_at: key.expires_at.map(instant),
+        metadata: key.metadata.clone(),
+        created_at: instant(key.created_at),
+        last_used_at: key.last_used_at.map(instant),
+        secret_hash: STANDARD.encode(key.secret_hash.as_bytes()),
+    };
+    serde_json::to_string(&body).map_err(|e| corrupt("key body", e))
+}
+
+fn decode_key(tenant: &Tenant, id: &str, row: &[Option<String>]) -> Result<Option<Key>, StoreError> {
+    let [Some(v), scopes, updated, Some(body)] = row else { return Ok(None) };
+    let what = format!("key `{id}`");
+    let body: KeyBody = serde_json::from_str(body).map_err(|e| corrupt(&what, e))?;
+    let state = match body.state.as_str() {
+        "active" => KeyState::Active,
+        "disabled" => KeyState::Disabled,
+        "revoked" => KeyState::Revoked,
+        other => return Err(corrupt(&what, format!("state `{other}`"))),
+    };
+    let hash: [u8; 32] = STANDARD
+        .decode(&body.secret_hash)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| corrupt(&what, "secret hash"))?;
+    let scope_ids = scopes
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<ScopeId>().map_err(|_| corrupt(&what, "scope id")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Key {
+        id: id.parse().map_err(|_| corrupt(&what, "id"))?,
+        tenant: tenant.clone(),
+        description: body.description,
+        owner: body.owner,
+        scope_ids,
+        state,
+        expires_at: body.expires_at.map(system_time),
+        metadata: body.metadata,
+        version: v.parse().map_err(|_| corrupt(&what, "version"))?,
+        created_at: system_time(body.created_at),
+        updated_at: updated.as_deref().and_then(parse_instant_text).ok_or_else(|| corrupt(&what, "updated"))?,
+        last_used_at: body.last_used_at.map(system_time),
+        secret_hash: SecretHash::from_bytes(hash),
+    }))
+}
+
+fn encode_scope(scope: &Scope) -> Result<String, StoreError> {
+    let list = |a| scope.rules.patterns(a).iter().map(ToString::to_string).collect();
+    let body = ScopeBody {
+        description: scope.description.clone(),
+        mode: scope.mode.as_str().to_owned(),
+        rules: crate::domain::Action::ALL.map(list),
+        created_at: instant(scope.created_at),
+        updated_at: instant(scope.updated_at),
+    };
+    serde_json::to_string(&body).map_err(|e| corrupt("scope body", e))
+}
+
+fn decode_scope(tenant: &Tenant, id: &str, row: &[Option<String>]) -> Result<Option<Scope>, StoreError> {
+    let [Some(v), Some(label), Some(body)] = row else { return Ok(None) };
+    let what = format!("scope `{id}`");
+    let body: ScopeBody = serde_json::from_str(body).map_err(|e| corrupt(&what, e))?;
+    let mode = match body.mode.as_str() {
+        "allow" => ScopeMode::Allow,
+        "deny" => ScopeMode::Deny,
+        other => return Err(corrupt(&what, format!("mode `{other}`"))),
+    };
+    let patterns = body.rules.map(|list| list.iter().filter_map(|p| p.parse::<Pattern>().ok()).collect::<Vec<_>>());
+    Ok(Some(Scope {
+        id: id.parse().map_err(|_| corrupt(&what, "id"))?,
+        tenant: tenant.clone(),
+        label: label.parse().map_err(|_| corrupt(&what, "label"))?,
+        description: body.description,
+        mode,
+        rules: Rules::from_patterns(patterns),
+        builtin: false,
+        version: v.parse().map_err(|_| corrupt(&what, "version"))?,
+        created_at: system_time(body.created_at),
+        updated_at: system_time(body.updated_at),
+    }))
+}
+
+/// Turns a script's status reply into the store's answer.
+fn outcome(reply: &[String], what: impl Fn() -> String, expected: Option<u64>) -> Result<(), StoreError> {
+    match reply.first().map(String::as_str) {
+        Some("ok") => Ok(()),
+        Some("exists") => Err(StoreError::AlreadyExists(what())),
+        Some("notfound") => Err(StoreError::NotFound(what())),
+        Some("conflict") => Err(StoreError::VersionConflict {
+            what: what(),
+            expected: expected.unwrap_or(0),
+            found: reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0),
+        }),
+        Some("scopemissing") => Err(StoreError::ScopeMissing(
+            reply.get(1).and_then(|s| s.parse().ok()).ok_or_else(|| corrupt("script reply", "scope id"))?,
+        )),
+        other => Err(corrupt("script reply", format!("{other:?}"))),
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError> {
+        let mut conn = self.conn.clone();
+        let call = async {
+            let tenant: Option<String> = conn.get(self.tenant_of(id)).await?;
+            let Some(tenant) = tenant else { return Ok(None) };
+            let base = format!("{}:{{{}}}:", self.prefix, tenant);
+            let reply: Vec<Option<String>> =
+                self.scripts.credential.key(format!("{base}key:{id}")).arg(&base).invoke_async(&mut conn).await?;
+            Ok(Some((tenant, reply)))
+        };
+        let Some((tenant, reply)) = Self::bounded(self.check_timeout, call).await? else { return Ok(None) };
+        let tenant: Tenant = tenant.parse().map_err(|_| corrupt("key tenant", id))?;
+        if reply.len() < 4 {
+            return Ok(None);
+        }
+        let Some(key) = decode_key(&tenant, id.as_str(), &reply[..4])? else { return Ok(None) };
+        let mut scopes = Vec::new();
+        for chunk in reply[4..].chunks(4) {
+            if let [Some(sid), rest @ ..] = chunk {
+                if let Some(scope) = decode_scope(&tenant, sid, rest)? {
+                    scopes.push(Arc::new(scope));
+                }
+            }
+        }
+        Ok(Some(Credential { key: Arc::new(key), scopes }))
+    }
+
+    async fn get_key(&self, tenant: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError> {
+        Ok(self.keys_by_id(tenant, &[id.to_string()]).await?.pop())
+    }
+
+    async fn list_keys(&self, tenant: &Tenant, query: &KeyQuery) -> Result<Vec<Arc<Key>>, StoreError> {
+        let base = self.base(tenant);
+        let set = match &query.scope {
+            Some(scope) => format!("{base}holders:{scope}"),
+            None => format!("{base}keys"),
+        };
+        let chunk = (query.limit * 2).clamp(16, 1000);
+        let mut out = Vec::new();
+        let mut after = query.after.as_ref().map(ToString::to_string);
+        while out.len() < query.limit {
+            let ids = self.ids_after(&set, after.as_deref(), chunk).await?;
+            let Some(last) = ids.last().cloned() else { break };
+            let exhausted = ids.len() < chunk;
+            for key in self.keys_by_id(tenant, &ids).await? {
+                let owner_ok = query.owner.as_ref().is_none_or(|o| key.owner == *o);
+                let state_ok = query.state.is_none_or(|s| key.state == s);
+                if owner_ok && state_ok && out.len() < query.limit {
+                    out.push(key);
+                }
+            }
+            if exhausted {
+                break;
+            }
+            after = Some(last);
+        }
+        Ok(out)
+    }
+
+    async fn put_key(&self, write: KeyWrite<'_>, max_keys: usize) -> Result<(), StoreError> {
+        let key = write.key;
+        let base = self.base(&key.tenant);
+        let mut conn = self.conn.clone();
+        let mapping = self.tenant_of(&key.id);
+        if write.expected_version.is_none() {
+            let claimed: Option<String> = self
+                .admin(redis::cmd("SET").arg(&mapping).arg(key.tenant.as_str()).arg("NX").query_async(&mut conn))
+                .await?;
+            if claimed.is_none() {
+                return Err(StoreError::AlreadyExists(format!("key `{}`", key.id)));
+            }
+        }
+        let mut call = self.scripts.put_key.key(format!("{base}keys"));
+        call.arg(&base)
+            .arg(key.id.as_str())
+            .arg(write.expected_version.map(|v| v.to_string()).unwrap_or_default())
+            .arg(max_keys.min(i64::MAX as usize) as i64)
+            .arg(key.version)
+            .arg(join_ids(&key.scope_ids))
+            .arg(instant_text(key.updated_at))
+            .arg(encode_key(key)?)
+            .arg(write.stored_scopes.len())
+            .arg(write.stored_scopes.iter().map(ScopeId::as_str).collect::<Vec<_>>());
+        let reply: Result<Vec<String>, StoreError> = self.admin(call.invoke_async(&mut conn)).await;
+        let result = reply.and_then(|r| {
+            if r.first().map(String::as_str) == Some("quota") {
+                return Err(StoreError::QuotaReached { tenant: key.tenant.clone(), what: "keys", limit: max_keys });
+            }
+            outcome(&r, || format!("key `{}`", key.id), write.expected_version)
+        });
+        if result.is_err() && write.expected_version.is_none() {
+            // The create did not happen: release the id's tenant mapping again.
+            let _: Result<(), StoreError> = self.admin(conn.del(&mapping)).await;
+        }
+        result
+    }
+
+    async fn get_scope(&self, tenant: &Tenant, id: &ScopeId) -> Result<Option<Arc<Scope>>, StoreError> {
+        Ok(self.scopes_by_id(tenant, &[id.to_string()]).await?.pop())
+    }
+
+    async fn get_scopes(&self, tenant: &Tenant, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        self.scopes_by_id(tenant, &ids).await
+    }
+
+    async fn list_scopes(
+        &self,
+        tenant: &Tenant,
+        after: Option<&ScopeId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Scope>>, StoreError> {
+        let set = format!("{}scopes", self.base(tenant));
+        let ids = self.ids_after(&set, after.map(ScopeId::as_str), limit).await?;
+        self.scopes_by_id(tenant, &ids).await
+    }
+
+    async fn put_scope(
+        &self,
+        scope: &Scope,
+        expected_version: Option<u64>,
+        reserved_labels: &[String],
+        max_scopes: usize,
+    ) -> Result<(), StoreError> {
+        let base = self.base(&scope.tenant);
+        let mut call = self.scripts.put_scope.key(format!("{base}scopes"));
+        call.arg(&base)
+            .arg(scope.id.as_str())
+            .arg(expected_version.map(|v| v.to_string()).unwrap_or_default())
+            .arg(max_scopes.min(i64::MAX as usize) as i64)
+            .arg(scope.version)
+            .arg(scope.label.as_str())
+            .arg(scope.label.folded())
+            .arg(encode_scope(scope)?)
+            .arg(reserved_labels.len())
+            .arg(reserved_labels);
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
+        match reply.first().map(String::as_str) {
+            Some("quota") => {
+                Err(StoreError::QuotaReached { tenant: scope.tenant.clone(), what: "scopes", limit: max_scopes })
+            }
+            Some("labeltaken") => Err(StoreError::AlreadyExists(format!("a scope labelled `{}`", scope.label))),
+            Some("exists") => Err(StoreError::AlreadyExists(format!("scope `{}`", scope.id))),
+            _ => outcome(&reply, || format!("scope `{}`", scope.id), expected_version),
+        }
+    }
+
+    async fn scope_holders(&self, tenant: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError> {
+        let set = format!("{}holders:{id}", self.base(tenant));
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = self.admin(conn.zrange(&set, 0, -1)).await?;
+        self.keys_by_id(tenant, &ids).await
+    }
+
+    async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError> {
+        let base = self.base(delete.tenant);
+        let mut call = self.scripts.delete_scope.key(format!("{base}scopes"));
+        call.arg(&base)
+            .arg(delete.id.as_str())
+            .arg(delete.expected_version.map(|v| v.to_string()).unwrap_or_default())
+            .arg(instant_text(delete.now))
+            .arg(delete.holders.len());
+        for (key_id, version) in delete.holders {
+            call.arg(key_id.as_str()).arg(*version);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
+        match reply.first().map(String::as_str) {
+            Some("users") => Err(StoreError::UsersChanged(delete.id.clone())),
+            _ => outcome(&reply, || format!("scope `{}`", delete.id), delete.expected_version),
+        }
+    }
+
+    async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError> {
+        let base = self.base(&key.tenant);
+        let mut conn = self.conn.clone();
+        let mapping = self.tenant_of(&key.id);
+        let claimed: Option<String> = self
+            .admin(redis::cmd("SET").arg(&mapping).arg(key.tenant.as_str()).arg("NX").query_async(&mut conn))
+            .await?;
+        if claimed.is_none() {
+            return Err(StoreError::AlreadyExists(format!("key `{}`", key.id)));
+        }
+        let mut call = self.scripts.claim_bootstrap.key(format!("{base}keys"));
+        call.arg(&base)
+            .arg(key.id.as_str())
+            .arg(key.version)
+            .arg(join_ids(&key.scope_ids))
+            .arg(instant_text(key.updated_at))
+            .arg(encode_key(key)?);
+        let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
+        match reply.first().map(String::as_str) {
+            Some("existing") => {
+                let _: Result<(), StoreError> = self.admin(conn.del(&mapping)).await;
+                let id =
+                    reply.get(1).and_then(|s| s.parse().ok()).ok_or_else(|| corrupt("bootstrap marker", "key id"))?;
+                Ok(Some(id))
+            }
+            _ => outcome(&reply, || format!("key `{}`", key.id), None).map(|()| None),
+        }
+    }
+}

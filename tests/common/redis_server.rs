@@ -1,0 +1,181 @@
+//! Real `redis-server` processes for tests, each on a free port on 127.0.0.1, owned by the test:
+//! they can be stopped, paused (SIGSTOP), resumed and restarted, and die with their guard.
+//! A machine without `redis-server` fails these tests loudly; `.ci/run` installs it.
+#![allow(dead_code, missing_docs, clippy::panic)]
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use keyscope::store::{RedisOptions, RedisStore};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("addr").port()
+}
+
+fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// One redis-server process.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a standalone server on a free port.
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server =
+            RedisServer { port: free_port(), dir, extra: extra.iter().map(|s| s.to_string()).collect(), child: None };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", &self.dir.path().display().to_string()])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); install it, e.g. `apt-get install redis-server`")
+            });
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("redis-server to answer PING", Duration::from_secs(10), || {
+            cli(port, &["PING"]).is_some_and(|r| r == "PONG")
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([signal, &pid]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} {pid}");
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Kills the server; its data is gone (no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        cli(self.port, args)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server ignores SIGKILL until it is continued.
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+        }
+        self.stop();
+    }
+}
+
+/// A local Redis Cluster of three masters, made with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]))
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        for node in &nodes {
+            wait_until("the cluster to be ok", Duration::from_secs(30), || {
+                node.cli(&["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok"))
+            });
+        }
+        RedisCluster { nodes }
+    }
+
+    /// Seed URLs, comma-separated, as `store.redis.url` takes them.
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+    }
+}
+
+static PREFIXES: AtomicUsize = AtomicUsize::new(0);
+
+/// A prefix no other store of this test process uses.
+pub fn fresh_prefix() -> String {
+    format!("test{}", PREFIXES.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn options(url: String, cluster: bool) -> RedisOptions {
+    RedisOptions {
+        url,
+        cluster,
+        prefix: fresh_prefix(),
+        check_timeout: Duration::from_millis(500),
+        admin_timeout: Duration::from_secs(2),
+    }
+}
+
+/// A store on `url` under a fresh prefix.
+pub async fn store(url: String, cluster: bool) -> RedisStore {
+    RedisStore::connect(options(url, cluster)).await.expect("connect to the test redis")
+}
+
+/// The path of the test's data directory, for diagnostics.
+pub fn dir_of(server: &RedisServer) -> PathBuf {
+    server.dir.path().to_path_buf()
+}
