@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::{
     domain::{Pepper, TokenFormat},
     service::{Builtins, Preset, Quotas},
+    store::RedisOptions,
 };
 
 /// A configured secret: shown as `[redacted]`.
@@ -90,11 +91,26 @@ pub enum StoreKind {
 }
 
 /// `store.redis.*`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://` or `rediss://` URL; may hold a password, so it is redacted.
+    /// `redis://` or `rediss://` URL (for a cluster: seed node URLs, comma-separated); may
+    /// hold a password, so it is redacted.
     pub url: Option<SecretString>,
+    /// Whether `url` names Redis Cluster seed nodes.
+    pub cluster: bool,
+    /// Prefix of every Redis key, so deployments can share one Redis.
+    pub prefix: String,
+    /// Longest wait for Redis on the check path, in milliseconds.
+    pub check_timeout_ms: u64,
+    /// Longest wait for Redis on admin calls and at start, in milliseconds.
+    pub admin_timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings { url: None, cluster: false, prefix: "keyscope".into(), check_timeout_ms: 100, admin_timeout_ms: 2000 }
+    }
 }
 
 /// `security.*`
@@ -181,10 +197,50 @@ pub struct Validated {
     pub pepper: Pepper,
     /// Whether the pepper is the development default.
     pub dev_pepper: bool,
+    /// The store to use: `None` for the memory store.
+    pub redis: Option<RedisOptions>,
     /// Builtins and presets.
     pub builtins: Builtins,
     /// Quotas.
     pub quotas: Quotas,
+}
+
+impl RedisSettings {
+    fn validate(&self) -> Result<RedisOptions, ConfigError> {
+        let url = self.url.as_ref().map(SecretString::expose).unwrap_or_default();
+        if url.is_empty() {
+            return Err(bad("store.redis.url", "is required when store.kind is `redis` (e.g. redis://127.0.0.1:6379)"));
+        }
+        for (i, node) in url.split(',').enumerate() {
+            let node = node.trim();
+            if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
+                // The URL may hold a password: say which part is wrong, never what it says.
+                return Err(bad("store.redis.url", format!("entry {i} must start with redis:// or rediss://")));
+            }
+            if i > 0 && !self.cluster {
+                return Err(bad("store.redis.url", "several URLs need store.redis.cluster: true"));
+            }
+        }
+        let prefix_ok = !self.prefix.is_empty()
+            && self.prefix.len() <= 64
+            && self.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !prefix_ok {
+            return Err(bad("store.redis.prefix", "must be 1 to 64 characters [A-Za-z0-9_.-]"));
+        }
+        if self.check_timeout_ms == 0 || self.check_timeout_ms > 60_000 {
+            return Err(bad("store.redis.check_timeout_ms", "must be between 1 and 60000"));
+        }
+        if self.admin_timeout_ms == 0 || self.admin_timeout_ms > 600_000 {
+            return Err(bad("store.redis.admin_timeout_ms", "must be between 1 and 600000"));
+        }
+        Ok(RedisOptions {
+            url: url.to_owned(),
+            cluster: self.cluster,
+            prefix: self.prefix.clone(),
+            check_timeout: std::time::Duration::from_millis(self.check_timeout_ms),
+            admin_timeout: std::time::Duration::from_millis(self.admin_timeout_ms),
+        })
+    }
 }
 
 impl Settings {
@@ -212,9 +268,10 @@ impl Settings {
         };
         let grpc_addr = addr("server.grpc_addr", &self.server.grpc_addr)?;
         let http_addr = addr("server.http_addr", &self.server.http_addr)?;
-        if self.store.kind == StoreKind::Redis {
-            return Err(bad("store.kind", "`redis` is not available in this build yet; use `memory`"));
-        }
+        let redis = match self.store.kind {
+            StoreKind::Memory => None,
+            StoreKind::Redis => Some(self.store.redis.validate()?),
+        };
         let tokens = TokenFormat::new(&self.security.token_prefix).map_err(|p| bad("security.token_prefix", p.0))?;
         let (pepper_text, dev_pepper) = match &self.security.pepper {
             Some(p) => (p.expose(), false),
@@ -243,7 +300,7 @@ impl Settings {
             max_keys_per_tenant: self.limits.max_keys_per_tenant,
             max_scopes_per_tenant: self.limits.max_scopes_per_tenant,
         };
-        Ok(Validated { grpc_addr, http_addr, tokens, pepper, dev_pepper, builtins, quotas })
+        Ok(Validated { grpc_addr, http_addr, tokens, pepper, dev_pepper, redis, builtins, quotas })
     }
 }
 

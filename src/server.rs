@@ -82,6 +82,9 @@ pub enum StartError {
     /// A setting is wrong.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The store could not be reached or is not usable.
+    #[error("store: {0}")]
+    Store(crate::store::StoreError),
     /// The bootstrap admin key could not be ensured.
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] crate::service::ServiceError),
@@ -93,13 +96,17 @@ pub enum StartError {
     Serve(#[from] ServeError),
 }
 
-/// Builds the service from validated settings on the configured store.
-pub fn build(validated: &crate::config::Validated) -> Arc<Keyscope> {
-    let store = Arc::new(crate::store::MemoryStore::new());
-    Arc::new(
+/// Builds the service from validated settings on the configured store (connecting to Redis
+/// and checking its schema version when that is the store).
+pub async fn build(validated: &crate::config::Validated) -> Result<Arc<Keyscope>, StartError> {
+    let store: Arc<dyn crate::store::Store> = match &validated.redis {
+        None => Arc::new(crate::store::MemoryStore::new()),
+        Some(options) => Arc::new(crate::store::RedisStore::connect(options.clone()).await.map_err(StartError::Store)?),
+    };
+    Ok(Arc::new(
         Keyscope::new(store, validated.builtins.clone(), validated.tokens.clone(), validated.pepper.clone())
             .with_quotas(validated.quotas),
-    )
+    ))
 }
 
 /// Tells the operator about the bootstrap admin key: a created token is printed once on
@@ -152,14 +159,15 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
             "security.pepper is not set: using the built-in development pepper; set KEYSCOPE__SECURITY__PEPPER for real keys"
         );
     }
-    let core = build(&validated);
+    let core = build(&validated).await?;
     let outcome = core.ensure_bootstrap(settings.bootstrap.admin_token.as_ref().map(|t| t.expose())).await?;
     let listener = TcpListener::bind(validated.grpc_addr)
         .await
         .map_err(|e| StartError::Io(format!("server.grpc_addr {}: {e}", validated.grpc_addr)))?;
     let local = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
     announce(outcome, settings.bootstrap.token_file.as_deref()).await?;
-    tracing::info!(addr = %local, store = "memory", "keyscope serving gRPC");
+    let store = if validated.redis.is_some() { "redis" } else { "memory" };
+    tracing::info!(addr = %local, store, "keyscope serving gRPC");
     serve(listener, core, shutdown_signal()).await?;
     tracing::info!("keyscope stopped");
     Ok(())

@@ -73,18 +73,32 @@ fn a_malformed_bootstrap_token_is_named_but_never_echoed() {
 }
 
 #[test]
-fn redis_is_refused_clearly() {
-    let line = refused(&[], &[("KEYSCOPE__STORE__KIND", "redis")], "store.kind");
-    assert!(line.contains("redis"), "{line}");
+fn redis_settings_are_checked_and_never_echo_the_password() {
+    refused(&[], &[("KEYSCOPE__STORE__KIND", "redis")], "store.redis.url");
     let dir = tempfile::TempDir::new().expect("temp dir");
-    let file = write(
-        dir.path(),
-        "redis.yaml",
-        "store:\n  kind: redis\n  redis:\n    url: redis://:hunter2zqxwvu@localhost:6379\n",
-    );
-    let line = refused(&["--config", &file], &[], "store.kind");
+    let file = write(dir.path(), "redis.yaml", "store:\n  kind: redis\n  redis:\n    url: http://:hunter2zqxwvu@localhost:6379\n");
+    let line = refused(&["--config", &file], &[], "store.redis.url");
     assert!(!line.contains("hunter2zqxwvu"), "the Redis password was echoed: {line}");
+    refused(
+        &[],
+        &[("KEYSCOPE__STORE__KIND", "redis"), ("KEYSCOPE__STORE__REDIS__URL", "redis://x"), ("KEYSCOPE__STORE__REDIS__PREFIX", "a{b}")],
+        "store.redis.prefix",
+    );
     refused(&[], &[("KEYSCOPE__STORE__KIND", "mongo")], "store.kind");
+
+    // Nothing listens on that port: the start fails with one store line, the password unseen.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let run: Run = Cli::new()
+        .arg("serve")
+        .env("KEYSCOPE__SERVER__GRPC_ADDR", "127.0.0.1:0")
+        .env("KEYSCOPE__STORE__KIND", "redis")
+        .env("KEYSCOPE__STORE__REDIS__URL", &format!("redis://:hunter2zqxwvu@127.0.0.1:{port}"))
+        .run_within(QUICKLY);
+    assert_ne!(run.code(), 0, "{}", run.describe());
+    assert!(run.stdout.is_empty(), "no token before the store is reachable\n{}", run.describe());
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: store: "), "{}", run.describe());
+    assert!(!run.stderr.contains("hunter2zqxwvu"), "the Redis password was echoed\n{}", run.describe());
 }
 
 #[test]
