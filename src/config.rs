@@ -7,6 +7,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf};
 use serde::Deserialize;
 
 use crate::{
+    cache::CacheSettings,
     domain::{Pepper, TokenFormat},
     service::{Builtins, Preset, Quotas},
     store::RedisOptions,
@@ -47,6 +48,8 @@ pub struct Settings {
     pub bootstrap: BootstrapSettings,
     /// Per-tenant quotas.
     pub limits: LimitSettings,
+    /// Each replica's cache (Redis store only).
+    pub cache: CacheConfig,
     /// Locked preset scopes added to every tenant.
     pub presets: Vec<Preset>,
     /// Log output.
@@ -109,7 +112,13 @@ pub struct RedisSettings {
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        RedisSettings { url: None, cluster: false, prefix: "keyscope".into(), check_timeout_ms: 100, admin_timeout_ms: 2000 }
+        RedisSettings {
+            url: None,
+            cluster: false,
+            prefix: "keyscope".into(),
+            check_timeout_ms: 100,
+            admin_timeout_ms: 2000,
+        }
     }
 }
 
@@ -156,6 +165,33 @@ impl Default for LimitSettings {
     }
 }
 
+/// `cache.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most key records kept per replica.
+    pub max_keys: u64,
+    /// Most scope entries kept per replica.
+    pub max_scopes: u64,
+    /// Longest any entry is kept, in milliseconds: the worst-case staleness if a change is
+    /// missed.
+    pub ttl_ms: u64,
+    /// How long an unknown key id is remembered, in milliseconds.
+    pub negative_ttl_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        let d = CacheSettings::default();
+        CacheConfig {
+            max_keys: d.max_keys,
+            max_scopes: d.max_scopes,
+            ttl_ms: d.time_to_live.as_millis() as u64,
+            negative_ttl_ms: d.negative_ttl.as_millis() as u64,
+        }
+    }
+}
+
 /// `log.*`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -199,6 +235,8 @@ pub struct Validated {
     pub dev_pepper: bool,
     /// The store to use: `None` for the memory store.
     pub redis: Option<RedisOptions>,
+    /// The cache in front of Redis.
+    pub cache: CacheSettings,
     /// Builtins and presets.
     pub builtins: Builtins,
     /// Quotas.
@@ -300,7 +338,23 @@ impl Settings {
             max_keys_per_tenant: self.limits.max_keys_per_tenant,
             max_scopes_per_tenant: self.limits.max_scopes_per_tenant,
         };
-        Ok(Validated { grpc_addr, http_addr, tokens, pepper, dev_pepper, redis, builtins, quotas })
+        let c = &self.cache;
+        if c.max_keys == 0 || c.max_scopes == 0 {
+            return Err(bad("cache.max_keys", "cache.max_keys and cache.max_scopes must be at least 1"));
+        }
+        if c.ttl_ms == 0 || c.ttl_ms > 3_600_000 {
+            return Err(bad("cache.ttl_ms", "must be between 1 and 3600000"));
+        }
+        if c.negative_ttl_ms == 0 || c.negative_ttl_ms > c.ttl_ms {
+            return Err(bad("cache.negative_ttl_ms", "must be between 1 and cache.ttl_ms"));
+        }
+        let cache = CacheSettings {
+            max_keys: c.max_keys,
+            max_scopes: c.max_scopes,
+            time_to_live: std::time::Duration::from_millis(c.ttl_ms),
+            negative_ttl: std::time::Duration::from_millis(c.negative_ttl_ms),
+        };
+        Ok(Validated { grpc_addr, http_addr, tokens, pepper, dev_pepper, redis, cache, builtins, quotas })
     }
 }
 

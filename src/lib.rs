@@ -13,6 +13,7 @@
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`cli`]: the `keyscope` command line (client side).
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -6,6 +6,7 @@ use std::{future::Future, sync::Arc};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{service::interceptor::InterceptedService, transport::Server};
+use tonic_health::ServingStatus;
 
 use crate::{
     domain::limits,
@@ -37,9 +38,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<CheckerServer<CheckerService>>().await;
-    health.set_serving::<KeyAdminServer<KeyAdminService>>().await;
-    health.set_serving::<ScopeAdminServer<ScopeAdminService>>().await;
+    let ready = core.store_ready().await;
+    set_health(&health, ready).await;
+    let readiness = tokio::spawn(follow_readiness(core.clone(), health.clone(), ready));
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -59,7 +60,8 @@ pub async fn serve(
 
     let drained = async move {
         shutdown.await;
-        health.set_not_serving::<CheckerServer<CheckerService>>().await;
+        readiness.abort();
+        set_health(&health, false).await;
         tracing::info!("shutting down: draining in-flight calls");
     };
 
@@ -74,6 +76,38 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
         .await?;
     Ok(())
+}
+
+/// How often readiness asks the store whether it answers.
+const READINESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+    health.set_service_status("", status).await;
+    for name in [
+        <CheckerServer<CheckerService> as tonic::server::NamedService>::NAME,
+        <KeyAdminServer<KeyAdminService> as tonic::server::NamedService>::NAME,
+        <ScopeAdminServer<ScopeAdminService> as tonic::server::NamedService>::NAME,
+    ] {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Keeps gRPC health (readiness) in step with the store: NOT_SERVING while it does not answer.
+async fn follow_readiness(core: Arc<Keyscope>, health: tonic_health::server::HealthReporter, mut last: bool) {
+    loop {
+        tokio::time::sleep(READINESS_INTERVAL).await;
+        let ready = core.store_ready().await;
+        if ready != last {
+            set_health(&health, ready).await;
+            if ready {
+                tracing::info!("store answers again: serving");
+            } else {
+                tracing::warn!("store does not answer: health is NOT_SERVING");
+            }
+            last = ready;
+        }
+    }
 }
 
 /// Why `keyscope serve` could not start or stopped with an error.
@@ -96,17 +130,41 @@ pub enum StartError {
     Serve(#[from] ServeError),
 }
 
-/// Builds the service from validated settings on the configured store (connecting to Redis
-/// and checking its schema version when that is the store).
-pub async fn build(validated: &crate::config::Validated) -> Result<Arc<Keyscope>, StartError> {
-    let store: Arc<dyn crate::store::Store> = match &validated.redis {
-        None => Arc::new(crate::store::MemoryStore::new()),
-        Some(options) => Arc::new(crate::store::RedisStore::connect(options.clone()).await.map_err(StartError::Store)?),
+/// The service and what runs beside it.
+#[derive(Debug)]
+pub struct Built {
+    /// The use cases.
+    pub core: Arc<Keyscope>,
+    /// The replica's cache, when the store is shared (Redis).
+    pub cache: Option<crate::cache::CachedStore>,
+    /// The task following the store's change feed, when there is a cache.
+    pub feed: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Built {
+    fn drop(&mut self) {
+        if let Some(feed) = &self.feed {
+            feed.abort();
+        }
+    }
+}
+
+/// Builds the service from validated settings on the configured store: the memory store, or
+/// Redis (connected, schema checked) behind this replica's cache, which follows Redis's change
+/// feed.
+pub async fn build(validated: &crate::config::Validated) -> Result<Built, StartError> {
+    let (store, cache, feed): (Arc<dyn crate::store::Store>, _, _) = match &validated.redis {
+        None => (Arc::new(crate::store::MemoryStore::new()), None, None),
+        Some(options) => {
+            let redis = crate::store::RedisStore::connect(options.clone()).await.map_err(StartError::Store)?;
+            let cache = crate::cache::CachedStore::new(Arc::new(redis.clone()), validated.cache);
+            let feed = redis.follow_changes(cache.sink());
+            (Arc::new(cache.clone()), Some(cache), Some(feed))
+        }
     };
-    Ok(Arc::new(
-        Keyscope::new(store, validated.builtins.clone(), validated.tokens.clone(), validated.pepper.clone())
-            .with_quotas(validated.quotas),
-    ))
+    let core = Keyscope::new(store, validated.builtins.clone(), validated.tokens.clone(), validated.pepper.clone())
+        .with_quotas(validated.quotas);
+    Ok(Built { core: Arc::new(core), cache, feed })
 }
 
 /// Tells the operator about the bootstrap admin key: a created token is printed once on
@@ -159,7 +217,8 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
             "security.pepper is not set: using the built-in development pepper; set KEYSCOPE__SECURITY__PEPPER for real keys"
         );
     }
-    let core = build(&validated).await?;
+    let built = build(&validated).await?;
+    let core = built.core.clone();
     let outcome = core.ensure_bootstrap(settings.bootstrap.admin_token.as_ref().map(|t| t.expose())).await?;
     let listener = TcpListener::bind(validated.grpc_addr)
         .await

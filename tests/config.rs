@@ -76,12 +76,20 @@ fn a_malformed_bootstrap_token_is_named_but_never_echoed() {
 fn redis_settings_are_checked_and_never_echo_the_password() {
     refused(&[], &[("KEYSCOPE__STORE__KIND", "redis")], "store.redis.url");
     let dir = tempfile::TempDir::new().expect("temp dir");
-    let file = write(dir.path(), "redis.yaml", "store:\n  kind: redis\n  redis:\n    url: http://:hunter2zqxwvu@localhost:6379\n");
+    let file = write(
+        dir.path(),
+        "redis.yaml",
+        "store:\n  kind: redis\n  redis:\n    url: http://:hunter2zqxwvu@localhost:6379\n",
+    );
     let line = refused(&["--config", &file], &[], "store.redis.url");
     assert!(!line.contains("hunter2zqxwvu"), "the Redis password was echoed: {line}");
     refused(
         &[],
-        &[("KEYSCOPE__STORE__KIND", "redis"), ("KEYSCOPE__STORE__REDIS__URL", "redis://x"), ("KEYSCOPE__STORE__REDIS__PREFIX", "a{b}")],
+        &[
+            ("KEYSCOPE__STORE__KIND", "redis"),
+            ("KEYSCOPE__STORE__REDIS__URL", "redis://x"),
+            ("KEYSCOPE__STORE__REDIS__PREFIX", "a{b}"),
+        ],
         "store.redis.prefix",
     );
     refused(&[], &[("KEYSCOPE__STORE__KIND", "mongo")], "store.kind");

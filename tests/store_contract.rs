@@ -15,6 +15,11 @@ use redis_server::{RedisCluster, RedisServer};
 
 contract_tests!(memory, async { (Arc::new(MemoryStore::new()) as Arc<dyn Store>, ()) });
 
+contract_tests!(cached_memory, async {
+    let cached = keyscope::cache::CachedStore::new(Arc::new(MemoryStore::new()), Default::default());
+    (Arc::new(cached) as Arc<dyn Store>, ())
+});
+
 contract_tests!(redis, async {
     let server = RedisServer::start();
     let store = redis_server::store(server.url(), false).await;

@@ -153,6 +153,11 @@ impl Keyscope {
     pub fn builtins(&self) -> &Builtins {
         &self.builtins
     }
+
+    /// Whether the store answers now; readiness follows it.
+    pub async fn store_ready(&self) -> bool {
+        self.store.ping().await.is_ok()
+    }
 }
 
 /// A page of a listing and whether more follow.

@@ -276,4 +276,8 @@ impl Store for MemoryStore {
         inner.bootstrap = Some(key.id.clone());
         Ok(None)
     }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -113,6 +113,45 @@ pub struct ScopeDelete<'a> {
     pub now: SystemTime,
 }
 
+/// A record that changed: what every replica's cache must drop.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// A key's record (its state, scopes, expiry...).
+    Key(KeyId),
+    /// A stored scope of a tenant.
+    Scope(Tenant, ScopeId),
+}
+
+impl Change {
+    /// The wire form published by the Redis store: `k:<key id>` or `s:<tenant>:<scope id>`.
+    pub fn encode(&self) -> String {
+        match self {
+            Change::Key(id) => format!("k:{id}"),
+            Change::Scope(tenant, id) => format!("s:{tenant}:{id}"),
+        }
+    }
+
+    /// Parses the wire form; `None` for anything else.
+    pub fn decode(text: &str) -> Option<Change> {
+        match text.split_once(':')? {
+            ("k", id) => id.parse().ok().map(Change::Key),
+            ("s", rest) => {
+                let (tenant, id) = rest.split_once(':')?;
+                Some(Change::Scope(tenant.parse().ok()?, id.parse().ok()?))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where a store's change feed delivers: a replica's cache.
+pub trait ChangeSink: Send + Sync + 'static {
+    /// Drop what `change` names.
+    fn changed(&self, change: &Change);
+    /// The feed was (re)established: changes may have been missed, drop everything.
+    fn reset(&self);
+}
+
 /// Storage of keys and scopes. Every method is atomic; a failed call writes nothing.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -165,4 +204,7 @@ pub trait Store: Send + Sync + 'static {
     /// Makes `key` the bootstrap admin key unless one was made before; returns the id of the
     /// one made before, if any.
     async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError>;
+
+    /// Whether the store answers now (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -39,7 +39,7 @@ use redis::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError};
+use super::{Change, ChangeSink, Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError};
 use crate::domain::{Key, KeyId, KeyState, Pattern, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant};
 
 /// The schema version this build reads and writes.
@@ -120,6 +120,8 @@ struct Scripts {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
+    /// One node to follow the change feed on (on a cluster, any node sees every PUBLISH).
+    pubsub_url: String,
     prefix: Arc<str>,
     check_timeout: Duration,
     admin_timeout: Duration,
@@ -147,8 +149,10 @@ impl RedisStore {
         let conn = tokio::time::timeout(options.admin_timeout, Self::open(&options))
             .await
             .map_err(|_| StoreError::Unavailable("redis: timed out connecting".into()))??;
+        let pubsub_url = options.url.split(',').map(str::trim).next().unwrap_or_default().to_owned();
         let store = RedisStore {
             conn,
+            pubsub_url,
             prefix: Arc::from(options.prefix.as_str()),
             check_timeout: options.check_timeout,
             admin_timeout: options.admin_timeout,
@@ -630,5 +634,64 @@ impl Store for RedisStore {
             }
             _ => outcome(&reply, || format!("key `{}`", key.id), None).map(|()| None),
         }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = Self::bounded(self.check_timeout, redis::cmd("PING").query_async(&mut conn)).await?;
+        Ok(())
+    }
+}
+
+impl RedisStore {
+    /// The channel every mutation script publishes its changes on.
+    pub fn changes_channel(&self) -> String {
+        format!("{}:changes", self.prefix)
+    }
+
+    /// Follows the change feed for as long as the task lives: every change goes to `sink`.
+    /// Each time the subscription is established (the first time, and after every loss),
+    /// `sink` is reset before any message is taken, because changes may have been missed
+    /// meanwhile. While the feed is down the cache keeps answering, within its TTL (when Redis
+    /// itself is down nothing can change). Reconnects with a capped backoff.
+    pub fn follow_changes(&self, sink: Arc<dyn ChangeSink>) -> tokio::task::JoinHandle<()> {
+        let channel = self.changes_channel();
+        let url = self.pubsub_url.clone();
+        let limit = self.admin_timeout;
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match Self::subscribe(&url, &channel, limit).await {
+                    Ok(mut pubsub) => {
+                        backoff = Duration::from_millis(50);
+                        sink.reset();
+                        tracing::info!(%channel, "following the change feed");
+                        let mut messages = pubsub.on_message();
+                        while let Some(message) = tokio_stream::StreamExt::next(&mut messages).await {
+                            let Ok(text) = message.get_payload::<String>() else { continue };
+                            if let Some(change) = Change::decode(&text) {
+                                sink.changed(&change);
+                            }
+                        }
+                        tracing::warn!(%channel, "lost the change feed; resubscribing (the cache is cleared then)");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%channel, %error, "cannot follow the change feed; retrying");
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        })
+    }
+
+    async fn subscribe(url: &str, channel: &str, limit: Duration) -> Result<redis::aio::PubSub, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let call = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok(pubsub)
+        };
+        Self::bounded(limit, call).await
     }
 }

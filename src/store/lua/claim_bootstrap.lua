@@ -1,6 +1,7 @@
 -- Makes the key the bootstrap admin key unless one was made before (marker in the tenant).
 -- KEYS[1] tenant key set. ARGV: base, key id, version, scope ids, updated, body.
 local base, kid = ARGV[1], ARGV[2]
+local chan = string.match(base, '^([^{]*):{') .. ':changes'
 local marker = base .. 'bootstrap'
 local existing = redis.call('GET', marker)
 if existing then return {'existing', existing} end
@@ -10,4 +11,5 @@ redis.call('HSET', rec, 'v', ARGV[3], 'scopes', ARGV[4], 'updated', ARGV[5], 'bo
 redis.call('ZADD', KEYS[1], 0, kid)
 for sid in string.gmatch(ARGV[4], '[^,]+') do redis.call('ZADD', base .. 'holders:' .. sid, 0, kid) end
 redis.call('SET', marker, kid)
+redis.call('PUBLISH', chan, 'k:' .. kid)
 return {'ok'}

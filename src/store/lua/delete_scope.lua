@@ -2,7 +2,11 @@
 -- are what the caller saw; removes it from those keys, bumping their versions.
 -- KEYS[1] tenant scope set. ARGV: base, scope id, expected version ('' = any), now,
 -- n holders, then key id and version for each holder.
+-- Every change is published on `<prefix>:changes` ("k:<key id>", "s:<tenant>:<scope id>"),
+-- atomically with it, so every replica's cache drops what changed.
 local base, sid = ARGV[1], ARGV[2]
+local chan = string.match(base, '^([^{]*):{') .. ':changes'
+local tenant = string.match(base, '{(.*)}')
 local rec = base .. 'scope:' .. sid
 local cur = redis.call('HGET', rec, 'v')
 if not cur then return {'notfound'} end
@@ -25,10 +29,12 @@ for _, kid in ipairs(members) do
   end
   redis.call('HSET', krec, 'scopes', table.concat(kept, ','), 'updated', ARGV[4])
   redis.call('HINCRBY', krec, 'v', 1)
+  redis.call('PUBLISH', chan, 'k:' .. kid)
 end
 redis.call('DEL', holders)
 local folded = redis.call('HGET', rec, 'folded')
 if folded then redis.call('HDEL', base .. 'labels', folded) end
 redis.call('DEL', rec)
 redis.call('ZREM', KEYS[1], sid)
+redis.call('PUBLISH', chan, 's:' .. tenant .. ':' .. sid)
 return {'ok'}

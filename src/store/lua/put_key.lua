@@ -2,7 +2,10 @@
 -- exact. Every key touched lives in the tenant's hash slot (KEYS[1] routes the call).
 -- KEYS[1] tenant key set. ARGV: base, key id, expected version ('' = create), max keys,
 -- new version, scope ids (comma-separated), updated, body, n stored scopes, stored scope ids...
+-- Every change is published on `<prefix>:changes` ("k:<key id>", "s:<tenant>:<scope id>"),
+-- atomically with it, so every replica's cache drops what changed.
 local base, kid, expected = ARGV[1], ARGV[2], ARGV[3]
+local chan = string.match(base, '^([^{]*):{') .. ':changes'
 local rec = base .. 'key:' .. kid
 local cur = redis.call('HGET', rec, 'v')
 if expected == '' then
@@ -23,4 +26,5 @@ end
 for sid in string.gmatch(ARGV[6], '[^,]+') do redis.call('ZADD', base .. 'holders:' .. sid, 0, kid) end
 redis.call('ZADD', KEYS[1], 0, kid)
 redis.call('HSET', rec, 'v', ARGV[5], 'scopes', ARGV[6], 'updated', ARGV[7], 'body', ARGV[8])
+redis.call('PUBLISH', chan, 'k:' .. kid)
 return {'ok'}

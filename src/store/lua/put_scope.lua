@@ -1,7 +1,11 @@
 -- Creates or replaces a scope record; labels stay unique per tenant (folded to lowercase).
 -- KEYS[1] tenant scope set. ARGV: base, scope id, expected version ('' = create), max scopes,
 -- new version, label, folded label, body, n reserved labels, reserved folded labels...
+-- Every change is published on `<prefix>:changes` ("k:<key id>", "s:<tenant>:<scope id>"),
+-- atomically with it, so every replica's cache drops what changed.
 local base, sid, expected = ARGV[1], ARGV[2], ARGV[3]
+local chan = string.match(base, '^([^{]*):{') .. ':changes'
+local tenant = string.match(base, '{(.*)}')
 local rec = base .. 'scope:' .. sid
 local cur = redis.call('HGET', rec, 'v')
 if expected == '' then
@@ -25,4 +29,5 @@ end
 redis.call('HSET', labels, folded, sid)
 redis.call('ZADD', KEYS[1], 0, sid)
 redis.call('HSET', rec, 'v', ARGV[5], 'label', ARGV[6], 'folded', folded, 'body', ARGV[8])
+redis.call('PUBLISH', chan, 's:' .. tenant .. ':' .. sid)
 return {'ok'}

@@ -1,0 +1,280 @@
+//! Each replica's cache of key records and scopes (moka), in front of a shared store, and its
+//! invalidation.
+//!
+//! A check that hits the cache touches no store at all. Entries live at most
+//! `time_to_live` (never `time_to_idle`: a hot revoked key must not live forever); unknown key
+//! ids are remembered for a shorter `negative_ttl`. Every change made through any replica is
+//! published by the store and dropped here ([`ChangeSink`]); this replica's own changes are
+//! also dropped at once, before the call returns. Whenever the change feed is (re)established
+//! the whole cache is cleared first, since changes may have been missed while it was down;
+//! while it is down, cached entries keep answering within their TTL (so a Redis outage does
+//! not stop hot checks). A fill that raced an invalidation is not kept, so a stale record read
+//! before a change cannot outlive it.
+//!
+//! Worst-case staleness: the feed's delivery delay (milliseconds) while the feed is up; at most
+//! `time_to_live` while it is down or if a change is otherwise missed.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use moka::sync::Cache as Moka;
+
+use crate::{
+    domain::{Key, KeyId, Scope, ScopeId, Tenant},
+    store::{Change, ChangeSink, Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError},
+};
+
+/// Cache sizes and lifetimes.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    /// Most key records kept.
+    pub max_keys: u64,
+    /// Most scope entries kept.
+    pub max_scopes: u64,
+    /// Longest an entry is kept, however often it is used.
+    pub time_to_live: Duration,
+    /// How long an unknown key id is remembered as unknown.
+    pub negative_ttl: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_keys: 100_000,
+            max_scopes: 100_000,
+            time_to_live: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Hit and miss counters, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Checks answered with no store access.
+    pub hits: AtomicU64,
+    /// Checks that went to the store.
+    pub misses: AtomicU64,
+    /// Checks answered "unknown key" from the negative cache.
+    pub negative_hits: AtomicU64,
+    /// Entries dropped because they changed.
+    pub invalidations: AtomicU64,
+    /// Times the whole cache was cleared (change feed (re)established).
+    pub resets: AtomicU64,
+}
+
+/// A snapshot of [`CacheStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// See [`CacheStats::hits`].
+    pub hits: u64,
+    /// See [`CacheStats::misses`].
+    pub misses: u64,
+    /// See [`CacheStats::negative_hits`].
+    pub negative_hits: u64,
+    /// See [`CacheStats::invalidations`].
+    pub invalidations: u64,
+    /// See [`CacheStats::resets`].
+    pub resets: u64,
+}
+
+struct Inner {
+    keys: Moka<KeyId, Arc<Key>>,
+    /// `None`: the store holds no such scope (a builtin id, or a deleted scope).
+    scopes: Moka<(Tenant, ScopeId), Option<Arc<Scope>>>,
+    unknown: Moka<KeyId, ()>,
+    /// Grows with every invalidation; a fill started before a change is not kept.
+    epoch: AtomicU64,
+    stats: CacheStats,
+}
+
+/// A store with a replica-local cache in front of the check path.
+#[derive(Clone)]
+pub struct CachedStore {
+    store: Arc<dyn Store>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CachedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedStore").field("keys", &self.inner.keys.entry_count()).finish_non_exhaustive()
+    }
+}
+
+impl CachedStore {
+    /// A cache in front of `store`.
+    pub fn new(store: Arc<dyn Store>, settings: CacheSettings) -> Self {
+        let inner = Inner {
+            keys: Moka::builder().max_capacity(settings.max_keys).time_to_live(settings.time_to_live).build(),
+            scopes: Moka::builder().max_capacity(settings.max_scopes).time_to_live(settings.time_to_live).build(),
+            unknown: Moka::builder().max_capacity(settings.max_keys).time_to_live(settings.negative_ttl).build(),
+            epoch: AtomicU64::new(0),
+            stats: CacheStats::default(),
+        };
+        CachedStore { store, inner: Arc::new(inner) }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.inner.stats;
+        StatsSnapshot {
+            hits: s.hits.load(Ordering::Relaxed),
+            misses: s.misses.load(Ordering::Relaxed),
+            negative_hits: s.negative_hits.load(Ordering::Relaxed),
+            invalidations: s.invalidations.load(Ordering::Relaxed),
+            resets: s.resets.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Key records currently cached.
+    pub fn cached_keys(&self) -> u64 {
+        self.inner.keys.run_pending_tasks();
+        self.inner.keys.entry_count()
+    }
+
+    /// The change sink that drops what changed.
+    pub fn sink(&self) -> Arc<dyn ChangeSink> {
+        self.inner.clone()
+    }
+
+    fn cached(&self, id: &KeyId) -> Option<Credential> {
+        let key = self.inner.keys.get(id)?;
+        let mut scopes = Vec::with_capacity(key.scope_ids.len());
+        for scope_id in &key.scope_ids {
+            if let Some(scope) = self.inner.scopes.get(&(key.tenant.clone(), scope_id.clone()))? {
+                scopes.push(scope);
+            }
+        }
+        Some(Credential { key, scopes })
+    }
+
+    fn fill(&self, epoch: u64, id: &KeyId, found: Option<&Credential>) {
+        // A change arrived while the store was read: what was read may predate it.
+        if self.inner.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        let Some(credential) = found else {
+            self.inner.unknown.insert(id.clone(), ());
+            return;
+        };
+        let key = &credential.key;
+        for scope_id in &key.scope_ids {
+            let scope = credential.scopes.iter().find(|s| s.id == *scope_id).cloned();
+            self.inner.scopes.insert((key.tenant.clone(), scope_id.clone()), scope);
+        }
+        self.inner.keys.insert(id.clone(), key.clone());
+    }
+}
+
+impl ChangeSink for Inner {
+    fn changed(&self, change: &Change) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        match change {
+            Change::Key(id) => {
+                self.keys.invalidate(id);
+                self.unknown.invalidate(id);
+            }
+            Change::Scope(tenant, id) => self.scopes.invalidate(&(tenant.clone(), id.clone())),
+        }
+    }
+
+    fn reset(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.stats.resets.fetch_add(1, Ordering::Relaxed);
+        self.keys.invalidate_all();
+        self.scopes.invalidate_all();
+        self.unknown.invalidate_all();
+    }
+}
+
+#[async_trait]
+impl Store for CachedStore {
+    async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError> {
+        if self.inner.unknown.contains_key(id) {
+            self.inner.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        if let Some(found) = self.cached(id) {
+            self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(found));
+        }
+        self.inner.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.inner.epoch.load(Ordering::Acquire);
+        let found = self.store.credential(id).await?;
+        self.fill(epoch, id, found.as_ref());
+        Ok(found)
+    }
+
+    async fn get_key(&self, tenant: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError> {
+        self.store.get_key(tenant, id).await
+    }
+
+    async fn list_keys(&self, tenant: &Tenant, query: &KeyQuery) -> Result<Vec<Arc<Key>>, StoreError> {
+        self.store.list_keys(tenant, query).await
+    }
+
+    async fn put_key(&self, write: KeyWrite<'_>, max_keys: usize) -> Result<(), StoreError> {
+        let result = self.store.put_key(write, max_keys).await;
+        self.inner.changed(&Change::Key(write.key.id.clone()));
+        result
+    }
+
+    async fn get_scope(&self, tenant: &Tenant, id: &ScopeId) -> Result<Option<Arc<Scope>>, StoreError> {
+        self.store.get_scope(tenant, id).await
+    }
+
+    async fn get_scopes(&self, tenant: &Tenant, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, StoreError> {
+        self.store.get_scopes(tenant, ids).await
+    }
+
+    async fn list_scopes(
+        &self,
+        tenant: &Tenant,
+        after: Option<&ScopeId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Scope>>, StoreError> {
+        self.store.list_scopes(tenant, after, limit).await
+    }
+
+    async fn put_scope(
+        &self,
+        scope: &Scope,
+        expected_version: Option<u64>,
+        reserved_labels: &[String],
+        max_scopes: usize,
+    ) -> Result<(), StoreError> {
+        let result = self.store.put_scope(scope, expected_version, reserved_labels, max_scopes).await;
+        self.inner.changed(&Change::Scope(scope.tenant.clone(), scope.id.clone()));
+        result
+    }
+
+    async fn scope_holders(&self, tenant: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError> {
+        self.store.scope_holders(tenant, id).await
+    }
+
+    async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError> {
+        let result = self.store.delete_scope(delete).await;
+        for (key_id, _) in delete.holders {
+            self.inner.changed(&Change::Key(key_id.clone()));
+        }
+        self.inner.changed(&Change::Scope(delete.tenant.clone(), delete.id.clone()));
+        result
+    }
+
+    async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError> {
+        let result = self.store.claim_bootstrap(key).await;
+        self.inner.changed(&Change::Key(key.id.clone()));
+        result
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+}
