@@ -9,12 +9,13 @@ use std::{
 };
 
 use keyscope::{
+    cache::{CacheSettings, CachedStore},
     domain::{Pepper, TokenFormat},
     grpc::pb::{
         self, checker_client::CheckerClient, key_admin_client::KeyAdminClient, scope_admin_client::ScopeAdminClient,
     },
     service::{Bootstrap, Builtins, Keyscope, ManualClock, Preset},
-    store::{MemoryStore, Store},
+    store::{MemoryStore, RedisOptions, RedisStore, Store},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
@@ -33,9 +34,20 @@ pub struct TestServer {
     pub admin_token: String,
     pub clock: Arc<ManualClock>,
     pub store: Arc<dyn Store>,
+    /// The replica cache, for servers on Redis.
+    pub cache: Option<CachedStore>,
     channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    feed: Option<JoinHandle<()>>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(feed) = &self.feed {
+            feed.abort();
+        }
+    }
 }
 
 /// Adds `authorization: Bearer <token>` when a token is set.
@@ -66,6 +78,35 @@ impl TestServer {
 
     /// Starts a server on `store` with the given presets.
     pub async fn start_with(store: Arc<dyn Store>, presets: &[Preset]) -> TestServer {
+        Self::launch(store, presets, None).await
+    }
+
+    /// Starts a replica on Redis at `url` under `prefix`, with its cache following the change
+    /// feed. The first replica of a prefix makes the bootstrap key; later ones are given its
+    /// token.
+    pub async fn start_on_redis(
+        url: &str,
+        prefix: &str,
+        cache: CacheSettings,
+        admin_token: Option<&str>,
+    ) -> TestServer {
+        let options = RedisOptions {
+            url: url.to_owned(),
+            cluster: false,
+            prefix: prefix.to_owned(),
+            check_timeout: Duration::from_millis(300),
+            admin_timeout: Duration::from_millis(1500),
+        };
+        let redis = RedisStore::connect(options).await.expect("connect to the test redis");
+        let cached = CachedStore::new(Arc::new(redis.clone()), cache);
+        let feed = redis.follow_changes(cached.sink());
+        let mut server = Self::launch(Arc::new(cached.clone()), &[], admin_token).await;
+        server.cache = Some(cached);
+        server.feed = Some(feed);
+        server
+    }
+
+    async fn launch(store: Arc<dyn Store>, presets: &[Preset], admin_token: Option<&str>) -> TestServer {
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
         let core = Keyscope::new(
             store.clone(),
@@ -74,9 +115,10 @@ impl TestServer {
             Pepper::new(PEPPER).expect("pepper"),
         )
         .with_clock(clock.clone());
-        let admin_token = match core.ensure_bootstrap(None).await.expect("bootstrap") {
-            Bootstrap::Created(_, token) => token.expose().to_owned(),
-            other => panic!("expected a new bootstrap key, got {other:?}"),
+        let admin_token = match (core.ensure_bootstrap(None).await.expect("bootstrap"), admin_token) {
+            (Bootstrap::Created(_, token), _) => token.expose().to_owned(),
+            (Bootstrap::Existing(_), Some(token)) => token.to_owned(),
+            (other, _) => panic!("unexpected bootstrap outcome {other:?}"),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -89,7 +131,17 @@ impl TestServer {
             .expect("serve");
         });
         let channel = Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
-        TestServer { addr, admin_token, clock, store, channel, stop: Some(stop), task: Some(task) }
+        TestServer {
+            addr,
+            admin_token,
+            clock,
+            store,
+            cache: None,
+            channel,
+            stop: Some(stop),
+            task: Some(task),
+            feed: None,
+        }
     }
 
     pub fn channel(&self) -> Channel {
@@ -161,6 +213,28 @@ impl TestServer {
             .expect("create key")
             .into_inner();
         (response.key.expect("key"), response.token)
+    }
+
+    /// The gRPC health status of the whole server.
+    pub async fn serving(&self) -> bool {
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+        let response =
+            HealthClient::new(self.channel.clone()).check(HealthCheckRequest { service: String::new() }).await;
+        response.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+    }
+
+    /// Checks `token` for `module`/`action` with explain, keeping a gRPC error as is.
+    pub async fn try_check(&self, token: &str, module: &str, action: pb::Action) -> Result<pb::CheckResponse, Status> {
+        self.checker()
+            .check(pb::CheckRequest {
+                credential: Some(pb::check_request::Credential::Token(token.into())),
+                tenant: String::new(),
+                module: module.into(),
+                action: action.into(),
+                explain: true,
+            })
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// Checks `token` for `module`/`action` with explain.
@@ -246,5 +320,22 @@ impl TestServer {
             }
             page_token = page.next_page_token;
         }
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; fails the test after `deadline`. Returns how
+/// long it took. For effects that arrive asynchronously (the change feed, readiness).
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut condition: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if condition().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < deadline, "{what}: not seen within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
