@@ -158,7 +158,7 @@ pub async fn build(validated: &crate::config::Validated) -> Result<Built, StartE
         Some(options) => {
             let redis = crate::store::RedisStore::connect(options.clone()).await.map_err(StartError::Store)?;
             let cache = crate::cache::CachedStore::new(Arc::new(redis.clone()), validated.cache);
-            let feed = redis.follow_changes(cache.sink());
+            let feed = redis.follow_changes(cache.sink()).await.map_err(StartError::Store)?;
             (Arc::new(cache.clone()), Some(cache), Some(feed))
         }
     };

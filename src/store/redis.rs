@@ -219,6 +219,13 @@ impl RedisStore {
         }
     }
 
+    /// The instant (microseconds since the epoch) after which a write must not apply: the
+    /// caller has given up on it by then.
+    fn deadline(&self) -> u64 {
+        let at = SystemTime::now() + self.admin_timeout;
+        at.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    }
+
     fn base(&self, tenant: &Tenant) -> String {
         format!("{}:{{{}}}:", self.prefix, tenant)
     }
@@ -424,6 +431,9 @@ fn outcome(reply: &[String], what: impl Fn() -> String, expected: Option<u64>) -
             expected: expected.unwrap_or(0),
             found: reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0),
         }),
+        Some("expired") => Err(StoreError::Unavailable(
+            "redis took the write after its deadline and refused it; nothing was written".into(),
+        )),
         Some("scopemissing") => Err(StoreError::ScopeMissing(
             reply.get(1).and_then(|s| s.parse().ok()).ok_or_else(|| corrupt("script reply", "scope id"))?,
         )),
@@ -515,7 +525,8 @@ impl Store for RedisStore {
             .arg(instant_text(key.updated_at))
             .arg(encode_key(key)?)
             .arg(write.stored_scopes.len())
-            .arg(write.stored_scopes.iter().map(ScopeId::as_str).collect::<Vec<_>>());
+            .arg(write.stored_scopes.iter().map(ScopeId::as_str).collect::<Vec<_>>())
+            .arg(self.deadline());
         let reply: Result<Vec<String>, StoreError> = self.admin(call.invoke_async(&mut conn)).await;
         let result = reply.and_then(|r| {
             if r.first().map(String::as_str) == Some("quota") {
@@ -568,7 +579,8 @@ impl Store for RedisStore {
             .arg(scope.label.folded())
             .arg(encode_scope(scope)?)
             .arg(reserved_labels.len())
-            .arg(reserved_labels);
+            .arg(reserved_labels)
+            .arg(self.deadline());
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
         match reply.first().map(String::as_str) {
@@ -599,6 +611,7 @@ impl Store for RedisStore {
         for (key_id, version) in delete.holders {
             call.arg(key_id.as_str()).arg(*version);
         }
+        call.arg(self.deadline());
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
         match reply.first().map(String::as_str) {
@@ -623,7 +636,8 @@ impl Store for RedisStore {
             .arg(key.version)
             .arg(join_ids(&key.scope_ids))
             .arg(instant_text(key.updated_at))
-            .arg(encode_key(key)?);
+            .arg(encode_key(key)?)
+            .arg(self.deadline());
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
         match reply.first().map(String::as_str) {
             Some("existing") => {
@@ -649,19 +663,25 @@ impl RedisStore {
         format!("{}:changes", self.prefix)
     }
 
-    /// Follows the change feed for as long as the task lives: every change goes to `sink`.
-    /// Each time the subscription is established (the first time, and after every loss),
-    /// `sink` is reset before any message is taken, because changes may have been missed
-    /// meanwhile. While the feed is down the cache keeps answering, within its TTL (when Redis
-    /// itself is down nothing can change). Reconnects with a capped backoff.
-    pub fn follow_changes(&self, sink: Arc<dyn ChangeSink>) -> tokio::task::JoinHandle<()> {
+    /// Subscribes to the change feed, then follows it in a task for as long as the task
+    /// lives: every change goes to `sink`. Each time the subscription is established (now, and
+    /// after every loss) `sink` is reset before any message is taken, because changes may have
+    /// been missed meanwhile. While the feed is down the cache keeps answering within its TTL
+    /// (when Redis itself is down nothing can change). Reconnects with a capped backoff. Fails
+    /// only if the first subscription fails.
+    pub async fn follow_changes(&self, sink: Arc<dyn ChangeSink>) -> Result<tokio::task::JoinHandle<()>, StoreError> {
         let channel = self.changes_channel();
         let url = self.pubsub_url.clone();
         let limit = self.admin_timeout;
-        tokio::spawn(async move {
+        let mut subscribed = Some(Self::subscribe(&url, &channel, limit).await?);
+        Ok(tokio::spawn(async move {
             let mut backoff = Duration::from_millis(50);
             loop {
-                match Self::subscribe(&url, &channel, limit).await {
+                let attempt = match subscribed.take() {
+                    Some(pubsub) => Ok(pubsub),
+                    None => Self::subscribe(&url, &channel, limit).await,
+                };
+                match attempt {
                     Ok(mut pubsub) => {
                         backoff = Duration::from_millis(50);
                         sink.reset();
@@ -682,7 +702,7 @@ impl RedisStore {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
-        })
+        }))
     }
 
     async fn subscribe(url: &str, channel: &str, limit: Duration) -> Result<redis::aio::PubSub, StoreError> {

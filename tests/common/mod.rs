@@ -99,7 +99,7 @@ impl TestServer {
         };
         let redis = RedisStore::connect(options).await.expect("connect to the test redis");
         let cached = CachedStore::new(Arc::new(redis.clone()), cache);
-        let feed = redis.follow_changes(cached.sink());
+        let feed = redis.follow_changes(cached.sink()).await.expect("follow the change feed");
         let mut server = Self::launch(Arc::new(cached.clone()), &[], admin_token).await;
         server.cache = Some(cached);
         server.feed = Some(feed);

@@ -1,5 +1,10 @@
 -- Makes the key the bootstrap admin key unless one was made before (marker in the tenant).
 -- KEYS[1] tenant key set. ARGV: base, key id, version, scope ids, updated, body.
+-- The last ARGV is the caller's deadline in microseconds: a write that reaches Redis after
+-- its caller gave up (a paused or overloaded Redis) is refused, so a timed-out call never
+-- applies later.
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[#ARGV]) then return {'expired'} end
 local base, kid = ARGV[1], ARGV[2]
 local chan = string.match(base, '^([^{]*):{') .. ':changes'
 local marker = base .. 'bootstrap'

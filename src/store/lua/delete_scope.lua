@@ -4,6 +4,11 @@
 -- n holders, then key id and version for each holder.
 -- Every change is published on `<prefix>:changes` ("k:<key id>", "s:<tenant>:<scope id>"),
 -- atomically with it, so every replica's cache drops what changed.
+-- The last ARGV is the caller's deadline in microseconds: a write that reaches Redis after
+-- its caller gave up (a paused or overloaded Redis) is refused, so a timed-out call never
+-- applies later.
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[#ARGV]) then return {'expired'} end
 local base, sid = ARGV[1], ARGV[2]
 local chan = string.match(base, '^([^{]*):{') .. ':changes'
 local tenant = string.match(base, '{(.*)}')

@@ -4,6 +4,11 @@
 -- new version, scope ids (comma-separated), updated, body, n stored scopes, stored scope ids...
 -- Every change is published on `<prefix>:changes` ("k:<key id>", "s:<tenant>:<scope id>"),
 -- atomically with it, so every replica's cache drops what changed.
+-- The last ARGV is the caller's deadline in microseconds: a write that reaches Redis after
+-- its caller gave up (a paused or overloaded Redis) is refused, so a timed-out call never
+-- applies later.
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[#ARGV]) then return {'expired'} end
 local base, kid, expected = ARGV[1], ARGV[2], ARGV[3]
 local chan = string.match(base, '^([^{]*):{') .. ':changes'
 local rec = base .. 'key:' .. kid

@@ -1,0 +1,127 @@
+//! Redis faults never turn a deny into an allow: with the test's own redis-server paused
+//! (SIGSTOP) or killed, cached checks are still answered, uncached checks and admin calls are
+//! UNAVAILABLE with nothing written, readiness is NOT_SERVING; when Redis returns, keyscope
+//! recovers with no restart.
+
+#![allow(clippy::panic)] // tests fail by panicking
+
+mod common;
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use std::time::Duration;
+
+use common::{TestServer, eventually};
+use keyscope::{cache::CacheSettings, grpc::pb};
+use redis_server::{RedisServer, fresh_prefix};
+use tonic::Code;
+
+const ACME: &str = "acme";
+const WITHIN: Duration = Duration::from_secs(15);
+
+fn cache() -> CacheSettings {
+    CacheSettings { time_to_live: Duration::from_secs(600), ..CacheSettings::default() }
+}
+
+/// A server on its own Redis (append-only, so data survives a kill), with one cached key and
+/// one key it has never checked.
+async fn setup(redis: &RedisServer) -> (TestServer, String, String) {
+    let server = TestServer::start_on_redis(&redis.url(), &fresh_prefix(), cache(), None).await;
+    let (_, cached) = server.key(ACME, &["read-only"]).await;
+    let (_, uncached) = server.key(ACME, &["read-only"]).await;
+    assert!(server.check(&cached, "courses", pb::Action::Read).await.allowed);
+    assert!(server.serving().await);
+    (server, cached, uncached)
+}
+
+async fn assert_degraded(server: &TestServer, cached: &str, uncached: &str) {
+    // Hot checks go on from the cache.
+    let hot = server.try_check(cached, "courses", pb::Action::Read).await.expect("a cached check is answered");
+    assert!(hot.allowed);
+    let hot_denied = server.try_check(cached, "courses", pb::Action::Delete).await.expect("answered");
+    assert!(!hot_denied.allowed, "a cached key's denials stay denials");
+    // Anything that needs Redis fails closed.
+    let cold = server.try_check(uncached, "courses", pb::Action::Read).await;
+    assert_eq!(cold.expect_err("an uncached check cannot be decided").code(), Code::Unavailable);
+    let mut keys = server.keys();
+    let create = keys
+        .create_key(pb::CreateKeyRequest {
+            tenant: ACME.into(),
+            scope_ids: vec!["read-only".into()],
+            description: "written while redis was down".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(create.expect_err("admin calls fail").code(), Code::Unavailable);
+    eventually("readiness NOT_SERVING", WITHIN, || async { !server.serving().await }).await;
+}
+
+async fn assert_recovered(server: &TestServer, uncached: &str) {
+    eventually("readiness SERVING again", WITHIN, || async { server.serving().await }).await;
+    eventually("uncached checks answered again", WITHIN, || async {
+        server.try_check(uncached, "courses", pb::Action::Read).await.is_ok_and(|a| a.allowed)
+    })
+    .await;
+    let keys = server.all_keys(ACME).await;
+    assert_eq!(keys.len(), 2, "nothing was written while Redis was away");
+    assert!(keys.iter().all(|k| k.description.is_empty()));
+    server
+        .keys()
+        .create_key(pb::CreateKeyRequest {
+            tenant: ACME.into(),
+            scope_ids: vec!["read-only".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("admin calls work again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_degrades_to_cached_checks_and_recovers() {
+    let redis = RedisServer::start();
+    let (server, cached, uncached) = setup(&redis).await;
+    redis.pause();
+    assert_degraded(&server, &cached, &uncached).await;
+    redis.resume();
+    assert_recovered(&server, &uncached).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_sent_to_a_paused_redis_never_applies_later() {
+    let redis = RedisServer::start();
+    let (server, _, _) = setup(&redis).await;
+    let key = server.all_keys(ACME).await.remove(0);
+    redis.pause();
+    let mut keys = server.keys();
+    let update = keys
+        .update_key(pb::UpdateKeyRequest {
+            tenant: ACME.into(),
+            id: key.id.clone(),
+            version: key.version,
+            update_mask: common::mask(&["description"]),
+            description: "sent while paused".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(update.expect_err("the call times out").code(), Code::Unavailable);
+    redis.resume();
+    eventually("readiness SERVING again", WITHIN, || async { server.serving().await }).await;
+    let after = server.all_keys(ACME).await.into_iter().find(|k| k.id == key.id).expect("key");
+    assert_eq!(after, key, "the delivered-but-late write was refused by its deadline");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_and_restarted_redis_degrades_and_recovers_without_a_restart() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let (server, cached, uncached) = setup(&redis).await;
+    redis.stop();
+    assert_degraded(&server, &cached, &uncached).await;
+    redis.restart();
+    assert_recovered(&server, &uncached).await;
+    // The feed came back and cleared the cache, so the hot key is read from Redis again.
+    let resets = server.cache.as_ref().expect("cache").stats().resets;
+    assert!(resets >= 2, "the cache is cleared when the feed is re-established ({resets})");
+    server.stop().await;
+}
