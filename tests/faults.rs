@@ -125,3 +125,33 @@ async fn a_killed_and_restarted_redis_degrades_and_recovers_without_a_restart() 
     assert!(resets >= 2, "the cache is cleared when the feed is re-established ({resets})");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_and_acl_users_authenticate_and_are_never_echoed() {
+    let redis = RedisServer::start_with(&[
+        "--requirepass",
+        "s3cret-zqxw",
+        "--user",
+        "alice",
+        "on",
+        ">alice-pw-zqxw",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    for url in [
+        format!("redis://:s3cret-zqxw@127.0.0.1:{}", redis.port),
+        format!("redis://alice:alice-pw-zqxw@127.0.0.1:{}", redis.port),
+    ] {
+        let store = redis_server::store(url, false).await;
+        keyscope::store::Store::ping(&store).await.expect("authenticated");
+    }
+    let wrong = keyscope::store::RedisStore::connect(redis_server::options(
+        format!("redis://alice:wrong-zqxw@127.0.0.1:{}", redis.port),
+        false,
+    ))
+    .await
+    .expect_err("a wrong password is refused");
+    let shown = format!("{wrong} {wrong:?}");
+    assert!(!shown.contains("zqxw"), "a password was echoed: {shown}");
+}

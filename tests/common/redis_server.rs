@@ -67,7 +67,8 @@ impl RedisServer {
         self.child = Some(child);
         let port = self.port;
         wait_until("redis-server to answer PING", Duration::from_secs(10), || {
-            cli(port, &["PING"]).is_some_and(|r| r == "PONG")
+            // A server with a password answers NOAUTH: it is up all the same.
+            cli(port, &["PING"]).is_some_and(|r| r == "PONG" || r.contains("NOAUTH"))
         });
     }
 
