@@ -19,7 +19,8 @@
 //!
 //! Mutations are Lua scripts (`src/store/lua/`), atomic by construction. A check that misses
 //! every cache costs two round trips: the key's tenant, then one script returning the key and
-//! its scopes. Lists page through the sorted sets; nothing on a request path uses `KEYS` or
+//! its scopes; the key -> tenant mapping never changes, so it is kept, and a key seen before
+//! costs one. Lists page through the sorted sets; nothing on a request path uses `KEYS` or
 //! `SCAN`. `redis::` types never leave this file.
 
 use std::{
@@ -122,6 +123,9 @@ pub struct RedisStore {
     conn: Conn,
     /// One node to follow the change feed on (on a cluster, any node sees every PUBLISH).
     pubsub_url: String,
+    /// Key id -> tenant. The mapping never changes once written, so it needs no
+    /// invalidation: a check whose key record is not cached costs one round trip, not two.
+    tenants: moka::sync::Cache<KeyId, Tenant>,
     prefix: Arc<str>,
     check_timeout: Duration,
     admin_timeout: Duration,
@@ -153,6 +157,7 @@ impl RedisStore {
         let store = RedisStore {
             conn,
             pubsub_url,
+            tenants: moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(Duration::from_secs(3600)).build(),
             prefix: Arc::from(options.prefix.as_str()),
             check_timeout: options.check_timeout,
             admin_timeout: options.admin_timeout,
@@ -445,9 +450,16 @@ fn outcome(reply: &[String], what: impl Fn() -> String, expected: Option<u64>) -
 impl Store for RedisStore {
     async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError> {
         let mut conn = self.conn.clone();
+        let known = self.tenants.get(id);
         let call = async {
-            let tenant: Option<String> = conn.get(self.tenant_of(id)).await?;
-            let Some(tenant) = tenant else { return Ok(None) };
+            let tenant = match known {
+                Some(tenant) => tenant.to_string(),
+                None => {
+                    let found: Option<String> = conn.get(self.tenant_of(id)).await?;
+                    let Some(tenant) = found else { return Ok(None) };
+                    tenant
+                }
+            };
             let base = format!("{}:{{{}}}:", self.prefix, tenant);
             let reply: Vec<Option<String>> =
                 self.scripts.credential.key(format!("{base}key:{id}")).arg(&base).invoke_async(&mut conn).await?;
@@ -459,6 +471,8 @@ impl Store for RedisStore {
             return Ok(None);
         }
         let Some(key) = decode_key(&tenant, id.as_str(), &reply[..4])? else { return Ok(None) };
+        // Only a mapping whose key exists is remembered (a failed create leaves one behind).
+        self.tenants.insert(id.clone(), tenant.clone());
         let mut scopes = Vec::new();
         for chunk in reply[4..].chunks(4) {
             if let [Some(sid), rest @ ..] = chunk {

@@ -1,0 +1,482 @@
+//! keyscope's load generator and the benchmarks of BENCHMARKS.md, in one run on one machine.
+//!
+//! `cargo bench --bench load -- [SCENARIO...] [--concurrency N] [--duration SECS] [--requests N]`
+//!
+//! Scenarios (all by default): `hit` (Check answered from the cache, next to a no-op tonic
+//! server with the same client, then at half the measured maximum rate), `miss` (Check with no
+//! replica cache, next to Redis's own round trip), `propagation` (RevokeKey on replica A until
+//! replica B denies), `scale` (1,000 vs 1,000,000 keys in Redis, 1 vs 32 scopes per key, and
+//! resident memory per cached key). Everything runs against 127.0.0.1 only, is bounded in
+//! requests and time, and stops by itself. It starts its own `redis-server`.
+
+#![allow(clippy::panic, clippy::unwrap_used, missing_docs)]
+
+#[path = "../tests/common/redis_server.rs"]
+mod redis_server;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use keyscope::{
+    cache::{CacheSettings, CachedStore},
+    domain::{Action, Key, Module, Pepper, TokenFormat},
+    grpc::pb::{self, checker_client::CheckerClient, checker_server::Checker},
+    service::{Bootstrap, Builtins, Keyscope, NewKey, ScopeDraft},
+    store::{RedisOptions, RedisStore, Store},
+};
+use redis_server::RedisServer;
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status, transport::Channel};
+
+struct Args {
+    scenarios: Vec<String>,
+    concurrency: usize,
+    duration: Duration,
+    requests: u64,
+}
+
+fn args() -> Args {
+    let mut args = Args { scenarios: Vec::new(), concurrency: 32, duration: Duration::from_secs(5), requests: 2_000_000 };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--concurrency" => args.concurrency = it.next().and_then(|v| v.parse().ok()).expect("--concurrency N"),
+            "--duration" => args.duration = Duration::from_secs_f64(it.next().and_then(|v| v.parse().ok()).expect("--duration S")),
+            "--requests" => args.requests = it.next().and_then(|v| v.parse().ok()).expect("--requests N"),
+            "--bench" => {}
+            other if !other.starts_with('-') => args.scenarios.push(other.to_owned()),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    if args.scenarios.is_empty() {
+        args.scenarios = ["hit", "miss", "propagation", "scale"].map(String::from).to_vec();
+    }
+    args
+}
+
+/// Latencies and throughput of one run.
+struct Report {
+    latencies_us: Vec<u64>,
+    errors: u64,
+    elapsed: Duration,
+}
+
+impl Report {
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    fn throughput(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn line(&self, name: &str) -> String {
+        format!(
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+            self.throughput(),
+            self.pct(0.50),
+            self.pct(0.90),
+            self.pct(0.99),
+            self.pct(0.999),
+            self.latencies_us.len(),
+            self.errors
+        )
+    }
+}
+
+const HEADER: &str = "| run | checks/s | p50 ms | p90 ms | p99 ms | p99.9 ms | requests | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|";
+
+/// Drives `Check` with `concurrency` workers until `duration` or `requests`; with `rate`,
+/// paces the workers to that many requests per second in total (open loop per worker).
+async fn drive(channel: Channel, request: pb::CheckRequest, concurrency: usize, duration: Duration, requests: u64, rate: Option<f64>) -> Report {
+    let sent = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let mut client = CheckerClient::new(channel.clone());
+        let request = request.clone();
+        let sent = sent.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut ticker = rate.map(|r| {
+                let mut t = tokio::time::interval(Duration::from_secs_f64(concurrency as f64 / r));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            while start.elapsed() < duration && sent.fetch_add(1, Ordering::Relaxed) < requests {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let t0 = Instant::now();
+                match client.check(request.clone()).await {
+                    Ok(_) => latencies.push(t0.elapsed().as_micros() as u64),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut report = Report { latencies_us: Vec::new(), errors: 0, elapsed: Duration::ZERO };
+    for w in workers {
+        let (l, e) = w.await.expect("worker");
+        report.latencies_us.extend(l);
+        report.errors += e;
+    }
+    report.elapsed = start.elapsed();
+    report.latencies_us.sort_unstable();
+    report
+}
+
+struct Noop;
+
+#[tonic::async_trait]
+impl Checker for Noop {
+    async fn check(&self, _: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        Ok(Response::new(pb::CheckResponse { allowed: true, reason: pb::Reason::Ok.into(), ..Default::default() }))
+    }
+
+    async fn batch_check(&self, _: Request<pb::BatchCheckRequest>) -> Result<Response<pb::BatchCheckResponse>, Status> {
+        Ok(Response::new(pb::BatchCheckResponse::default()))
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect")
+}
+
+async fn start_noop() -> Channel {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::checker_server::CheckerServer::new(Noop))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    connect(addr).await
+}
+
+/// A keyscope replica on `redis` under `prefix`: with a cache (the default deployment) or
+/// without (every check goes to Redis).
+struct Replica {
+    core: Arc<Keyscope>,
+    channel: Channel,
+    cache: Option<CachedStore>,
+    redis: RedisStore,
+}
+
+async fn replica(url: &str, prefix: &str, cached: bool) -> Replica {
+    let options = RedisOptions {
+        url: url.to_owned(),
+        cluster: false,
+        prefix: prefix.to_owned(),
+        check_timeout: Duration::from_millis(500),
+        admin_timeout: Duration::from_secs(5),
+    };
+    let redis = RedisStore::connect(options).await.expect("redis");
+    let (store, cache): (Arc<dyn Store>, _) = if cached {
+        let cache = CachedStore::new(
+            Arc::new(redis.clone()),
+            CacheSettings { max_keys: 2_000_000, max_scopes: 2_000_000, ..CacheSettings::default() },
+        );
+        std::mem::forget(redis.follow_changes(cache.sink()).await.expect("feed"));
+        (Arc::new(cache.clone()), Some(cache))
+    } else {
+        (Arc::new(redis.clone()), None)
+    };
+    let core = Arc::new(Keyscope::new(
+        store,
+        Builtins::new(&[]).unwrap(),
+        TokenFormat::new("ks").unwrap(),
+        Pepper::new(b"load-generator-pepper-0123").unwrap(),
+    ));
+    let _ = core.ensure_bootstrap(None).await.expect("bootstrap");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = core.clone();
+    tokio::spawn(async move { keyscope::server::serve(listener, serving, std::future::pending()).await });
+    Replica { core, channel: connect(addr).await, cache, redis }
+}
+
+/// An admin caller in tenant `bench`.
+async fn admin(core: &Keyscope) -> keyscope::service::Caller {
+    let tokens = TokenFormat::new("ks").unwrap();
+    let (t, text) = tokens.issue(&tokens.new_key_id().unwrap()).unwrap();
+    drop(t);
+    // The bootstrap token was printed only to the store's first caller; make our own admin.
+    match core.ensure_bootstrap(Some(text.expose())).await.expect("bootstrap key") {
+        Bootstrap::ConfiguredCreated(_) | Bootstrap::Configured(_) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    core.authorize(Some(text.expose()), "bench", &Module::keys(), Action::Create).await.expect("admin")
+}
+
+async fn key_with_scopes(core: &Keyscope, caller: &keyscope::service::Caller, scopes: usize) -> String {
+    let mut ids = Vec::new();
+    for i in 0..scopes {
+        let last = i + 1 == scopes;
+        let patterns: Vec<String> = (0..8).map(|p| format!("area{i}.module{p}")).chain(last.then(|| "courses".to_owned())).collect();
+        let none: &[String] = &[];
+        let draft = ScopeDraft {
+            label: format!("bench-{}-{i}-{}", scopes, rand_suffix()).parse().unwrap(),
+            description: String::new(),
+            mode: keyscope::domain::ScopeMode::Allow,
+            rules: keyscope::domain::Rules::parse([none, &patterns[..], none, none]).unwrap(),
+        };
+        ids.push(core.create_scope(caller, draft).await.expect("scope").id);
+    }
+    let (_, token) = core.create_key(caller, NewKey { scope_ids: ids, ..Default::default() }).await.expect("key");
+    token.expose().to_owned()
+}
+
+fn rand_suffix() -> String {
+    TokenFormat::new("x").unwrap().new_key_id().unwrap().as_str()[..8].to_owned()
+}
+
+fn check_request(token: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        credential: Some(pb::check_request::Credential::Token(token.to_owned())),
+        tenant: String::new(),
+        module: "courses".into(),
+        action: pb::Action::Read.into(),
+        explain: false,
+    }
+}
+
+async fn hit(redis: &RedisServer, a: &Args) {
+    println!("\n## hit: Check answered from the cache vs a no-op tonic server (concurrency {}, {:?} each)\n", a.concurrency, a.duration);
+    let noop = start_noop().await;
+    let r = replica(&redis.url(), "bench-hit", true).await;
+    let caller = admin(&r.core).await;
+    let token = key_with_scopes(&r.core, &caller, 1).await;
+    let request = check_request(&token);
+    // Warm up both (connections, cache) before measuring.
+    drive(noop.clone(), request.clone(), a.concurrency, Duration::from_secs(1), a.requests, None).await;
+    drive(r.channel.clone(), request.clone(), a.concurrency, Duration::from_secs(1), a.requests, None).await;
+    let base = drive(noop.clone(), request.clone(), a.concurrency, a.duration, a.requests, None).await;
+    let ks = drive(r.channel.clone(), request.clone(), a.concurrency, a.duration, a.requests, None).await;
+    let half_rate = ks.throughput() / 2.0;
+    let half = drive(r.channel.clone(), request.clone(), a.concurrency, a.duration, a.requests, Some(half_rate)).await;
+    println!("{HEADER}");
+    println!("{}", base.line("no-op tonic server, max"));
+    println!("{}", ks.line("keyscope Check (cache hit), max"));
+    println!("{}", half.line(&format!("keyscope Check (cache hit), paced at {half_rate:.0}/s")));
+    println!("\nthroughput ratio keyscope / no-op: {:.2}", ks.throughput() / base.throughput());
+    let stats = r.cache.as_ref().unwrap().stats();
+    println!("cache: {} hits, {} misses", stats.hits, stats.misses);
+}
+
+async fn redis_rtt(redis: &RedisStore, n: usize) -> Report {
+    let start = Instant::now();
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        redis.ping().await.expect("ping");
+        latencies.push(t0.elapsed().as_micros() as u64);
+    }
+    latencies.sort_unstable();
+    Report { latencies_us: latencies, errors: 0, elapsed: start.elapsed() }
+}
+
+async fn miss(redis: &RedisServer, a: &Args) {
+    println!("\n## miss: Check with no replica cache (every check reads Redis), concurrency 1 and {}\n", a.concurrency);
+    let hot = replica(&redis.url(), "bench-miss", true).await;
+    let cold = replica(&redis.url(), "bench-miss", false).await;
+    let caller = admin(&cold.core).await;
+    let token = key_with_scopes(&cold.core, &caller, 1).await;
+    let request = check_request(&token);
+    drive(hot.channel.clone(), request.clone(), 1, Duration::from_secs(1), a.requests, None).await;
+    drive(cold.channel.clone(), request.clone(), 1, Duration::from_secs(1), a.requests, None).await;
+    let hit1 = drive(hot.channel.clone(), request.clone(), 1, a.duration, a.requests, None).await;
+    let miss1 = drive(cold.channel.clone(), request.clone(), 1, a.duration, a.requests, None).await;
+    let missn = drive(cold.channel.clone(), request.clone(), a.concurrency, a.duration, a.requests, None).await;
+    let rtt = redis_rtt(&cold.redis, 5000).await;
+    println!("{HEADER}");
+    println!("{}", hit1.line("Check, cache hit, 1 client"));
+    println!("{}", miss1.line("Check, cache miss, 1 client"));
+    println!("{}", missn.line(&format!("Check, cache miss, {} clients", a.concurrency)));
+    println!("{}", rtt.line("redis PING from the same process, 1 client"));
+    println!(
+        "\nmiss - hit at p50: {:.3} ms; Redis round trip p50: {:.3} ms -> {:.2} round trips",
+        miss1.pct(0.5) - hit1.pct(0.5),
+        rtt.pct(0.5),
+        (miss1.pct(0.5) - hit1.pct(0.5)) / rtt.pct(0.5)
+    );
+    let cli = std::process::Command::new("timeout")
+        .args(["3", "redis-cli", "-p", &redis.port.to_string(), "--latency", "--raw"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!("redis-cli --latency --raw (min max avg samples, ms, 3 s): {cli}");
+}
+
+async fn propagation(redis: &RedisServer) {
+    const ROUNDS: usize = 300;
+    println!("\n## propagation: RevokeKey on replica A until replica B denies ({ROUNDS} keys)\n");
+    let a = replica(&redis.url(), "bench-prop", true).await;
+    let b = replica(&redis.url(), "bench-prop", true).await;
+    let caller = admin(&a.core).await;
+    let mut b_client = CheckerClient::new(b.channel.clone());
+    let mut samples = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let (key, token) = a
+            .core
+            .create_key(&caller, NewKey { scope_ids: vec!["read-only".parse().unwrap()], ..Default::default() })
+            .await
+            .unwrap();
+        let request = check_request(token.expose());
+        assert!(b_client.check(request.clone()).await.unwrap().into_inner().allowed);
+        a.core.set_key_state(&caller, &key.id, None, keyscope::domain::KeyState::Revoked).await.unwrap();
+        let revoked_at = Instant::now();
+        loop {
+            let answer = b_client.check(request.clone()).await.unwrap().into_inner();
+            if !answer.allowed {
+                break;
+            }
+            assert!(revoked_at.elapsed() < Duration::from_secs(10), "B never saw the revocation");
+        }
+        samples.push(revoked_at.elapsed().as_micros() as u64);
+    }
+    samples.sort_unstable();
+    let report = Report { latencies_us: samples, errors: 0, elapsed: Duration::from_secs(1) };
+    println!("| revocation seen by B | p50 ms | p90 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|");
+    println!(
+        "| {ROUNDS} revocations | {:.3} | {:.3} | {:.3} | {:.3} |",
+        report.pct(0.5),
+        report.pct(0.9),
+        report.pct(0.99),
+        report.pct(1.0)
+    );
+    println!("(each figure includes one B Check round trip, the way a client would notice)");
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+/// Writes `n` keys of tenant `bench` holding `read-only` straight through the store.
+async fn populate(store: &RedisStore, n: usize, pepper: &Pepper) -> Vec<keyscope::domain::KeyId> {
+    let tokens = TokenFormat::new("ks").unwrap();
+    let ids: Vec<_> = (0..n).map(|_| tokens.new_key_id().unwrap()).collect();
+    let ids = Arc::new(ids);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..64 {
+        let (store, ids, next, pepper, tokens) = (store.clone(), ids.clone(), next.clone(), pepper.clone(), tokens.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(id) = ids.get(i) else { break };
+                let (token, _) = tokens.issue(id).unwrap();
+                let now = SystemTime::now();
+                let key = Key {
+                    id: id.clone(),
+                    tenant: "bench".parse().unwrap(),
+                    description: String::new(),
+                    owner: format!("owner-{}", i % 100),
+                    scope_ids: vec!["read-only".parse().unwrap()],
+                    state: keyscope::domain::KeyState::Active,
+                    expires_at: None,
+                    metadata: Default::default(),
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                    last_used_at: None,
+                    secret_hash: pepper.hash(id, &token.secret),
+                };
+                let write = keyscope::store::KeyWrite { key: &key, expected_version: None, stored_scopes: &[] };
+                store.put_key(write, usize::MAX).await.expect("populate");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    Arc::try_unwrap(ids).unwrap()
+}
+
+async fn scale(redis: &RedisServer, a: &Args) {
+    println!("\n## scale: hit-path latency with 1,000 vs 1,000,000 keys, 1 vs 32 scopes; memory per cached key\n");
+    let mut rows = Vec::new();
+    let pepper = Pepper::new(b"load-generator-pepper-0123").unwrap();
+    for (prefix, keys) in [("bench-1k", 1_000usize), ("bench-1m", 1_000_000)] {
+        let r = replica(&redis.url(), prefix, true).await;
+        let started = Instant::now();
+        let ids = populate(&r.redis, keys, &pepper).await;
+        println!("populated {keys} keys in {:.1} s", started.elapsed().as_secs_f64());
+        // Fill the cache with every key (as many distinct hot keys), measuring memory.
+        let cache = r.cache.as_ref().unwrap();
+        let before = rss_bytes();
+        let mut fills = Vec::new();
+        let ids = Arc::new(ids);
+        let next = Arc::new(AtomicU64::new(0));
+        for _ in 0..32 {
+            let (cache, ids, next) = (cache.clone(), ids.clone(), next.clone());
+            fills.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(id) = ids.get(i) else { break };
+                    cache.credential(id).await.expect("fill");
+                }
+            }));
+        }
+        for f in fills {
+            f.await.unwrap();
+        }
+        let cached = cache.cached_keys();
+        let per_key = (rss_bytes().saturating_sub(before)) as f64 / cached.max(1) as f64;
+        let caller = admin(&r.core).await;
+        for scopes in [1usize, 32] {
+            let token = key_with_scopes(&r.core, &caller, scopes).await;
+            let request = check_request(&token);
+            drive(r.channel.clone(), request.clone(), 1, Duration::from_millis(500), a.requests, None).await;
+            let one = drive(r.channel.clone(), request.clone(), 1, a.duration, a.requests, None).await;
+            let many = drive(r.channel.clone(), request, a.concurrency, a.duration, a.requests, None).await;
+            rows.push((keys, scopes, one, many, cached, per_key));
+        }
+    }
+    println!("| keys in Redis | scopes per key | 1 client p50 ms | 1 client p99 ms | {} clients checks/s | {} clients p99 ms | keys cached | RSS per cached key |", a.concurrency, a.concurrency);
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (keys, scopes, one, many, cached, per_key) in &rows {
+        println!(
+            "| {keys} | {scopes} | {:.3} | {:.3} | {:.0} | {:.3} | {cached} | {per_key:.0} B |",
+            one.pct(0.5),
+            one.pct(0.99),
+            many.throughput(),
+            many.pct(0.99)
+        );
+    }
+    let p50 = |k: usize, s: usize| rows.iter().find(|r| r.0 == k && r.1 == s).map(|r| r.2.pct(0.5)).unwrap_or(f64::NAN);
+    println!("\nratio p50 1M/1k keys (1 scope): {:.2}", p50(1_000_000, 1) / p50(1_000, 1));
+    println!("ratio p50 32/1 scopes (1k keys): {:.2}", p50(1_000, 32) / p50(1_000, 1));
+    println!("ratio p50 32/1 scopes (1M keys): {:.2}", p50(1_000_000, 32) / p50(1_000_000, 1));
+}
+
+fn main() {
+    let a = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let redis = RedisServer::start();
+        println!("# keyscope load run: {} (redis-server on 127.0.0.1:{})", humantime::format_rfc3339_seconds(SystemTime::now()), redis.port);
+        for s in &a.scenarios {
+            match s.as_str() {
+                "hit" => hit(&redis, &a).await,
+                "miss" => miss(&redis, &a).await,
+                "propagation" => propagation(&redis).await,
+                "scale" => scale(&redis, &a).await,
+                other => panic!("unknown scenario {other}"),
+            }
+        }
+    });
+}
