@@ -41,12 +41,15 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args { scenarios: Vec::new(), concurrency: 32, duration: Duration::from_secs(5), requests: 2_000_000 };
+    let mut args =
+        Args { scenarios: Vec::new(), concurrency: 32, duration: Duration::from_secs(5), requests: 2_000_000 };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--concurrency" => args.concurrency = it.next().and_then(|v| v.parse().ok()).expect("--concurrency N"),
-            "--duration" => args.duration = Duration::from_secs_f64(it.next().and_then(|v| v.parse().ok()).expect("--duration S")),
+            "--duration" => {
+                args.duration = Duration::from_secs_f64(it.next().and_then(|v| v.parse().ok()).expect("--duration S"))
+            }
             "--requests" => args.requests = it.next().and_then(|v| v.parse().ok()).expect("--requests N"),
             "--bench" => {}
             other if !other.starts_with('-') => args.scenarios.push(other.to_owned()),
@@ -97,7 +100,14 @@ const HEADER: &str = "| run | checks/s | p50 ms | p90 ms | p99 ms | p99.9 ms | r
 
 /// Drives `Check` with `concurrency` workers until `duration` or `requests`; with `rate`,
 /// paces the workers to that many requests per second in total (open loop per worker).
-async fn drive(channel: Channel, request: pb::CheckRequest, concurrency: usize, duration: Duration, requests: u64, rate: Option<f64>) -> Report {
+async fn drive(
+    channel: Channel,
+    request: pb::CheckRequest,
+    concurrency: usize,
+    duration: Duration,
+    requests: u64,
+    rate: Option<f64>,
+) -> Report {
     let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut workers = Vec::new();
@@ -160,7 +170,7 @@ async fn start_noop() -> Channel {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(pb::checker_server::CheckerServer::new(Noop))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     connect(addr).await
 }
@@ -224,7 +234,8 @@ async fn key_with_scopes(core: &Keyscope, caller: &keyscope::service::Caller, sc
     let mut ids = Vec::new();
     for i in 0..scopes {
         let last = i + 1 == scopes;
-        let patterns: Vec<String> = (0..8).map(|p| format!("area{i}.module{p}")).chain(last.then(|| "courses".to_owned())).collect();
+        let patterns: Vec<String> =
+            (0..8).map(|p| format!("area{i}.module{p}")).chain(last.then(|| "courses".to_owned())).collect();
         let none: &[String] = &[];
         let draft = ScopeDraft {
             label: format!("bench-{}-{i}-{}", scopes, rand_suffix()).parse().unwrap(),
@@ -253,7 +264,10 @@ fn check_request(token: &str) -> pb::CheckRequest {
 }
 
 async fn hit(redis: &RedisServer, a: &Args) {
-    println!("\n## hit: Check answered from the cache vs a no-op tonic server (concurrency {}, {:?} each)\n", a.concurrency, a.duration);
+    println!(
+        "\n## hit: Check answered from the cache vs a no-op tonic server (concurrency {}, {:?} each)\n",
+        a.concurrency, a.duration
+    );
     let noop = start_noop().await;
     let r = replica(&redis.url(), "bench-hit", true).await;
     let caller = admin(&r.core).await;
@@ -373,7 +387,8 @@ async fn populate(store: &RedisStore, n: usize, pepper: &Pepper) -> Vec<keyscope
     let next = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     for _ in 0..64 {
-        let (store, ids, next, pepper, tokens) = (store.clone(), ids.clone(), next.clone(), pepper.clone(), tokens.clone());
+        let (store, ids, next, pepper, tokens) =
+            (store.clone(), ids.clone(), next.clone(), pepper.clone(), tokens.clone());
         writers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -446,7 +461,10 @@ async fn scale(redis: &RedisServer, a: &Args) {
             rows.push((keys, scopes, one, many, cached, per_key));
         }
     }
-    println!("| keys in Redis | scopes per key | 1 client p50 ms | 1 client p99 ms | {} clients checks/s | {} clients p99 ms | keys cached | RSS per cached key |", a.concurrency, a.concurrency);
+    println!(
+        "| keys in Redis | scopes per key | 1 client p50 ms | 1 client p99 ms | {} clients checks/s | {} clients p99 ms | keys cached | RSS per cached key |",
+        a.concurrency, a.concurrency
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (keys, scopes, one, many, cached, per_key) in &rows {
         println!(
@@ -468,7 +486,11 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let redis = RedisServer::start();
-        println!("# keyscope load run: {} (redis-server on 127.0.0.1:{})", humantime::format_rfc3339_seconds(SystemTime::now()), redis.port);
+        println!(
+            "# keyscope load run: {} (redis-server on 127.0.0.1:{})",
+            humantime::format_rfc3339_seconds(SystemTime::now()),
+            redis.port
+        );
         for s in &a.scenarios {
             match s.as_str() {
                 "hit" => hit(&redis, &a).await,

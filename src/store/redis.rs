@@ -157,7 +157,10 @@ impl RedisStore {
         let store = RedisStore {
             conn,
             pubsub_url,
-            tenants: moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(Duration::from_secs(3600)).build(),
+            tenants: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             prefix: Arc::from(options.prefix.as_str()),
             check_timeout: options.check_timeout,
             admin_timeout: options.admin_timeout,
