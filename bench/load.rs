@@ -203,12 +203,15 @@ async fn replica(url: &str, prefix: &str, cached: bool) -> Replica {
     } else {
         (Arc::new(redis.clone()), None)
     };
-    let core = Arc::new(Keyscope::new(
-        store,
-        Builtins::new(&[]).unwrap(),
-        TokenFormat::new("ks").unwrap(),
-        Pepper::new(b"load-generator-pepper-0123").unwrap(),
-    ));
+    let core = Arc::new(
+        Keyscope::new(
+            store,
+            Builtins::new(&[]).unwrap(),
+            TokenFormat::new("ks").unwrap(),
+            Pepper::new(b"load-generator-pepper-0123").unwrap(),
+        )
+        .with_quotas(keyscope::service::Quotas { max_keys_per_tenant: 10_000_000, max_scopes_per_tenant: 10_000 }),
+    );
     let _ = core.ensure_bootstrap(None).await.expect("bootstrap");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -132,9 +132,11 @@ impl CachedStore {
         }
     }
 
-    /// Key records currently cached.
+    /// Key records currently cached (after finishing the cache's pending housekeeping).
     pub fn cached_keys(&self) -> u64 {
         self.inner.keys.run_pending_tasks();
+        self.inner.scopes.run_pending_tasks();
+        self.inner.unknown.run_pending_tasks();
         self.inner.keys.entry_count()
     }
 
