@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{TestServer, eventually, read_rules};
 use keyscope::{cache::CacheSettings, grpc::pb};
-use redis_server::{RedisServer, fresh_prefix};
+use redis_server::{RedisCluster, RedisServer, fresh_prefix};
 
 const ACME: &str = "acme";
 /// Far longer than any test waits: whatever B sees within the test came through the feed.
@@ -154,6 +154,37 @@ async fn keys_created_on_a_scope_while_it_is_deleted_never_outlive_it() {
             assert!(!force, "a forced delete of an allow-mode scope always succeeds");
             assert_eq!(keys.len(), tokens.len(), "every created key holds the scope");
         }
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_changes_reach_the_other_replica_too() {
+    let cluster = RedisCluster::start();
+    let prefix = fresh_prefix();
+    let a = TestServer::start_on_redis_with(&cluster.url(), true, &prefix, cache(), None).await;
+    let b = TestServer::start_on_redis_with(&cluster.url(), true, &prefix, cache(), Some(&a.admin_token)).await;
+    // Tenants land on different masters; each one's changes are seen by B.
+    for tenant in ["acme", "globex", "initech", "umbrella"] {
+        let scope = a.scope(tenant, "web", pb::ScopeMode::Allow, read_rules(&["courses", "users"])).await;
+        let (key, token) = a.key(tenant, &[&scope.id]).await;
+        warm(&b, &token, "users").await;
+        a.scopes()
+            .update_scope(pb::UpdateScopeRequest {
+                tenant: tenant.into(),
+                id: scope.id.clone(),
+                version: scope.version,
+                update_mask: common::mask(&["rules"]),
+                rules: Some(read_rules(&["courses"])),
+                ..Default::default()
+            })
+            .await
+            .expect("narrow");
+        denied_on_b(&b, &token, "users", pb::Reason::NotGranted).await;
+        let state = pb::KeyStateRequest { tenant: tenant.into(), id: key.id.clone(), version: 0 };
+        a.keys().revoke_key(state).await.expect("revoke");
+        denied_on_b(&b, &token, "courses", pb::Reason::KeyRevoked).await;
     }
     a.stop().await;
     b.stop().await;

@@ -90,9 +90,20 @@ impl TestServer {
         cache: CacheSettings,
         admin_token: Option<&str>,
     ) -> TestServer {
+        Self::start_on_redis_with(url, false, prefix, cache, admin_token).await
+    }
+
+    /// [`TestServer::start_on_redis`], on a standalone Redis or a cluster (`url`: seeds).
+    pub async fn start_on_redis_with(
+        url: &str,
+        cluster: bool,
+        prefix: &str,
+        cache: CacheSettings,
+        admin_token: Option<&str>,
+    ) -> TestServer {
         let options = RedisOptions {
             url: url.to_owned(),
-            cluster: false,
+            cluster,
             prefix: prefix.to_owned(),
             check_timeout: Duration::from_millis(300),
             admin_timeout: Duration::from_millis(1500),
