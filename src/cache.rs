@@ -157,26 +157,41 @@ impl CachedStore {
     }
 
     fn fill(&self, epoch: u64, id: &KeyId, found: Option<&Credential>) {
+        let inner = &self.inner;
         // A change arrived while the store was read: what was read may predate it.
-        if self.inner.epoch.load(Ordering::Acquire) != epoch {
+        if inner.epoch.load(Ordering::SeqCst) != epoch {
             return;
         }
         let Some(credential) = found else {
-            self.inner.unknown.insert(id.clone(), ());
+            inner.unknown.insert(id.clone(), ());
+            if inner.epoch.load(Ordering::SeqCst) != epoch {
+                inner.unknown.invalidate(id);
+            }
             return;
         };
         let key = &credential.key;
-        for scope_id in &key.scope_ids {
+        let scope_keys: Vec<(Tenant, ScopeId)> =
+            key.scope_ids.iter().map(|s| (key.tenant.clone(), s.clone())).collect();
+        for (entry, scope_id) in scope_keys.iter().zip(&key.scope_ids) {
             let scope = credential.scopes.iter().find(|s| s.id == *scope_id).cloned();
-            self.inner.scopes.insert((key.tenant.clone(), scope_id.clone()), scope);
+            inner.scopes.insert(entry.clone(), scope);
         }
-        self.inner.keys.insert(id.clone(), key.clone());
+        inner.keys.insert(id.clone(), key.clone());
+        // A change that bumped the epoch after the check above may have dropped its entries
+        // before these were inserted: take them out again. Whichever way the two interleave,
+        // either the change's invalidation follows these inserts or this check sees its bump.
+        if inner.epoch.load(Ordering::SeqCst) != epoch {
+            inner.keys.invalidate(id);
+            for entry in &scope_keys {
+                inner.scopes.invalidate(entry);
+            }
+        }
     }
 }
 
 impl ChangeSink for Inner {
     fn changed(&self, change: &Change) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
         match change {
             Change::Key(id) => {
@@ -188,7 +203,7 @@ impl ChangeSink for Inner {
     }
 
     fn reset(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
         self.keys.invalidate_all();
         self.scopes.invalidate_all();
@@ -208,7 +223,7 @@ impl Store for CachedStore {
             return Ok(Some(found));
         }
         self.inner.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let epoch = self.inner.epoch.load(Ordering::Acquire);
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
         let found = self.store.credential(id).await?;
         self.fill(epoch, id, found.as_ref());
         Ok(found)

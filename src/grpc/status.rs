@@ -38,9 +38,19 @@ impl From<ServiceError> for Status {
                 StoreError::Corrupt(_) => Code::Internal,
             },
         };
-        if matches!(code, Code::Internal | Code::Unavailable) {
-            tracing::warn!(code = ?code, error = %message, "request failed");
-        }
+        // The store's own words (which may name Redis users, keys or hosts) go to the log only;
+        // callers, who need not be authenticated, learn what happened and nothing more.
+        let message = match code {
+            Code::Unavailable => {
+                tracing::warn!(error = %message, "store unavailable");
+                "the store is unavailable: no decision or change could be made; nothing was written".to_owned()
+            }
+            Code::Internal => {
+                tracing::error!(error = %message, "internal error");
+                "internal error; see the keyscope log".to_owned()
+            }
+            _ => message,
+        };
         Status::new(code, message)
     }
 }

@@ -121,8 +121,12 @@ struct Scripts {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
-    /// One node to follow the change feed on (on a cluster, any node sees every PUBLISH).
-    pubsub_url: String,
+    /// Nodes to follow the change feed on, tried in turn (on a cluster, any node sees every
+    /// PUBLISH).
+    pubsub_urls: Arc<[String]>,
+    /// Redis's clock minus ours, in microseconds, measured at connect: write deadlines are
+    /// given in Redis's time.
+    clock_offset_us: i64,
     /// Key id -> tenant. The mapping never changes once written, so it needs no
     /// invalidation: a check whose key record is not cached costs one round trip, not two.
     tenants: moka::sync::Cache<KeyId, Tenant>,
@@ -153,10 +157,12 @@ impl RedisStore {
         let conn = tokio::time::timeout(options.admin_timeout, Self::open(&options))
             .await
             .map_err(|_| StoreError::Unavailable("redis: timed out connecting".into()))??;
-        let pubsub_url = options.url.split(',').map(str::trim).next().unwrap_or_default().to_owned();
-        let store = RedisStore {
+        let pubsub_urls: Arc<[String]> =
+            options.url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        let mut store = RedisStore {
             conn,
-            pubsub_url,
+            pubsub_urls,
+            clock_offset_us: 0,
             tenants: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(3600))
@@ -173,6 +179,7 @@ impl RedisStore {
             }),
         };
         store.check_schema().await?;
+        store.clock_offset_us = store.measure_clock_offset().await?;
         Ok(store)
     }
 
@@ -227,11 +234,27 @@ impl RedisStore {
         }
     }
 
-    /// The instant (microseconds since the epoch) after which a write must not apply: the
-    /// caller has given up on it by then.
-    fn deadline(&self) -> u64 {
-        let at = SystemTime::now() + self.admin_timeout;
-        at.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    /// Redis's clock minus this host's, in microseconds (taken at the middle of a `TIME`
+    /// round trip).
+    async fn measure_clock_offset(&self) -> Result<i64, StoreError> {
+        let mut conn = self.conn.clone();
+        let before = local_micros(SystemTime::now());
+        let (secs, micros): (i64, i64) = self.admin(redis::cmd("TIME").query_async(&mut conn)).await?;
+        let after = local_micros(SystemTime::now());
+        let offset = secs * 1_000_000 + micros - (before + after) / 2;
+        if offset.abs() > 1_000_000 {
+            tracing::warn!(
+                offset_ms = offset / 1000,
+                "Redis's clock differs from this host's; write deadlines account for it"
+            );
+        }
+        Ok(offset)
+    }
+
+    /// The instant (microseconds since the epoch, by Redis's clock) after which a write must
+    /// not apply: the caller has given up on it by then.
+    fn deadline(&self) -> i64 {
+        local_micros(SystemTime::now() + self.admin_timeout) + self.clock_offset_us
     }
 
     fn base(&self, tenant: &Tenant) -> String {
@@ -240,6 +263,25 @@ impl RedisStore {
 
     fn tenant_of(&self, id: &KeyId) -> String {
         format!("{}:kt:{}", self.prefix, id)
+    }
+
+    /// Records which tenant a new key id belongs to, before the key is written. The mapping
+    /// is never removed: a create that fails (or times out) may leave it pointing at no key,
+    /// which is harmless (a check then finds no key) and lets a retry with the same id go on.
+    /// A mapping to another tenant means the id is taken.
+    async fn map_tenant(&self, id: &KeyId, tenant: &Tenant) -> Result<(), StoreError> {
+        let mapping = self.tenant_of(id);
+        let mut conn = self.conn.clone();
+        let set: Option<String> =
+            self.admin(redis::cmd("SET").arg(&mapping).arg(tenant.as_str()).arg("NX").query_async(&mut conn)).await?;
+        if set.is_some() {
+            return Ok(());
+        }
+        let found: Option<String> = self.admin(conn.get(&mapping)).await?;
+        if found.as_deref() == Some(tenant.as_str()) {
+            return Ok(());
+        }
+        Err(StoreError::AlreadyExists(format!("key `{id}`")))
     }
 
     /// The fields of several hashes of one tenant, in one round trip.
@@ -287,6 +329,10 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         self.admin(conn.zrangebylex_limit(set, min, "+", 0, limit as isize)).await
     }
+}
+
+fn local_micros(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 const KEY_FIELDS: [&str; 4] = ["v", "scopes", "updated", "body"];
@@ -413,7 +459,13 @@ fn decode_scope(tenant: &Tenant, id: &str, row: &[Option<String>]) -> Result<Opt
         "deny" => ScopeMode::Deny,
         other => return Err(corrupt(&what, format!("mode `{other}`"))),
     };
-    let patterns = body.rules.map(|list| list.iter().filter_map(|p| p.parse::<Pattern>().ok()).collect::<Vec<_>>());
+    // An unreadable pattern is an error, never skipped: skipping a deny-mode pattern would widen.
+    let mut patterns: [Vec<Pattern>; 4] = Default::default();
+    for (list, raw) in patterns.iter_mut().zip(&body.rules) {
+        for p in raw {
+            list.push(p.parse().map_err(|_| corrupt(&what, "pattern"))?);
+        }
+    }
     Ok(Some(Scope {
         id: id.parse().map_err(|_| corrupt(&what, "id"))?,
         tenant: tenant.clone(),
@@ -523,14 +575,8 @@ impl Store for RedisStore {
         let key = write.key;
         let base = self.base(&key.tenant);
         let mut conn = self.conn.clone();
-        let mapping = self.tenant_of(&key.id);
         if write.expected_version.is_none() {
-            let claimed: Option<String> = self
-                .admin(redis::cmd("SET").arg(&mapping).arg(key.tenant.as_str()).arg("NX").query_async(&mut conn))
-                .await?;
-            if claimed.is_none() {
-                return Err(StoreError::AlreadyExists(format!("key `{}`", key.id)));
-            }
+            self.map_tenant(&key.id, &key.tenant).await?;
         }
         let mut call = self.scripts.put_key.key(format!("{base}keys"));
         call.arg(&base)
@@ -544,18 +590,11 @@ impl Store for RedisStore {
             .arg(write.stored_scopes.len())
             .arg(write.stored_scopes.iter().map(ScopeId::as_str).collect::<Vec<_>>())
             .arg(self.deadline());
-        let reply: Result<Vec<String>, StoreError> = self.admin(call.invoke_async(&mut conn)).await;
-        let result = reply.and_then(|r| {
-            if r.first().map(String::as_str) == Some("quota") {
-                return Err(StoreError::QuotaReached { tenant: key.tenant.clone(), what: "keys", limit: max_keys });
-            }
-            outcome(&r, || format!("key `{}`", key.id), write.expected_version)
-        });
-        if result.is_err() && write.expected_version.is_none() {
-            // The create did not happen: release the id's tenant mapping again.
-            let _: Result<(), StoreError> = self.admin(conn.del(&mapping)).await;
+        let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
+        if reply.first().map(String::as_str) == Some("quota") {
+            return Err(StoreError::QuotaReached { tenant: key.tenant.clone(), what: "keys", limit: max_keys });
         }
-        result
+        outcome(&reply, || format!("key `{}`", key.id), write.expected_version)
     }
 
     async fn get_scope(&self, tenant: &Tenant, id: &ScopeId) -> Result<Option<Arc<Scope>>, StoreError> {
@@ -640,13 +679,7 @@ impl Store for RedisStore {
     async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError> {
         let base = self.base(&key.tenant);
         let mut conn = self.conn.clone();
-        let mapping = self.tenant_of(&key.id);
-        let claimed: Option<String> = self
-            .admin(redis::cmd("SET").arg(&mapping).arg(key.tenant.as_str()).arg("NX").query_async(&mut conn))
-            .await?;
-        if claimed.is_none() {
-            return Err(StoreError::AlreadyExists(format!("key `{}`", key.id)));
-        }
+        self.map_tenant(&key.id, &key.tenant).await?;
         let mut call = self.scripts.claim_bootstrap.key(format!("{base}keys"));
         call.arg(&base)
             .arg(key.id.as_str())
@@ -658,7 +691,6 @@ impl Store for RedisStore {
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
         match reply.first().map(String::as_str) {
             Some("existing") => {
-                let _: Result<(), StoreError> = self.admin(conn.del(&mapping)).await;
                 let id =
                     reply.get(1).and_then(|s| s.parse().ok()).ok_or_else(|| corrupt("bootstrap marker", "key id"))?;
                 Ok(Some(id))
@@ -688,15 +720,23 @@ impl RedisStore {
     /// only if the first subscription fails.
     pub async fn follow_changes(&self, sink: Arc<dyn ChangeSink>) -> Result<tokio::task::JoinHandle<()>, StoreError> {
         let channel = self.changes_channel();
-        let url = self.pubsub_url.clone();
+        let urls = self.pubsub_urls.clone();
         let limit = self.admin_timeout;
-        let mut subscribed = Some(Self::subscribe(&url, &channel, limit).await?);
+        let first = urls.first().cloned().unwrap_or_default();
+        let mut subscribed = Some(Self::subscribe(&first, &channel, limit).await?);
         Ok(tokio::spawn(async move {
             let mut backoff = Duration::from_millis(50);
+            let mut node = 0usize;
             loop {
                 let attempt = match subscribed.take() {
                     Some(pubsub) => Ok(pubsub),
-                    None => Self::subscribe(&url, &channel, limit).await,
+                    None => {
+                        // Try the seed nodes in turn, so one dead cluster node cannot keep
+                        // the feed down.
+                        node = node.wrapping_add(1);
+                        let url = urls.get(node % urls.len().max(1)).cloned().unwrap_or_default();
+                        Self::subscribe(&url, &channel, limit).await
+                    }
                 };
                 match attempt {
                     Ok(mut pubsub) => {
