@@ -3,6 +3,7 @@
 
 use std::{future::Future, sync::Arc};
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tonic::{
     service::interceptor::InterceptedService,
@@ -13,7 +14,8 @@ use tonic_health::ServingStatus;
 use crate::{
     domain::limits,
     grpc::{
-        CheckerService, KeyAdminService, OversizeIsExhausted, ScopeAdminService, bearer_interceptor,
+        CheckerService, ExtAuthzService, ExtAuthzSettings, KeyAdminService, OversizeIsExhausted, ScopeAdminService,
+        bearer_interceptor,
         pb::{
             self, checker_server::CheckerServer, key_admin_server::KeyAdminServer, scope_admin_server::ScopeAdminServer,
         },
@@ -39,6 +41,16 @@ pub async fn serve(
     core: Arc<Keyscope>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_with(listener, core, ExtAuthzSettings::default(), shutdown).await
+}
+
+/// [`serve`] with the ext_authz settings of the deployment.
+pub async fn serve_with(
+    listener: TcpListener,
+    core: Arc<Keyscope>,
+    ext_authz: ExtAuthzSettings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let ready = core.store_ready().await;
     set_health(&health, ready).await;
@@ -57,6 +69,8 @@ pub async fn serve(
         CheckerServer::new(CheckerService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let keys =
         KeyAdminServer::new(KeyAdminService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
+    let envoy = AuthorizationServer::new(ExtAuthzService::new(core.clone(), ext_authz))
+        .max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let scopes =
         ScopeAdminServer::new(ScopeAdminService::new(core)).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
 
@@ -73,6 +87,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(OversizeIsExhausted(checker))
+        .add_service(envoy)
         .add_service(OversizeIsExhausted(InterceptedService::new(keys, bearer_interceptor)))
         .add_service(OversizeIsExhausted(InterceptedService::new(scopes, bearer_interceptor)))
         // Checks are small request/response pairs: without TCP_NODELAY, Nagle's algorithm and

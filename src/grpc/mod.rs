@@ -5,12 +5,14 @@
 mod auth;
 mod checker;
 pub mod convert;
+mod ext_authz;
 mod key_admin;
 mod scope_admin;
 mod status;
 
 pub use auth::{AdminToken, bearer_interceptor};
 pub use checker::CheckerService;
+pub use ext_authz::{ExtAuthzService, ExtAuthzSettings, IdentityHeaders};
 pub use key_admin::KeyAdminService;
 pub use scope_admin::ScopeAdminService;
 pub use status::OversizeIsExhausted;

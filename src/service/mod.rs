@@ -6,6 +6,7 @@ mod admin;
 mod bootstrap;
 mod builtins;
 mod check;
+mod http;
 mod keys;
 mod scopes;
 
@@ -18,6 +19,7 @@ pub use admin::Caller;
 pub use bootstrap::Bootstrap;
 pub use builtins::{Builtins, Preset};
 pub use check::{CheckAnswer, Presented};
+pub use http::{HttpMapping, HttpRequestView, Mapped, Route, Unmapped, default_methods};
 pub use keys::{KeyChanges, NewKey};
 pub use scopes::{ScopeChanges, ScopeDraft, inline_scope};
 

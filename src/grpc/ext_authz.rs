@@ -1,0 +1,235 @@
+//! `envoy.service.auth.v3.Authorization/Check`: keyscope as Envoy's external authorization
+//! server. The HTTP request is mapped to a check (`service::http`), decided by the same path
+//! as `Checker.Check` (same cache, same span), and answered as Envoy expects: an explicit OK
+//! status with identity headers for the upstream, or an explicit denial with an HTTP status and
+//! a JSON body. When no decision can be made the call fails with `UNAVAILABLE`, so Envoy's
+//! `failure_mode_allow` / `status_on_error` apply.
+
+use std::{collections::HashMap, sync::Arc};
+
+use envoy_types::{
+    ext_authz::v3::{
+        CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+        pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode},
+    },
+    pb::google::protobuf::{Struct, Value, value::Kind},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::Action,
+    service::{CheckAnswer, HttpMapping, HttpRequestView, Keyscope, Mapped, Unmapped},
+};
+
+/// Names of the headers keyscope sets for the upstream on an allowed request.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    /// The key's id (default `x-keyscope-key-id`).
+    pub key_id: String,
+    /// The key's tenant (default `x-keyscope-tenant`).
+    pub tenant: String,
+    /// The key's owner (default `x-keyscope-owner`).
+    pub owner: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        IdentityHeaders {
+            key_id: "x-keyscope-key-id".into(),
+            tenant: "x-keyscope-tenant".into(),
+            owner: "x-keyscope-owner".into(),
+        }
+    }
+}
+
+/// How ext_authz answers (config `ext_authz.*`).
+#[derive(Debug, Clone, Default)]
+pub struct ExtAuthzSettings {
+    /// Request -> check mapping.
+    pub mapping: HttpMapping,
+    /// Identity header names.
+    pub identity: IdentityHeaders,
+    /// Remove the credential headers (`authorization`, the API-key header) before the request
+    /// goes upstream.
+    pub strip_credential: bool,
+}
+
+/// The ext_authz service over the core.
+#[derive(Debug, Clone)]
+pub struct ExtAuthzService {
+    core: Arc<Keyscope>,
+    settings: Arc<ExtAuthzSettings>,
+}
+
+impl ExtAuthzService {
+    /// The service over `core`.
+    pub fn new(core: Arc<Keyscope>, settings: ExtAuthzSettings) -> Self {
+        ExtAuthzService { core, settings: Arc::new(settings) }
+    }
+}
+
+/// Prefix of the headers a client must never be able to send upstream itself.
+const RESERVED_HEADER_PREFIX: &str = "x-keyscope-";
+
+/// The request's headers, lowercase, from `headers` and `header_map` together.
+fn collect_headers(
+    http: &envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
+) -> HashMap<String, String> {
+    let mut headers: HashMap<String, String> =
+        http.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+    if let Some(map) = &http.header_map {
+        for h in &map.headers {
+            let value =
+                if h.value.is_empty() { String::from_utf8_lossy(&h.raw_value).into_owned() } else { h.value.clone() };
+            headers.entry(h.key.to_ascii_lowercase()).or_insert(value);
+        }
+    }
+    headers
+}
+
+fn text(value: &str) -> Value {
+    Value { kind: Some(Kind::StringValue(value.to_owned())) }
+}
+
+/// 401 for credential problems, 403 for everything else.
+fn http_status(reason: &str) -> HttpStatusCode {
+    match reason {
+        "MISSING_CREDENTIAL"
+        | "MALFORMED_CREDENTIAL"
+        | "UNKNOWN_KEY"
+        | "KEY_REVOKED"
+        | "KEY_DISABLED"
+        | "KEY_EXPIRED" => HttpStatusCode::Unauthorized,
+        _ => HttpStatusCode::Forbidden,
+    }
+}
+
+fn denied(reason: &str, message: &str) -> CheckResponse {
+    let status = http_status(reason);
+    let unauthorized = status == HttpStatusCode::Unauthorized;
+    let body = serde_json::json!({
+        "error": if unauthorized { "unauthorized" } else { "forbidden" },
+        "reason": reason,
+        "message": message,
+    });
+    let mut http = DeniedHttpResponseBuilder::new();
+    http.set_http_status(status).set_body(body.to_string()).add_header(
+        "content-type",
+        "application/json",
+        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+        false,
+    );
+    if unauthorized {
+        let challenge = if reason == "MISSING_CREDENTIAL" {
+            r#"Bearer realm="keyscope""#
+        } else {
+            r#"Bearer realm="keyscope", error="invalid_token""#
+        };
+        http.add_header("www-authenticate", challenge, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
+    }
+    let code = if unauthorized { tonic::Code::Unauthenticated } else { tonic::Code::PermissionDenied };
+    let mut response = CheckResponse::with_status(Status::new(code, reason));
+    response.set_http_response(http);
+    response
+}
+
+fn unmapped_message(why: Unmapped) -> &'static str {
+    match why {
+        Unmapped::NoCredential => {
+            "no credential: send `authorization: Bearer <token>`, an API-key header or HTTP Basic"
+        }
+        Unmapped::NoRoute => "no keyscope module is configured for this route",
+        Unmapped::UnknownMethod => "the request method maps to no action",
+        Unmapped::BadRouteConfig => "the route's keyscope_module or keyscope_tenant is invalid",
+    }
+}
+
+impl ExtAuthzService {
+    fn allowed(
+        &self,
+        headers: &HashMap<String, String>,
+        answer: Option<(&CheckAnswer, &str, Action)>,
+    ) -> CheckResponse {
+        let identity = &self.settings.identity;
+        let ours = [&identity.key_id, &identity.tenant, &identity.owner];
+        let mut http = OkHttpResponseBuilder::new();
+        // Headers a client sent that look like ours are removed; the ones set below overwrite.
+        for name in headers.keys() {
+            let reserved =
+                name.starts_with(RESERVED_HEADER_PREFIX) || ours.iter().any(|o| o.eq_ignore_ascii_case(name));
+            let set_below = answer.is_some_and(|(a, _, _)| {
+                name.eq_ignore_ascii_case(&identity.key_id)
+                    || name.eq_ignore_ascii_case(&identity.tenant)
+                    || (name.eq_ignore_ascii_case(&identity.owner) && !a.owner.is_empty())
+            });
+            if reserved && !set_below {
+                http.remove_header(name.clone());
+            }
+        }
+        if self.settings.strip_credential {
+            http.remove_header("authorization");
+            http.remove_header(self.settings.mapping.api_key_header.clone());
+        }
+        let mut response = CheckResponse::with_status(Status::ok(""));
+        if let Some((answer, module, action)) = answer {
+            let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+            let key_id = answer.key_id.as_ref().map(ToString::to_string).unwrap_or_default();
+            let tenant = answer.tenant.as_ref().map(ToString::to_string).unwrap_or_default();
+            http.add_header(identity.key_id.clone(), key_id.clone(), overwrite, false);
+            http.add_header(identity.tenant.clone(), tenant.clone(), overwrite, false);
+            if !answer.owner.is_empty() {
+                http.add_header(identity.owner.clone(), answer.owner.clone(), overwrite, false);
+            }
+            let fields = [
+                ("key_id", key_id.as_str()),
+                ("tenant", tenant.as_str()),
+                ("module", module),
+                ("action", action.as_str()),
+                ("reason", answer.reason.as_str()),
+            ];
+            let metadata = Struct { fields: fields.iter().map(|(k, v)| (k.to_string(), text(v))).collect() };
+            response.set_dynamic_metadata(Some(metadata));
+        }
+        response.set_http_response(http);
+        response
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzService {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let request = request.into_inner();
+        let attributes = request.attributes.as_ref();
+        let Some(http) = attributes.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
+            return Ok(Response::new(denied("NO_HTTP_ATTRIBUTES", "the check request carries no HTTP request")));
+        };
+        let headers = collect_headers(http);
+        let empty = HashMap::new();
+        let context = attributes.map_or(&empty, |a| &a.context_extensions);
+        let view = HttpRequestView { method: &http.method, path: &http.path, headers: &headers, context };
+        let response = match self.settings.mapping.map(&view) {
+            Mapped::Unchecked => self.allowed(&headers, None),
+            Mapped::Refused(why) => denied(why.as_str(), unmapped_message(why)),
+            Mapped::Check { presented, module, action, tenant } => {
+                let answer = self.core.check(&presented, tenant.as_ref(), &module, action, true).await?;
+                if answer.allowed() {
+                    self.allowed(&headers, Some((&answer, module.as_str(), action)))
+                } else {
+                    let mut response = denied(answer.reason.as_str(), &answer.message);
+                    let key_id = answer.key_id.as_ref().map(ToString::to_string).unwrap_or_default();
+                    let fields = [
+                        ("key_id", key_id.as_str()),
+                        ("module", module.as_str()),
+                        ("action", action.as_str()),
+                        ("reason", answer.reason.as_str()),
+                    ];
+                    response.set_dynamic_metadata(Some(Struct {
+                        fields: fields.iter().map(|(k, v)| (k.to_string(), text(v))).collect(),
+                    }));
+                    response
+                }
+            }
+        };
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,290 @@
+//! How an HTTP request (as Envoy's ext_authz describes it) becomes a check: which credential,
+//! module, action and tenant. Pure: no I/O, no Envoy types; `grpc::ext_authz` feeds it.
+
+use std::collections::HashMap;
+
+use super::Presented;
+use crate::domain::{Action, Module, Tenant, limits};
+
+/// How requests map to checks (config `ext_authz.*`).
+#[derive(Debug, Clone)]
+pub struct HttpMapping {
+    /// Header carrying a whole token, matched case-insensitively (default `x-api-key`).
+    pub api_key_header: String,
+    /// Path prefix -> module (and tenant), longest prefix first.
+    routes: Vec<Route>,
+    /// Whether a request no route maps is allowed through unchecked (default: denied).
+    pub allow_unmapped: bool,
+    /// HTTP method (upper case) -> action.
+    methods: HashMap<String, Action>,
+}
+
+/// One entry of the route table.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Path prefix, e.g. `/api/courses`.
+    pub prefix: String,
+    /// The module it maps to.
+    pub module: Module,
+    /// The tenant its checks must belong to, if any.
+    pub tenant: Option<Tenant>,
+}
+
+impl Default for HttpMapping {
+    fn default() -> Self {
+        HttpMapping::new("x-api-key", Vec::new(), false, default_methods())
+    }
+}
+
+/// GET and HEAD read, POST creates, PUT and PATCH update, DELETE deletes.
+pub fn default_methods() -> HashMap<String, Action> {
+    [
+        ("GET", Action::Read),
+        ("HEAD", Action::Read),
+        ("POST", Action::Create),
+        ("PUT", Action::Update),
+        ("PATCH", Action::Update),
+        ("DELETE", Action::Delete),
+    ]
+    .into_iter()
+    .map(|(m, a)| (m.to_owned(), a))
+    .collect()
+}
+
+/// Why a request is refused before any key is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmapped {
+    /// No credential in any accepted form.
+    NoCredential,
+    /// No route maps the path, and the config denies unmapped requests.
+    NoRoute,
+    /// The method maps to no action.
+    UnknownMethod,
+    /// `keyscope_module` or `keyscope_tenant` in the route's context extensions is invalid.
+    BadRouteConfig,
+}
+
+impl Unmapped {
+    /// The name used in deny bodies and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unmapped::NoCredential => "MISSING_CREDENTIAL",
+            Unmapped::NoRoute => "UNMAPPED_ROUTE",
+            Unmapped::UnknownMethod => "UNKNOWN_METHOD",
+            Unmapped::BadRouteConfig => "BAD_ROUTE_CONFIG",
+        }
+    }
+}
+
+/// What a request maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    /// Check this credential for this module and action.
+    Check {
+        /// The credential presented.
+        presented: Presented,
+        /// The module.
+        module: Module,
+        /// The action.
+        action: Action,
+        /// The tenant the key must belong to, when the route names one.
+        tenant: Option<Tenant>,
+    },
+    /// Allowed through unchecked (an unmapped route, with `allow_unmapped`).
+    Unchecked,
+    /// Refused before any lookup.
+    Refused(Unmapped),
+}
+
+/// The parts of an HTTP request the mapping reads. Header names are lowercase, as Envoy
+/// sends them; lookups lowercase the name asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequestView<'a> {
+    /// The method, e.g. `GET`.
+    pub method: &'a str,
+    /// The path, possibly with a query string (never part of the match).
+    pub path: &'a str,
+    /// The request headers.
+    pub headers: &'a HashMap<String, String>,
+    /// The route's `context_extensions`.
+    pub context: &'a HashMap<String, String>,
+}
+
+impl HttpRequestView<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .or_else(|| self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+            .map(String::as_str)
+    }
+}
+
+impl HttpMapping {
+    /// A mapping; routes are kept longest prefix first.
+    pub fn new(
+        api_key_header: &str,
+        mut routes: Vec<Route>,
+        allow_unmapped: bool,
+        methods: HashMap<String, Action>,
+    ) -> Self {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let methods = methods.into_iter().map(|(m, a)| (m.to_ascii_uppercase(), a)).collect();
+        HttpMapping { api_key_header: api_key_header.to_ascii_lowercase(), routes, allow_unmapped, methods }
+    }
+
+    /// Maps a request: credential, then module (context extensions, else the route table),
+    /// then action.
+    pub fn map(&self, request: &HttpRequestView<'_>) -> Mapped {
+        let (module, tenant) = match self.route(request) {
+            Ok(Some(found)) => found,
+            Ok(None) if self.allow_unmapped => return Mapped::Unchecked,
+            Ok(None) => return Mapped::Refused(Unmapped::NoRoute),
+            Err(refused) => return Mapped::Refused(refused),
+        };
+        let Some(action) = self.methods.get(&request.method.to_ascii_uppercase()).copied() else {
+            return Mapped::Refused(Unmapped::UnknownMethod);
+        };
+        let Some(presented) = self.credential(request) else { return Mapped::Refused(Unmapped::NoCredential) };
+        Mapped::Check { presented, module, action, tenant }
+    }
+
+    fn route(&self, request: &HttpRequestView<'_>) -> Result<Option<(Module, Option<Tenant>)>, Unmapped> {
+        let tenant = match request.context.get("keyscope_tenant") {
+            Some(t) => Some(t.parse::<Tenant>().map_err(|_| Unmapped::BadRouteConfig)?),
+            None => None,
+        };
+        if let Some(module) = request.context.get("keyscope_module") {
+            return Ok(Some((module.parse().map_err(|_| Unmapped::BadRouteConfig)?, tenant)));
+        }
+        let path = request.path.split(['?', '#']).next().unwrap_or("");
+        Ok(self
+            .routes
+            .iter()
+            .find(|r| path.starts_with(&r.prefix))
+            .map(|r| (r.module.clone(), tenant.or_else(|| r.tenant.clone()))))
+    }
+
+    /// The credential: `authorization: Bearer`, then the API-key header, then HTTP Basic (key
+    /// id and secret as user and password, or the whole token as the password).
+    fn credential(&self, request: &HttpRequestView<'_>) -> Option<Presented> {
+        if let Some(value) = request.header("authorization") {
+            let (scheme, rest) = value.trim().split_once(' ')?;
+            let rest = rest.trim();
+            if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+                return Some(Presented::Token(rest.to_owned()));
+            }
+            if scheme.eq_ignore_ascii_case("basic") {
+                return basic(rest);
+            }
+        }
+        request
+            .header(&self.api_key_header)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| Presented::Token(v.trim().to_owned()))
+    }
+}
+
+fn basic(encoded: &str) -> Option<Presented> {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    if encoded.len() > 2 * limits::TOKEN_MAX {
+        return Some(Presented::Token(String::new()));
+    }
+    let decoded = STANDARD.decode(encoded).ok().and_then(|b| String::from_utf8(b).ok())?;
+    let (user, password) = decoded.split_once(':')?;
+    if user.is_empty() {
+        return Some(Presented::Token(password.to_owned()));
+    }
+    if password.contains('_') && password.len() > 40 {
+        // The whole token as the password (the user is then a label, ignored).
+        return Some(Presented::Token(password.to_owned()));
+    }
+    Some(Presented::Pair { key_id: user.to_owned(), secret: password.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, module: &str) -> Route {
+        Route { prefix: prefix.into(), module: module.parse().expect("module"), tenant: None }
+    }
+
+    fn mapping() -> HttpMapping {
+        HttpMapping::new(
+            "X-Api-Key",
+            vec![route("/api", "api"), route("/api/courses", "courses")],
+            false,
+            default_methods(),
+        )
+    }
+
+    fn map(method: &str, path: &str, headers: &[(&str, &str)], context: &[(&str, &str)]) -> Mapped {
+        let headers: HashMap<String, String> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let context: HashMap<String, String> = context.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        mapping().map(&HttpRequestView { method, path, headers: &headers, context: &context })
+    }
+
+    fn module_of(m: &Mapped) -> Option<&str> {
+        match m {
+            Mapped::Check { module, .. } => Some(module.as_str()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_longest_prefix_wins_and_the_query_never_matches() {
+        let auth = [("authorization", "Bearer t")];
+        assert_eq!(module_of(&map("GET", "/api/courses/1", &auth, &[])), Some("courses"));
+        assert_eq!(module_of(&map("GET", "/api/other", &auth, &[])), Some("api"));
+        assert_eq!(map("GET", "/elsewhere?x=/api/courses", &auth, &[]), Mapped::Refused(Unmapped::NoRoute));
+    }
+
+    #[test]
+    fn context_extensions_take_precedence_over_the_route_table() {
+        let auth = [("authorization", "Bearer t")];
+        let mapped =
+            map("POST", "/api/courses", &auth, &[("keyscope_module", "billing.invoices"), ("keyscope_tenant", "acme")]);
+        assert!(
+            matches!(&mapped, Mapped::Check { module, action: Action::Create, tenant: Some(tenant), .. }
+                if module.as_str() == "billing.invoices" && tenant.as_str() == "acme"),
+            "{mapped:?}"
+        );
+        assert_eq!(
+            map("GET", "/x", &auth, &[("keyscope_module", "Bad Module")]),
+            Mapped::Refused(Unmapped::BadRouteConfig)
+        );
+    }
+
+    #[test]
+    fn every_credential_form_is_read() {
+        let bearer = map("GET", "/api", &[("Authorization", "bearer ks_tok")], &[]);
+        assert!(matches!(bearer, Mapped::Check { presented: Presented::Token(ref t), .. } if t == "ks_tok"));
+        let header = map("GET", "/api", &[("x-api-key", " ks_tok ")], &[]);
+        assert!(matches!(header, Mapped::Check { presented: Presented::Token(ref t), .. } if t == "ks_tok"));
+        use base64::{Engine as _, engine::general_purpose::STANDARD};
+        let pair = STANDARD.encode("abcdefghijABCDEFGHIJ:secretpart");
+        let basic = map("GET", "/api", &[("authorization", &format!("Basic {pair}"))], &[]);
+        assert!(
+            matches!(basic, Mapped::Check { presented: Presented::Pair { ref key_id, .. }, .. } if key_id == "abcdefghijABCDEFGHIJ")
+        );
+        let token = STANDARD.encode(":ks_whole");
+        let basic = map("GET", "/api", &[("authorization", &format!("Basic {token}"))], &[]);
+        assert!(matches!(basic, Mapped::Check { presented: Presented::Token(ref t), .. } if t == "ks_whole"));
+        assert_eq!(map("GET", "/api", &[], &[]), Mapped::Refused(Unmapped::NoCredential));
+        assert_eq!(map("GET", "/api", &[("authorization", "Digest x")], &[]), Mapped::Refused(Unmapped::NoCredential));
+    }
+
+    #[test]
+    fn methods_map_to_actions_and_unknown_ones_are_refused() {
+        let auth = [("authorization", "Bearer t")];
+        for (method, action) in
+            [("get", Action::Read), ("HEAD", Action::Read), ("PATCH", Action::Update), ("DELETE", Action::Delete)]
+        {
+            assert!(
+                matches!(map(method, "/api", &auth, &[]), Mapped::Check { action: a, .. } if a == action),
+                "{method}"
+            );
+        }
+        assert_eq!(map("TRACE", "/api", &auth, &[]), Mapped::Refused(Unmapped::UnknownMethod));
+    }
+}

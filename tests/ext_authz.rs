@@ -1,0 +1,220 @@
+//! Envoy's `envoy.service.auth.v3.Authorization/Check` over a real socket, with a client built
+//! from envoy-types' stubs: the public decision cases, every credential form, denial statuses
+//! and bodies, header spoofing, unmapped routes, unknown methods and malformed requests.
+
+#![allow(clippy::panic)] // tests fail by panicking
+
+mod common;
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
+use std::collections::HashMap;
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use common::TestServer;
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, attribute_context, authorization_client::AuthorizationClient,
+    check_response::HttpResponse,
+};
+use keyscope::grpc::pb;
+
+const ACME: &str = "acme";
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)], context: &[(&str, &str)]) -> CheckRequest {
+    let http = attribute_context::HttpRequest {
+        method: method.into(),
+        path: path.into(),
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
+            context_extensions: context.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn ask(server: &TestServer, request: CheckRequest) -> CheckResponse {
+    AuthorizationClient::new(server.channel()).check(request).await.expect("ext_authz check").into_inner()
+}
+
+fn code(r: &CheckResponse) -> i32 {
+    r.status.as_ref().expect("the status is always set explicitly").code
+}
+
+/// (HTTP status, body JSON, headers) of a denial.
+fn denial(r: &CheckResponse) -> (i32, serde_json::Value, HashMap<String, String>) {
+    let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else { panic!("expected a denial, got {r:?}") };
+    let headers = d
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
+        .collect();
+    let body = serde_json::from_str(&d.body).expect("a JSON body");
+    (d.status.as_ref().map_or(0, |s| s.code), body, headers)
+}
+
+/// (headers set, headers removed) of an allow.
+fn allowed(r: &CheckResponse) -> (HashMap<String, String>, Vec<String>) {
+    assert_eq!(code(r), 0, "{r:?}");
+    let Some(HttpResponse::OkResponse(ok)) = &r.http_response else { panic!("expected an OK response, got {r:?}") };
+    let set = ok.headers.iter().filter_map(|h| h.header.as_ref()).map(|h| (h.key.clone(), h.value.clone())).collect();
+    (set, ok.headers_to_remove.clone())
+}
+
+fn method_of(action: &str) -> &'static str {
+    match action {
+        "create" => "POST",
+        "read" => "GET",
+        "update" => "PUT",
+        _ => "DELETE",
+    }
+}
+
+#[tokio::test]
+async fn decision_cases_hold_through_ext_authz() {
+    let server = TestServer::start().await;
+    for (i, case) in fixtures::load().iter().enumerate() {
+        let tenant = format!("envoy-{i}");
+        let mut ids = Vec::new();
+        for s in &case.scopes {
+            let [create, read, update, delete] = s.patterns();
+            let mode = if s.mode == "deny" { pb::ScopeMode::Deny } else { pb::ScopeMode::Allow };
+            let rules = pb::Rules { create, read, update, delete };
+            ids.push(server.scope(&tenant, &format!("f-{}", s.id), mode, rules).await.id);
+        }
+        let token = if ids.is_empty() {
+            let placeholder =
+                server.scope(&tenant, "placeholder", pb::ScopeMode::Allow, common::read_rules(&["*"])).await;
+            let (_, token) = server.key(&tenant, &[&placeholder.id]).await;
+            let delete = pb::DeleteScopeRequest { tenant: tenant.clone(), id: placeholder.id, force: true, version: 0 };
+            server.scopes().delete_scope(delete).await.expect("forced delete");
+            token
+        } else {
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            server.key(&tenant, &refs).await.1
+        };
+        let bearer = format!("Bearer {token}");
+        let r = ask(
+            &server,
+            request(
+                method_of(&case.check.action),
+                "/any",
+                &[("authorization", &bearer)],
+                &[("keyscope_module", &case.check.module)],
+            ),
+        )
+        .await;
+        if case.expect.allowed {
+            let (set, _) = allowed(&r);
+            assert_eq!(set.get("x-keyscope-tenant"), Some(&tenant), "{}", case.name);
+        } else {
+            let (status, body, _) = denial(&r);
+            assert_eq!(status, 403, "{}", case.name);
+            assert_eq!(body["reason"], case.expect.reason.as_str(), "{}", case.name);
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_credential_form_is_accepted_and_missing_or_bad_ones_are_401() {
+    let server = TestServer::start().await;
+    let (key, token) = server.key(ACME, &["read-only"]).await;
+    let (_, secret) = token.rsplit_once('_').expect("token parts");
+    let module = [("keyscope_module", "courses")];
+    let pair = format!("Basic {}", STANDARD.encode(format!("{}:{secret}", key.id)));
+    let whole = format!("Basic {}", STANDARD.encode(format!(":{token}")));
+    let bearer = format!("Bearer {token}");
+    for headers in [
+        vec![("authorization", bearer.as_str())],
+        vec![("Authorization", bearer.as_str())],
+        vec![("x-api-key", token.as_str())],
+        vec![("X-API-KEY", token.as_str())],
+        vec![("authorization", pair.as_str())],
+        vec![("authorization", whole.as_str())],
+    ] {
+        let (set, _) = allowed(&ask(&server, request("GET", "/courses", &headers, &module)).await);
+        assert_eq!(set.get("x-keyscope-key-id"), Some(&key.id), "{headers:?}");
+    }
+    let missing = ask(&server, request("GET", "/courses", &[], &module)).await;
+    let (status, body, headers) = denial(&missing);
+    assert_eq!((status, body["reason"].as_str()), (401, Some("MISSING_CREDENTIAL")));
+    assert!(headers.get("www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
+    assert_eq!(headers.get("content-type").map(String::as_str), Some("application/json"));
+    let garbage = ask(&server, request("GET", "/courses", &[("authorization", "Bearer nonsense")], &module)).await;
+    let (status, body, headers) = denial(&garbage);
+    assert_eq!((status, body["reason"].as_str()), (401, Some("MALFORMED_CREDENTIAL")));
+    assert!(headers["www-authenticate"].contains("invalid_token"));
+    assert_ne!(code(&garbage), 0, "a denial never carries an OK status");
+    // Revoked: 401; a scope denial: 403; no secret in any body.
+    server
+        .keys()
+        .revoke_key(pb::KeyStateRequest { tenant: ACME.into(), id: key.id.clone(), version: 0 })
+        .await
+        .expect("revoke");
+    let revoked = ask(&server, request("GET", "/courses", &[("authorization", &bearer)], &module)).await;
+    let (status, body, _) = denial(&revoked);
+    assert_eq!((status, body["reason"].as_str()), (401, Some("KEY_REVOKED")));
+    assert!(!body.to_string().contains(secret));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn clients_cannot_spoof_identity_headers() {
+    let server = TestServer::start().await;
+    let (key, token) = server.key(ACME, &["read-only"]).await;
+    let bearer = format!("Bearer {token}");
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("x-keyscope-key-id", "forged"),
+        ("x-keyscope-owner", "root"),
+        ("x-keyscope-admin", "1"),
+    ];
+    let r = ask(&server, request("GET", "/courses", &headers, &[("keyscope_module", "courses")])).await;
+    let (set, removed) = allowed(&r);
+    assert_eq!(set.get("x-keyscope-key-id"), Some(&key.id), "overwritten with the real key id");
+    assert!(removed.iter().any(|h| h == "x-keyscope-owner"), "the key has no owner: the forged one is removed");
+    assert!(removed.iter().any(|h| h == "x-keyscope-admin"), "unknown x-keyscope-* headers are removed");
+    let fields = &r.dynamic_metadata.as_ref().expect("metadata for the access log").fields;
+    assert!(fields.contains_key("key_id") && fields.contains_key("module") && fields.contains_key("reason"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unmapped_routes_unknown_methods_and_malformed_requests_are_denied() {
+    let server = TestServer::start().await;
+    let (_, token) = server.key(ACME, &["full-access"]).await;
+    let bearer = format!("Bearer {token}");
+    let auth = [("authorization", bearer.as_str())];
+    let unmapped = denial(&ask(&server, request("GET", "/courses", &auth, &[])).await);
+    assert_eq!((unmapped.0, unmapped.1["reason"].as_str()), (403, Some("UNMAPPED_ROUTE")));
+    let method = denial(&ask(&server, request("TRACE", "/x", &auth, &[("keyscope_module", "courses")])).await);
+    assert_eq!((method.0, method.1["reason"].as_str()), (403, Some("UNKNOWN_METHOD")));
+    let bad_route = denial(&ask(&server, request("GET", "/x", &auth, &[("keyscope_module", "Not A Module")])).await);
+    assert_eq!(bad_route.1["reason"], "BAD_ROUTE_CONFIG");
+    let empty = denial(&ask(&server, CheckRequest { attributes: None }).await);
+    assert_eq!((empty.0, empty.1["reason"].as_str()), (403, Some("NO_HTTP_ATTRIBUTES")));
+    let huge = "x".repeat(100_000);
+    let odd_path = "/\u{0}\u{7f}%ff/../../courses?x=\u{fffd}";
+    let garbage_token = format!("Bearer {huge}");
+    for r in [
+        request("GET", odd_path, &auth, &[("keyscope_module", "courses")]),
+        request("GET", "/x", &[("authorization", garbage_token.as_str())], &[("keyscope_module", "courses")]),
+        request(
+            "GET",
+            "/x",
+            &[("x-huge", huge.as_str()), ("authorization", bearer.as_str())],
+            &[("keyscope_module", "courses")],
+        ),
+    ] {
+        let answer = ask(&server, r).await;
+        assert!(answer.status.is_some(), "always an explicit status");
+    }
+    let ok = ask(&server, request("GET", odd_path, &auth, &[("keyscope_module", "courses")])).await;
+    allowed(&ok);
+    server.stop().await;
+}
