@@ -9,7 +9,9 @@ use serde::Deserialize;
 use crate::{
     cache::CacheSettings,
     domain::{Pepper, TokenFormat},
+    grpc::{ExtAuthzSettings, IdentityHeaders},
     service::{Builtins, Preset, Quotas},
+    service::{HttpMapping, Route, default_methods},
     store::RedisOptions,
 };
 
@@ -50,6 +52,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Each replica's cache (Redis store only).
     pub cache: CacheConfig,
+    /// Envoy ext_authz: how HTTP requests map to checks.
+    pub ext_authz: ExtAuthzConfig,
     /// Locked preset scopes added to every tenant.
     pub presets: Vec<Preset>,
     /// Log output.
@@ -192,6 +196,124 @@ impl Default for CacheConfig {
     }
 }
 
+/// `ext_authz.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtAuthzConfig {
+    /// Header carrying a whole token (matched case-insensitively).
+    pub api_key_header: String,
+    /// Path prefix -> module (and tenant); the longest prefix wins. Routes with
+    /// `keyscope_module` in their context_extensions need no entry.
+    pub routes: Vec<RouteConfig>,
+    /// Let requests that no route maps through unchecked (default: denied with 403).
+    pub allow_unmapped: bool,
+    /// HTTP method -> action (`create`, `read`, `update`, `delete`); replaces the default map.
+    pub methods: Option<std::collections::BTreeMap<String, String>>,
+    /// Header names set for the upstream on an allowed request.
+    pub identity_headers: IdentityHeaderConfig,
+    /// Remove `authorization` and the API-key header before the request goes upstream.
+    pub strip_credential: bool,
+}
+
+impl Default for ExtAuthzConfig {
+    fn default() -> Self {
+        ExtAuthzConfig {
+            api_key_header: "x-api-key".into(),
+            routes: Vec::new(),
+            allow_unmapped: false,
+            methods: None,
+            identity_headers: IdentityHeaderConfig::default(),
+            strip_credential: false,
+        }
+    }
+}
+
+/// One `ext_authz.routes` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path prefix, starting with `/`.
+    pub prefix: String,
+    /// Module the prefix maps to.
+    pub module: String,
+    /// Tenant the key must belong to, if any.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// `ext_authz.identity_headers.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityHeaderConfig {
+    /// Default `x-keyscope-key-id`.
+    pub key_id: String,
+    /// Default `x-keyscope-tenant`.
+    pub tenant: String,
+    /// Default `x-keyscope-owner`.
+    pub owner: String,
+}
+
+impl Default for IdentityHeaderConfig {
+    fn default() -> Self {
+        let d = IdentityHeaders::default();
+        IdentityHeaderConfig { key_id: d.key_id, tenant: d.tenant, owner: d.owner }
+    }
+}
+
+impl ExtAuthzConfig {
+    fn validate(&self) -> Result<ExtAuthzSettings, ConfigError> {
+        let header_ok =
+            |h: &str| !h.is_empty() && h.len() <= 64 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !header_ok(&self.api_key_header) {
+            return Err(bad("ext_authz.api_key_header", "must be a header name [A-Za-z0-9-]{1,64}"));
+        }
+        let i = &self.identity_headers;
+        for (key, name) in [("key_id", &i.key_id), ("tenant", &i.tenant), ("owner", &i.owner)] {
+            if !header_ok(name) {
+                return Err(bad(
+                    &format!("ext_authz.identity_headers.{key}"),
+                    "must be a header name [A-Za-z0-9-]{1,64}",
+                ));
+            }
+        }
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (n, r) in self.routes.iter().enumerate() {
+            let at = |field: &str| format!("ext_authz.routes[{n}].{field}");
+            if !r.prefix.starts_with('/') {
+                return Err(bad(&at("prefix"), "must start with `/`"));
+            }
+            let module = r.module.parse().map_err(|p: crate::domain::Problem| bad(&at("module"), p.0))?;
+            let tenant = match &r.tenant {
+                Some(t) => Some(t.parse().map_err(|p: crate::domain::Problem| bad(&at("tenant"), p.0))?),
+                None => None,
+            };
+            routes.push(Route { prefix: r.prefix.clone(), module, tenant });
+        }
+        let methods = match &self.methods {
+            None => default_methods(),
+            Some(map) => {
+                let mut methods = std::collections::HashMap::new();
+                for (method, action) in map {
+                    let action = action
+                        .parse()
+                        .map_err(|p: crate::domain::Problem| bad(&format!("ext_authz.methods.{method}"), p.0))?;
+                    methods.insert(method.clone(), action);
+                }
+                methods
+            }
+        };
+        Ok(ExtAuthzSettings {
+            mapping: HttpMapping::new(&self.api_key_header, routes, self.allow_unmapped, methods),
+            identity: IdentityHeaders {
+                key_id: i.key_id.to_ascii_lowercase(),
+                tenant: i.tenant.to_ascii_lowercase(),
+                owner: i.owner.to_ascii_lowercase(),
+            },
+            strip_credential: self.strip_credential,
+        })
+    }
+}
+
 /// `log.*`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -237,6 +359,8 @@ pub struct Validated {
     pub redis: Option<RedisOptions>,
     /// The cache in front of Redis.
     pub cache: CacheSettings,
+    /// Envoy ext_authz settings.
+    pub ext_authz: ExtAuthzSettings,
     /// Builtins and presets.
     pub builtins: Builtins,
     /// Quotas.
@@ -354,7 +478,8 @@ impl Settings {
             time_to_live: std::time::Duration::from_millis(c.ttl_ms),
             negative_ttl: std::time::Duration::from_millis(c.negative_ttl_ms),
         };
-        Ok(Validated { grpc_addr, http_addr, tokens, pepper, dev_pepper, redis, cache, builtins, quotas })
+        let ext_authz = self.ext_authz.validate()?;
+        Ok(Validated { grpc_addr, http_addr, tokens, pepper, dev_pepper, redis, cache, ext_authz, builtins, quotas })
     }
 }
 
@@ -381,6 +506,23 @@ mod tests {
         s.bootstrap.admin_token = Some(SecretString("ks_not_a_token_but_secret".into()));
         let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.starts_with("config: bootstrap.admin_token:") && !e.contains("not_a_token_but_secret"), "{e}");
+    }
+
+    #[test]
+    fn ext_authz_routes_and_methods_are_validated() {
+        let mut s = Settings::default();
+        s.ext_authz.routes = vec![RouteConfig { prefix: "/api".into(), module: "Bad Module".into(), tenant: None }];
+        let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("config: ext_authz.routes[0].module:"), "{e}");
+        let mut s = Settings::default();
+        s.ext_authz.routes = vec![RouteConfig { prefix: "api".into(), module: "api".into(), tenant: None }];
+        assert!(s.validate().err().is_some_and(|e| e.to_string().contains("ext_authz.routes[0].prefix")));
+        let mut s = Settings::default();
+        s.ext_authz.methods = Some([("GET".to_owned(), "fetch".to_owned())].into_iter().collect());
+        assert!(s.validate().err().is_some_and(|e| e.to_string().contains("ext_authz.methods.GET")));
+        let mut s = Settings::default();
+        s.ext_authz.identity_headers.owner = "bad header".into();
+        assert!(s.validate().err().is_some_and(|e| e.to_string().contains("ext_authz.identity_headers.owner")));
     }
 
     #[test]

@@ -246,7 +246,7 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
     announce(outcome, settings.bootstrap.token_file.as_deref()).await?;
     let store = if validated.redis.is_some() { "redis" } else { "memory" };
     tracing::info!(addr = %local, store, "keyscope serving gRPC");
-    serve(listener, core, shutdown_signal()).await?;
+    serve_with(listener, core, validated.ext_authz.clone(), shutdown_signal()).await?;
     tracing::info!("keyscope stopped");
     Ok(())
 }

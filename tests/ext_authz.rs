@@ -218,3 +218,42 @@ async fn unmapped_routes_unknown_methods_and_malformed_requests_are_denied() {
     allowed(&ok);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_route_table_maps_paths_by_longest_prefix_and_context_extensions_win() {
+    use keyscope::{
+        grpc::{ExtAuthzSettings, IdentityHeaders},
+        service::{HttpMapping, Route, default_methods},
+    };
+    let routes = vec![
+        Route { prefix: "/api".into(), module: "api".parse().expect("module"), tenant: None },
+        Route { prefix: "/api/billing".into(), module: "billing".parse().expect("module"), tenant: None },
+    ];
+    let settings = ExtAuthzSettings {
+        mapping: HttpMapping::new("x-api-key", routes, false, default_methods()),
+        identity: IdentityHeaders::default(),
+        strip_credential: true,
+    };
+    let server = TestServer::start_with_ext_authz(settings).await;
+    let scope = server.scope(ACME, "billing only", pb::ScopeMode::Allow, common::read_rules(&["billing"])).await;
+    let (_, token) = server.key(ACME, &[&scope.id]).await;
+    let key_header = [("x-api-key", token.as_str())];
+    // Longest prefix: /api/billing -> billing (granted); the query is never matched.
+    let (_, removed) = allowed(&ask(&server, request("GET", "/api/billing/invoices?x=/api", &key_header, &[])).await);
+    assert!(removed.iter().any(|h| h == "x-api-key"), "strip_credential removes the credential header");
+    // /api -> api (not granted): 403.
+    let other = denial(&ask(&server, request("GET", "/api/courses", &key_header, &[])).await);
+    assert_eq!((other.0, other.1["reason"].as_str()), (403, Some("NOT_GRANTED")));
+    // context_extensions win over the table.
+    allowed(&ask(&server, request("GET", "/api/courses", &key_header, &[("keyscope_module", "billing")])).await);
+    // A route's tenant must be the key's.
+    let wrong = denial(
+        &ask(
+            &server,
+            request("GET", "/x", &key_header, &[("keyscope_module", "billing"), ("keyscope_tenant", "globex")]),
+        )
+        .await,
+    );
+    assert_eq!((wrong.0, wrong.1["reason"].as_str()), (403, Some("TENANT_MISMATCH")));
+    server.stop().await;
+}

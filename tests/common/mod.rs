@@ -11,6 +11,7 @@ use std::{
 use keyscope::{
     cache::{CacheSettings, CachedStore},
     domain::{Pepper, TokenFormat},
+    grpc::ExtAuthzSettings,
     grpc::pb::{
         self, checker_client::CheckerClient, key_admin_client::KeyAdminClient, scope_admin_client::ScopeAdminClient,
     },
@@ -78,7 +79,12 @@ impl TestServer {
 
     /// Starts a server on `store` with the given presets.
     pub async fn start_with(store: Arc<dyn Store>, presets: &[Preset]) -> TestServer {
-        Self::launch(store, presets, None).await
+        Self::launch(store, presets, None, ExtAuthzSettings::default()).await
+    }
+
+    /// Starts a server on the memory store with these ext_authz settings.
+    pub async fn start_with_ext_authz(ext_authz: ExtAuthzSettings) -> TestServer {
+        Self::launch(Arc::new(MemoryStore::new()), &[], None, ext_authz).await
     }
 
     /// Starts a replica on Redis at `url` under `prefix`, with its cache following the change
@@ -111,13 +117,18 @@ impl TestServer {
         let redis = RedisStore::connect(options).await.expect("connect to the test redis");
         let cached = CachedStore::new(Arc::new(redis.clone()), cache);
         let feed = redis.follow_changes(cached.sink()).await.expect("follow the change feed");
-        let mut server = Self::launch(Arc::new(cached.clone()), &[], admin_token).await;
+        let mut server = Self::launch(Arc::new(cached.clone()), &[], admin_token, ExtAuthzSettings::default()).await;
         server.cache = Some(cached);
         server.feed = Some(feed);
         server
     }
 
-    async fn launch(store: Arc<dyn Store>, presets: &[Preset], admin_token: Option<&str>) -> TestServer {
+    async fn launch(
+        store: Arc<dyn Store>,
+        presets: &[Preset],
+        admin_token: Option<&str>,
+        ext_authz: ExtAuthzSettings,
+    ) -> TestServer {
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
         let core = Keyscope::new(
             store.clone(),
@@ -135,7 +146,7 @@ impl TestServer {
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            keyscope::server::serve(listener, Arc::new(core), async {
+            keyscope::server::serve_with(listener, Arc::new(core), ext_authz, async {
                 let _ = stopped.await;
             })
             .await
