@@ -6,7 +6,8 @@
 //! server with the same client, then at half the measured maximum rate), `miss` (Check with no
 //! replica cache, next to Redis's own round trip), `propagation` (RevokeKey on replica A until
 //! replica B denies), `scale` (1,000 vs 1,000,000 keys in Redis, 1 vs 32 scopes per key, and
-//! resident memory per cached key). Everything runs against 127.0.0.1 only, is bounded in
+//! resident memory per cached key), `envoy` (ext_authz Check next to the native Check).
+//! Everything runs against 127.0.0.1 only, is bounded in
 //! requests and time, and stops by itself. It starts its own `redis-server`.
 
 #![allow(clippy::panic, clippy::unwrap_used, missing_docs)]
@@ -57,7 +58,7 @@ fn args() -> Args {
         }
     }
     if args.scenarios.is_empty() {
-        args.scenarios = ["hit", "miss", "propagation", "scale"].map(String::from).to_vec();
+        args.scenarios = ["hit", "miss", "propagation", "scale", "envoy"].map(String::from).to_vec();
     }
     args
 }
@@ -98,6 +99,31 @@ impl Report {
 
 const HEADER: &str = "| run | checks/s | p50 ms | p90 ms | p99 ms | p99.9 ms | requests | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|";
 
+/// One kind of call the load generator makes.
+#[derive(Clone)]
+enum Call {
+    /// `keyscope.v1.Checker/Check`.
+    Native(pb::CheckRequest),
+    /// `envoy.service.auth.v3.Authorization/Check`.
+    Envoy(Box<envoy_types::pb::envoy::service::auth::v3::CheckRequest>),
+}
+
+impl Call {
+    async fn once(&self, channel: &Channel) -> bool {
+        match self {
+            Call::Native(request) => CheckerClient::new(channel.clone()).check(request.clone()).await.is_ok(),
+            Call::Envoy(request) => {
+                envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
+                    channel.clone(),
+                )
+                .check(request.as_ref().clone())
+                .await
+                .is_ok_and(|r| r.into_inner().status.is_some_and(|s| s.code == 0))
+            }
+        }
+    }
+}
+
 /// Drives `Check` with `concurrency` workers until `duration` or `requests`; with `rate`,
 /// paces the workers to that many requests per second in total (open loop per worker).
 async fn drive(
@@ -108,12 +134,23 @@ async fn drive(
     requests: u64,
     rate: Option<f64>,
 ) -> Report {
+    drive_call(channel, Call::Native(request), concurrency, duration, requests, rate).await
+}
+
+async fn drive_call(
+    channel: Channel,
+    call: Call,
+    concurrency: usize,
+    duration: Duration,
+    requests: u64,
+    rate: Option<f64>,
+) -> Report {
     let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let mut client = CheckerClient::new(channel.clone());
-        let request = request.clone();
+        let channel = channel.clone();
+        let call = call.clone();
         let sent = sent.clone();
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -128,9 +165,10 @@ async fn drive(
                     t.tick().await;
                 }
                 let t0 = Instant::now();
-                match client.check(request.clone()).await {
-                    Ok(_) => latencies.push(t0.elapsed().as_micros() as u64),
-                    Err(_) => errors += 1,
+                if call.once(&channel).await {
+                    latencies.push(t0.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
                 }
             }
             (latencies, errors)
@@ -290,6 +328,44 @@ async fn hit(redis: &RedisServer, a: &Args) {
     println!("\nthroughput ratio keyscope / no-op: {:.2}", ks.throughput() / base.throughput());
     let stats = r.cache.as_ref().unwrap().stats();
     println!("cache: {} hits, {} misses", stats.hits, stats.misses);
+}
+
+async fn envoy(redis: &RedisServer, a: &Args) {
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
+    println!(
+        "\n## envoy: ext_authz Check next to the native Check, cache hit (concurrency {}, {:?} each)\n",
+        a.concurrency, a.duration
+    );
+    let r = replica(&redis.url(), "bench-envoy", true).await;
+    let caller = admin(&r.core).await;
+    let token = key_with_scopes(&r.core, &caller, 1).await;
+    let native = Call::Native(check_request(&token));
+    let http = attribute_context::HttpRequest {
+        method: "GET".into(),
+        path: "/api/courses/42".into(),
+        headers: [
+            ("authorization".to_owned(), format!("Bearer {token}")),
+            ("x-request-id".to_owned(), "bench".to_owned()),
+        ]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    };
+    let envoy = Call::Envoy(Box::new(CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
+            context_extensions: [("keyscope_module".to_owned(), "courses".to_owned())].into_iter().collect(),
+            ..Default::default()
+        }),
+    }));
+    drive_call(r.channel.clone(), native.clone(), a.concurrency, Duration::from_secs(1), a.requests, None).await;
+    drive_call(r.channel.clone(), envoy.clone(), a.concurrency, Duration::from_secs(1), a.requests, None).await;
+    let n = drive_call(r.channel.clone(), native, a.concurrency, a.duration, a.requests, None).await;
+    let e = drive_call(r.channel.clone(), envoy, a.concurrency, a.duration, a.requests, None).await;
+    println!("{HEADER}");
+    println!("{}", n.line("keyscope.v1.Checker/Check"));
+    println!("{}", e.line("envoy.service.auth.v3.Authorization/Check"));
+    println!("\nthroughput ratio ext_authz / native: {:.2}", e.throughput() / n.throughput());
 }
 
 async fn redis_rtt(redis: &RedisStore, n: usize) -> Report {
@@ -500,6 +576,7 @@ fn main() {
                 "miss" => miss(&redis, &a).await,
                 "propagation" => propagation(&redis).await,
                 "scale" => scale(&redis, &a).await,
+                "envoy" => envoy(&redis, &a).await,
                 other => panic!("unknown scenario {other}"),
             }
         }

@@ -5,7 +5,7 @@
 //! a JSON body. When no decision can be made the call fails with `UNAVAILABLE`, so Envoy's
 //! `failure_mode_allow` / `status_on_error` apply.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use envoy_types::{
     ext_authz::v3::{
@@ -71,20 +71,21 @@ impl ExtAuthzService {
 /// Prefix of the headers a client must never be able to send upstream itself.
 const RESERVED_HEADER_PREFIX: &str = "x-keyscope-";
 
-/// The request's headers, lowercase, from `headers` and `header_map` together.
+/// The request's headers, from `headers` and `header_map` together. Envoy sends lowercase
+/// names; lookups fall back to a case-insensitive match. Borrowed when there is no
+/// `header_map` (the usual case), so the hot path copies nothing.
 fn collect_headers(
     http: &envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
-) -> HashMap<String, String> {
+) -> Cow<'_, HashMap<String, String>> {
+    let Some(map) = &http.header_map else { return Cow::Borrowed(&http.headers) };
     let mut headers: HashMap<String, String> =
         http.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
-    if let Some(map) = &http.header_map {
-        for h in &map.headers {
-            let value =
-                if h.value.is_empty() { String::from_utf8_lossy(&h.raw_value).into_owned() } else { h.value.clone() };
-            headers.entry(h.key.to_ascii_lowercase()).or_insert(value);
-        }
+    for h in &map.headers {
+        let value =
+            if h.value.is_empty() { String::from_utf8_lossy(&h.raw_value).into_owned() } else { h.value.clone() };
+        headers.entry(h.key.to_ascii_lowercase()).or_insert(value);
     }
-    headers
+    Cow::Owned(headers)
 }
 
 fn text(value: &str) -> Value {
@@ -211,10 +212,13 @@ impl Authorization for ExtAuthzService {
             Mapped::Unchecked => self.allowed(&headers, None),
             Mapped::Refused(why) => denied(why.as_str(), unmapped_message(why)),
             Mapped::Check { presented, module, action, tenant } => {
-                let answer = self.core.check(&presented, tenant.as_ref(), &module, action, true).await?;
+                // The message is only needed for a denial's body: an allowed check skips it.
+                let mut answer = self.core.check(&presented, tenant.as_ref(), &module, action, false).await?;
                 if answer.allowed() {
                     self.allowed(&headers, Some((&answer, module.as_str(), action)))
                 } else {
+                    answer.message =
+                        self.core.explain_denial(&presented, tenant.as_ref(), &module, action, &answer).await?;
                     let mut response = denied(answer.reason.as_str(), &answer.message);
                     let key_id = answer.key_id.as_ref().map(ToString::to_string).unwrap_or_default();
                     let fields = [

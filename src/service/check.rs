@@ -201,6 +201,20 @@ impl Keyscope {
         Ok(answer)
     }
 
+    /// The message of a denial answered without `explain`: decided again with it (denials are
+    /// the rare path), falling back to the reason's own words if the second answer differs.
+    pub async fn explain_denial(
+        &self,
+        presented: &Presented,
+        tenant: Option<&Tenant>,
+        module: &Module,
+        action: Action,
+        answer: &CheckAnswer,
+    ) -> Result<String, ServiceError> {
+        let explained = self.check(presented, tenant, module, action, true).await?;
+        if explained.reason == answer.reason { Ok(explained.message) } else { Ok(refusal_message(answer.reason)) }
+    }
+
     /// Answers several checks for one credential, resolved once, in one `batch_check` span.
     pub async fn batch_check(
         &self,
