@@ -176,3 +176,37 @@ async fn a_store_written_by_another_schema_version_is_refused_at_start() {
     let refused = keyscope::store::RedisStore::connect(options).await.expect_err("another schema version");
     assert!(refused.to_string().contains("schema version 999"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_authz_fails_with_unavailable_when_no_decision_can_be_made() {
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, attribute_context, authorization_client::AuthorizationClient,
+    };
+    let redis = RedisServer::start();
+    let (server, cached, uncached) = setup(&redis).await;
+    let ask = |token: &str| {
+        let http = attribute_context::HttpRequest {
+            method: "GET".into(),
+            path: "/courses".into(),
+            headers: [("authorization".to_owned(), format!("Bearer {token}"))].into_iter().collect(),
+            ..Default::default()
+        };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
+                context_extensions: [("keyscope_module".to_owned(), "courses".to_owned())].into_iter().collect(),
+                ..Default::default()
+            }),
+        }
+    };
+    let mut envoy = AuthorizationClient::new(server.channel());
+    redis.pause();
+    // A cached key is still decided; an uncached one is a gRPC error, so Envoy's
+    // failure_mode_allow / status_on_error apply (never an allow).
+    let hot = envoy.check(ask(&cached)).await.expect("decided from the cache").into_inner();
+    assert_eq!(hot.status.map(|s| s.code), Some(0));
+    let cold = envoy.check(ask(&uncached)).await;
+    assert_eq!(cold.expect_err("no decision possible").code(), Code::Unavailable);
+    redis.resume();
+    server.stop().await;
+}
