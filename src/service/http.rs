@@ -167,14 +167,15 @@ impl HttpMapping {
     /// The credential: `authorization: Bearer`, then the API-key header, then HTTP Basic (key
     /// id and secret as user and password, or the whole token as the password).
     fn credential(&self, request: &HttpRequestView<'_>) -> Option<Presented> {
-        if let Some(value) = request.header("authorization") {
-            let (scheme, rest) = value.trim().split_once(' ')?;
+        if let Some((scheme, rest)) = request.header("authorization").and_then(|v| v.trim().split_once(' ')) {
             let rest = rest.trim();
             if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
                 return Some(Presented::Token(rest.to_owned()));
             }
             if scheme.eq_ignore_ascii_case("basic") {
-                return basic(rest);
+                if let Some(found) = basic(rest) {
+                    return Some(found);
+                }
             }
         }
         request
@@ -272,6 +273,9 @@ mod tests {
         assert!(matches!(basic, Mapped::Check { presented: Presented::Token(ref t), .. } if t == "ks_whole"));
         assert_eq!(map("GET", "/api", &[], &[]), Mapped::Refused(Unmapped::NoCredential));
         assert_eq!(map("GET", "/api", &[("authorization", "Digest x")], &[]), Mapped::Refused(Unmapped::NoCredential));
+        // An authorization header of another scheme does not hide the API-key header.
+        let both = map("GET", "/api", &[("authorization", "Digest x"), ("x-api-key", "ks_tok")], &[]);
+        assert!(matches!(both, Mapped::Check { presented: Presented::Token(ref t), .. } if t == "ks_tok"));
     }
 
     #[test]
