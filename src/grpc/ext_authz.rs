@@ -88,8 +88,10 @@ fn collect_headers(
     Cow::Owned(headers)
 }
 
-fn text(value: &str) -> Value {
-    Value { kind: Some(Kind::StringValue(value.to_owned())) }
+/// `dynamic_metadata` for Envoy's access log: string fields.
+fn metadata(fields: &[(&str, &str)]) -> Struct {
+    let text = |v: &str| Value { kind: Some(Kind::StringValue(v.to_owned())) };
+    Struct { fields: fields.iter().map(|(k, v)| ((*k).to_owned(), text(v))).collect() }
 }
 
 /// 401 for credential problems, 403 for everything else.
@@ -188,8 +190,7 @@ impl ExtAuthzService {
                 ("action", action.as_str()),
                 ("reason", answer.reason.as_str()),
             ];
-            let metadata = Struct { fields: fields.iter().map(|(k, v)| (k.to_string(), text(v))).collect() };
-            response.set_dynamic_metadata(Some(metadata));
+            response.set_dynamic_metadata(Some(metadata(&fields)));
         }
         response.set_http_response(http);
         response
@@ -227,9 +228,7 @@ impl Authorization for ExtAuthzService {
                         ("action", action.as_str()),
                         ("reason", answer.reason.as_str()),
                     ];
-                    response.set_dynamic_metadata(Some(Struct {
-                        fields: fields.iter().map(|(k, v)| (k.to_string(), text(v))).collect(),
-                    }));
+                    response.set_dynamic_metadata(Some(metadata(&fields)));
                     response
                 }
             }

@@ -261,17 +261,7 @@ impl TestServer {
 
     /// Checks `token` for `module`/`action` with explain.
     pub async fn check(&self, token: &str, module: &str, action: pb::Action) -> pb::CheckResponse {
-        self.checker()
-            .check(pb::CheckRequest {
-                credential: Some(pb::check_request::Credential::Token(token.into())),
-                tenant: String::new(),
-                module: module.into(),
-                action: action.into(),
-                explain: true,
-            })
-            .await
-            .expect("check")
-            .into_inner()
+        self.try_check(token, module, action).await.expect("check")
     }
 }
 
