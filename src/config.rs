@@ -276,6 +276,18 @@ impl ExtAuthzConfig {
                 ));
             }
         }
+        let names = [&i.key_id, &i.tenant, &i.owner].map(|n| n.to_ascii_lowercase());
+        let api_key = self.api_key_header.to_ascii_lowercase();
+        for (n, name) in names.iter().enumerate() {
+            let clash =
+                names[..n].contains(name) || ["authorization", "host", api_key.as_str()].contains(&name.as_str());
+            if clash {
+                return Err(bad(
+                    "ext_authz.identity_headers",
+                    format!("`{name}` is used twice or is a credential or host header"),
+                ));
+            }
+        }
         let mut routes = Vec::with_capacity(self.routes.len());
         for (n, r) in self.routes.iter().enumerate() {
             let at = |field: &str| format!("ext_authz.routes[{n}].{field}");
@@ -523,6 +535,9 @@ mod tests {
         let mut s = Settings::default();
         s.ext_authz.identity_headers.owner = "bad header".into();
         assert!(s.validate().err().is_some_and(|e| e.to_string().contains("ext_authz.identity_headers.owner")));
+        let mut s = Settings::default();
+        s.ext_authz.identity_headers.owner = "X-Api-Key".into();
+        assert!(s.validate().err().is_some_and(|e| e.to_string().contains("ext_authz.identity_headers")));
     }
 
     #[test]

@@ -144,6 +144,7 @@ fn unmapped_message(why: Unmapped) -> &'static str {
         Unmapped::NoRoute => "no keyscope module is configured for this route",
         Unmapped::UnknownMethod => "the request method maps to no action",
         Unmapped::BadRouteConfig => "the route's keyscope_module or keyscope_tenant is invalid",
+        Unmapped::UnsafePath => "the path has dot segments, empty segments or encoded separators",
     }
 }
 
@@ -154,18 +155,31 @@ impl ExtAuthzService {
         answer: Option<(&CheckAnswer, &str, Action)>,
     ) -> CheckResponse {
         let identity = &self.settings.identity;
-        let ours = [&identity.key_id, &identity.tenant, &identity.owner];
         let mut http = OkHttpResponseBuilder::new();
-        // Headers a client sent that look like ours are removed; the ones set below overwrite.
+        // The identity headers set below overwrite whatever a client sent; every other identity
+        // name is removed whether or not keyscope saw it (Envoy may forward headers keyscope
+        // is not shown), and so is any other client-sent `x-keyscope-*` header. Envoy applies
+        // removals after additions, so a name set below must never be removed.
+        let set: Vec<&str> = match answer {
+            Some((a, _, _)) if a.owner.is_empty() => vec![&identity.key_id, &identity.tenant],
+            Some(_) => vec![&identity.key_id, &identity.tenant, &identity.owner],
+            None => Vec::new(),
+        };
+        let is_set = |name: &str| set.iter().any(|s| s.eq_ignore_ascii_case(name));
+        for name in [&identity.key_id, &identity.tenant, &identity.owner] {
+            if !is_set(name) {
+                http.remove_header(name.clone());
+            }
+        }
         for name in headers.keys() {
-            let reserved =
-                name.starts_with(RESERVED_HEADER_PREFIX) || ours.iter().any(|o| o.eq_ignore_ascii_case(name));
-            let set_below = answer.is_some_and(|(a, _, _)| {
-                name.eq_ignore_ascii_case(&identity.key_id)
-                    || name.eq_ignore_ascii_case(&identity.tenant)
-                    || (name.eq_ignore_ascii_case(&identity.owner) && !a.owner.is_empty())
-            });
-            if reserved && !set_below {
+            let reserved = name
+                .as_bytes()
+                .get(..RESERVED_HEADER_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes()));
+            if reserved
+                && !is_set(name)
+                && ![&identity.key_id, &identity.tenant, &identity.owner].iter().any(|i| i.eq_ignore_ascii_case(name))
+            {
                 http.remove_header(name.clone());
             }
         }

@@ -211,6 +211,9 @@ impl Keyscope {
         action: Action,
         answer: &CheckAnswer,
     ) -> Result<String, ServiceError> {
+        if !matches!(answer.reason, Reason::NoScope | Reason::DeniedByScope | Reason::NotGranted) {
+            return Ok(refusal_message(answer.reason));
+        }
         let explained = self.check(presented, tenant, module, action, true).await?;
         if explained.reason == answer.reason { Ok(explained.message) } else { Ok(refusal_message(answer.reason)) }
     }

@@ -62,6 +62,9 @@ pub enum Unmapped {
     UnknownMethod,
     /// `keyscope_module` or `keyscope_tenant` in the route's context extensions is invalid.
     BadRouteConfig,
+    /// The path has dot segments, empty segments or encoded separators; the route table
+    /// refuses to guess where it leads.
+    UnsafePath,
 }
 
 impl Unmapped {
@@ -72,6 +75,7 @@ impl Unmapped {
             Unmapped::NoRoute => "UNMAPPED_ROUTE",
             Unmapped::UnknownMethod => "UNKNOWN_METHOD",
             Unmapped::BadRouteConfig => "BAD_ROUTE_CONFIG",
+            Unmapped::UnsafePath => "UNSAFE_PATH",
         }
     }
 }
@@ -157,10 +161,13 @@ impl HttpMapping {
             return Ok(Some((module.parse().map_err(|_| Unmapped::BadRouteConfig)?, tenant)));
         }
         let path = request.path.split(['?', '#']).next().unwrap_or("");
+        if unsafe_path(path) {
+            return Err(Unmapped::UnsafePath);
+        }
         Ok(self
             .routes
             .iter()
-            .find(|r| path.starts_with(&r.prefix))
+            .find(|r| under_prefix(path, &r.prefix))
             .map(|r| (r.module.clone(), tenant.or_else(|| r.tenant.clone()))))
     }
 
@@ -173,9 +180,8 @@ impl HttpMapping {
                 return Some(Presented::Token(rest.to_owned()));
             }
             if scheme.eq_ignore_ascii_case("basic") {
-                if let Some(found) = basic(rest) {
-                    return Some(found);
-                }
+                // Basic that does not decode is a malformed credential, not a missing one.
+                return Some(basic(rest).unwrap_or_else(|| Presented::Token(String::new())));
             }
         }
         request
@@ -183,6 +189,26 @@ impl HttpMapping {
             .filter(|v| !v.trim().is_empty())
             .map(|v| Presented::Token(v.trim().to_owned()))
     }
+}
+
+/// Whether `path` is `prefix` or lies below it, on a segment boundary: `/api/courses` covers
+/// `/api/courses` and `/api/courses/1`, not `/api/coursesadmin`.
+fn under_prefix(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.is_empty())
+}
+
+/// Paths an upstream might resolve differently from how they read: dot segments, empty
+/// segments, encoded slashes or dots, backslashes. The route table refuses them rather than
+/// guess (Envoy's `normalize_path` and `merge_slashes` should be on in front of keyscope).
+fn unsafe_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    path.contains("//")
+        || path.contains('\\')
+        || lower.contains("%2f")
+        || lower.contains("%2e")
+        || lower.contains("%5c")
+        || path.split('/').any(|segment| segment == "." || segment == "..")
 }
 
 fn basic(encoded: &str) -> Option<Presented> {
@@ -238,6 +264,12 @@ mod tests {
         assert_eq!(module_of(&map("GET", "/api/courses/1", &auth, &[])), Some("courses"));
         assert_eq!(module_of(&map("GET", "/api/other", &auth, &[])), Some("api"));
         assert_eq!(map("GET", "/elsewhere?x=/api/courses", &auth, &[]), Mapped::Refused(Unmapped::NoRoute));
+        assert_eq!(module_of(&map("GET", "/api/coursesadmin", &auth, &[])), Some("api"), "segment boundaries only");
+        for sneaky in
+            ["/api/courses/../billing", "/api//courses", "/api/courses/%2e%2e/x", "/api/./courses", "/api%2Fcourses"]
+        {
+            assert_eq!(map("GET", sneaky, &auth, &[]), Mapped::Refused(Unmapped::UnsafePath), "{sneaky}");
+        }
     }
 
     #[test]
