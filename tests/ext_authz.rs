@@ -268,3 +268,26 @@ async fn the_route_table_maps_paths_by_longest_prefix_and_context_extensions_win
     assert_eq!((wrong.0, wrong.1["reason"].as_str()), (403, Some("TENANT_MISMATCH")));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn headers_sent_as_header_map_with_raw_values_are_read() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    let server = TestServer::start().await;
+    let (key, token) = server.key(ACME, &["read-only"]).await;
+    let mut r = request("GET", "/courses", &[], &[("keyscope_module", "courses")]);
+    let http = r.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|q| q.http.as_mut()).expect("http");
+    http.header_map = Some(HeaderMap {
+        headers: vec![
+            HeaderValue {
+                key: "Authorization".into(),
+                value: String::new(),
+                raw_value: format!("Bearer {token}").into_bytes(),
+            },
+            HeaderValue { key: "X-Keyscope-Tenant".into(), value: "forged".into(), raw_value: Vec::new() },
+        ],
+    });
+    let (set, _) = allowed(&ask(&server, r).await);
+    assert_eq!(set.get("x-keyscope-key-id"), Some(&key.id));
+    assert_eq!(set.get("x-keyscope-tenant").map(String::as_str), Some(ACME), "the forged tenant is overwritten");
+    server.stop().await;
+}
