@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::Action,
-    service::{CheckAnswer, HttpMapping, HttpRequestView, Keyscope, Mapped, Unmapped},
+    service::{CheckAnswer, Explain, HttpMapping, HttpRequestView, Keyscope, Mapped, Unmapped},
 };
 
 /// Names of the headers keyscope sets for the upstream on an allowed request.
@@ -228,12 +228,10 @@ impl Authorization for ExtAuthzService {
             Mapped::Refused(why) => denied(why.as_str(), unmapped_message(why)),
             Mapped::Check { presented, module, action, tenant } => {
                 // The message is only needed for a denial's body: an allowed check skips it.
-                let mut answer = self.core.check(&presented, tenant.as_ref(), &module, action, false).await?;
+                let answer = self.core.check(&presented, tenant.as_ref(), &module, action, Explain::Denials).await?;
                 if answer.allowed() {
                     self.allowed(&headers, Some((&answer, module.as_str(), action)))
                 } else {
-                    answer.message =
-                        self.core.explain_denial(&presented, tenant.as_ref(), &module, action, &answer).await?;
                     let mut response = denied(answer.reason.as_str(), &answer.message);
                     let key_id = answer.key_id.as_ref().map(ToString::to_string).unwrap_or_default();
                     let fields = [

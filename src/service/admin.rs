@@ -66,7 +66,7 @@ impl Keyscope {
             Resolved::Holder(holder) => holder,
             Resolved::Refused { .. } => return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())),
         };
-        let answer = holder.decide(module, action, false);
+        let answer = holder.decide(module, action, super::Explain::Never);
         if !answer.allowed() {
             tracing::info!(key_id = %holder.key.id, %module, %action, reason = %answer.reason, "admin call refused");
             return Err(ServiceError::PermissionDenied(format!(

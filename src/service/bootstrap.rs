@@ -51,7 +51,7 @@ impl Keyscope {
                         && key_status(&holder.key, self.clock.now(), None).is_none()
                         && [Module::keys(), Module::scopes()]
                             .iter()
-                            .all(|m| Action::ALL.iter().all(|&a| holder.decide(m, a, false).allowed()));
+                            .all(|m| Action::ALL.iter().all(|&a| holder.decide(m, a, super::Explain::Never).allowed()));
                     if !usable {
                         return Err(ServiceError::FailedPrecondition(format!(
                             "bootstrap.admin_token names key `{}`, which is not an active `system` admin key",

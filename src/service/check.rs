@@ -30,6 +30,33 @@ impl std::fmt::Debug for Presented {
     }
 }
 
+/// When an answer carries its one-line message (building it costs an allocation or two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Explain {
+    /// Never: the hot path.
+    Never,
+    /// Always (`explain` in the API, EvaluateScopes).
+    Always,
+    /// Only when the answer is a denial (ext_authz puts it in the deny body).
+    Denials,
+}
+
+impl Explain {
+    fn wants(self, reason: Reason) -> bool {
+        match self {
+            Explain::Never => false,
+            Explain::Always => true,
+            Explain::Denials => reason != Reason::Ok,
+        }
+    }
+}
+
+impl From<bool> for Explain {
+    fn from(explain: bool) -> Self {
+        if explain { Explain::Always } else { Explain::Never }
+    }
+}
+
 /// The answer to one module and action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckAnswer {
@@ -43,7 +70,7 @@ pub struct CheckAnswer {
     pub owner: String,
     /// The deciding scopes, sorted.
     pub scope_ids: Vec<ScopeId>,
-    /// With explain: one human line.
+    /// With [`Explain`]: one human line.
     pub message: String,
 }
 
@@ -72,13 +99,13 @@ pub(super) enum Resolved {
 
 impl Holder {
     /// Decides one module and action for this key.
-    pub fn decide(&self, module: &Module, action: Action, explain: bool) -> CheckAnswer {
+    pub fn decide(&self, module: &Module, action: Action, explain: Explain) -> CheckAnswer {
         let scopes: Vec<&Scope> = self.scopes.iter().map(Arc::as_ref).collect();
         let (reason, scope_ids, message) = if self.missing.is_empty() {
             let decision = evaluate(&scopes, module, action);
             explained(&decision, module, action, explain)
         } else {
-            let message = if explain {
+            let message = if explain.wants(Reason::DeniedByScope) {
                 format!("scope `{}` of the key no longer exists; the key is denied everything", self.missing[0])
             } else {
                 String::new()
@@ -96,20 +123,20 @@ impl Holder {
     }
 }
 
-/// The reason, the deciding scope ids and, with `explain`, the message of a decision.
+/// The reason, the deciding scope ids and, when `explain` wants it, the message of a decision.
 pub(super) fn explained(
     decision: &Decision<'_>,
     module: &Module,
     action: Action,
-    explain: bool,
+    explain: Explain,
 ) -> (Reason, Vec<ScopeId>, String) {
     let ids = decision.deciding.iter().map(|s| s.id.clone()).collect();
-    let message = if explain { decision.message(module, action) } else { String::new() };
+    let message = if explain.wants(decision.reason) { decision.message(module, action) } else { String::new() };
     (decision.reason, ids, message)
 }
 
-fn refused(reason: Reason, key_id: Option<KeyId>, explain: bool) -> CheckAnswer {
-    let message = if explain { refusal_message(reason) } else { String::new() };
+fn refused(reason: Reason, key_id: Option<KeyId>, explain: Explain) -> CheckAnswer {
+    let message = if explain.wants(reason) { refusal_message(reason) } else { String::new() };
     CheckAnswer { reason, key_id, tenant: None, owner: String::new(), scope_ids: Vec::new(), message }
 }
 
@@ -181,8 +208,9 @@ impl Keyscope {
         tenant: Option<&Tenant>,
         module: &Module,
         action: Action,
-        explain: bool,
+        explain: impl Into<Explain>,
     ) -> Result<CheckAnswer, ServiceError> {
+        let explain = explain.into();
         let span = tracing::info_span!(
             "check",
             module = %module,
@@ -201,31 +229,15 @@ impl Keyscope {
         Ok(answer)
     }
 
-    /// The message of a denial answered without `explain`: decided again with it (denials are
-    /// the rare path), falling back to the reason's own words if the second answer differs.
-    pub async fn explain_denial(
-        &self,
-        presented: &Presented,
-        tenant: Option<&Tenant>,
-        module: &Module,
-        action: Action,
-        answer: &CheckAnswer,
-    ) -> Result<String, ServiceError> {
-        if !matches!(answer.reason, Reason::NoScope | Reason::DeniedByScope | Reason::NotGranted) {
-            return Ok(refusal_message(answer.reason));
-        }
-        let explained = self.check(presented, tenant, module, action, true).await?;
-        if explained.reason == answer.reason { Ok(explained.message) } else { Ok(refusal_message(answer.reason)) }
-    }
-
     /// Answers several checks for one credential, resolved once, in one `batch_check` span.
     pub async fn batch_check(
         &self,
         presented: &Presented,
         tenant: Option<&Tenant>,
         items: &[(Module, Action)],
-        explain: bool,
+        explain: impl Into<Explain>,
     ) -> Result<Vec<CheckAnswer>, ServiceError> {
+        let explain = explain.into();
         let span = tracing::info_span!(
             "batch_check",
             items = items.len(),

@@ -18,7 +18,7 @@ use std::{
 pub use admin::Caller;
 pub use bootstrap::Bootstrap;
 pub use builtins::{Builtins, Preset};
-pub use check::{CheckAnswer, Presented};
+pub use check::{CheckAnswer, Explain, Presented};
 pub use http::{HttpMapping, HttpRequestView, Mapped, Route, Unmapped, default_methods};
 pub use keys::{KeyChanges, NewKey};
 pub use scopes::{ScopeChanges, ScopeDraft, inline_scope};

@@ -257,7 +257,7 @@ impl Keyscope {
         let stored = self.tenant_scopes(&caller.tenant, "scope_ids", ids).await?;
         let scopes: Vec<&Scope> = stored.iter().map(Arc::as_ref).chain(inline.iter()).collect();
         let decision = evaluate(&scopes, module, action);
-        Ok(explained(&decision, module, action, true))
+        Ok(explained(&decision, module, action, super::Explain::Always))
     }
 }
 
