@@ -30,6 +30,9 @@ use crate::{
     store::{Change, ChangeSink, Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError},
 };
 
+/// The field of the check spans that says whether the key came from the cache.
+pub const CACHE_HIT_FIELD: &str = "cache_hit";
+
 /// Cache sizes and lifetimes.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheSettings {
@@ -82,6 +85,17 @@ pub struct StatsSnapshot {
     pub invalidations: u64,
     /// See [`CacheStats::resets`].
     pub resets: u64,
+}
+
+/// How many entries each cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryCounts {
+    /// Key records.
+    pub keys: u64,
+    /// Scope entries (a stored scope, or the absence of one).
+    pub scopes: u64,
+    /// Key ids remembered as unknown.
+    pub unknown: u64,
 }
 
 struct Inner {
@@ -138,6 +152,15 @@ impl CachedStore {
         self.inner.scopes.run_pending_tasks();
         self.inner.unknown.run_pending_tasks();
         self.inner.keys.entry_count()
+    }
+
+    /// Entries held now, by cache (approximate: moka counts lazily).
+    pub fn entry_counts(&self) -> EntryCounts {
+        EntryCounts {
+            keys: self.inner.keys.entry_count(),
+            scopes: self.inner.scopes.entry_count(),
+            unknown: self.inner.unknown.entry_count(),
+        }
     }
 
     /// The change sink that drops what changed.
@@ -214,15 +237,20 @@ impl ChangeSink for Inner {
 #[async_trait]
 impl Store for CachedStore {
     async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError> {
+        // The check span (current here) carries whether the answer came from the cache.
+        let span = tracing::Span::current();
         if self.inner.unknown.contains_key(id) {
             self.inner.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+            span.record(CACHE_HIT_FIELD, true);
             return Ok(None);
         }
         if let Some(found) = self.cached(id) {
             self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+            span.record(CACHE_HIT_FIELD, true);
             return Ok(Some(found));
         }
         self.inner.stats.misses.fetch_add(1, Ordering::Relaxed);
+        span.record(CACHE_HIT_FIELD, false);
         let epoch = self.inner.epoch.load(Ordering::SeqCst);
         let found = self.store.credential(id).await?;
         self.fill(epoch, id, found.as_ref());

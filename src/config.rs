@@ -13,6 +13,7 @@ use crate::{
     service::{Builtins, Preset, Quotas},
     service::{HttpMapping, Route, default_methods},
     store::RedisOptions,
+    telemetry::TraceSettings,
 };
 
 /// A configured secret: shown as `[redacted]`.
@@ -58,6 +59,8 @@ pub struct Settings {
     pub presets: Vec<Preset>,
     /// Log output.
     pub log: LogSettings,
+    /// Traces (OpenTelemetry, OTLP/gRPC).
+    pub telemetry: TelemetrySettings,
 }
 
 /// `server.*`
@@ -66,13 +69,24 @@ pub struct Settings {
 pub struct ServerSettings {
     /// gRPC listen address.
     pub grpc_addr: String,
-    /// HTTP address for metrics and probes (served from a later release; validated now).
+    /// HTTP address for Prometheus metrics (`/metrics`) and probes (`/livez`, `/readyz`).
     pub http_addr: String,
+    /// After SIGTERM, how long health reports NOT_SERVING while calls are still accepted, so
+    /// that load balancers stop sending new ones, in milliseconds.
+    pub shutdown_delay_ms: u64,
+    /// After SIGTERM, the longest keyscope takes to exit (the delay, draining in-flight calls,
+    /// flushing usage and spans), in milliseconds.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        ServerSettings { grpc_addr: "127.0.0.1:50051".into(), http_addr: "127.0.0.1:9464".into() }
+        ServerSettings {
+            grpc_addr: "127.0.0.1:50051".into(),
+            http_addr: "127.0.0.1:9464".into(),
+            shutdown_delay_ms: 0,
+            shutdown_grace_ms: 25_000,
+        }
     }
 }
 
@@ -326,6 +340,111 @@ impl ExtAuthzConfig {
     }
 }
 
+/// `telemetry.*`: traces. Each key left unset falls back to the standard OpenTelemetry
+/// variable (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and
+/// `OTEL_TRACES_SAMPLER_ARG`). With no endpoint at all, or `OTEL_SDK_DISABLED=true`, or
+/// `OTEL_TRACES_EXPORTER=none`, no span is exported.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/gRPC collector endpoint, e.g. `http://otel-collector:4317`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans (default `keyscope`).
+    pub service_name: Option<String>,
+    /// More resource attributes, e.g. `deployment.environment: prod`.
+    pub resource_attributes: std::collections::BTreeMap<String, String>,
+    /// Parent-based sampling ratio for traces keyscope starts (0 to 1; default every check). A
+    /// caller's sampled `traceparent` is always followed.
+    pub sampling_ratio: Option<f64>,
+    /// Most finished spans waiting for export; more are dropped and counted.
+    pub queue_size: usize,
+    /// Most spans per export call.
+    pub batch_size: usize,
+    /// Longest a finished span waits for its batch, in milliseconds.
+    pub export_interval_ms: u64,
+    /// Longest one export call may take, in milliseconds.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        let d = TraceSettings::default();
+        TelemetrySettings {
+            otlp_endpoint: None,
+            service_name: None,
+            resource_attributes: std::collections::BTreeMap::new(),
+            sampling_ratio: None,
+            queue_size: d.queue_size,
+            batch_size: d.batch_size,
+            export_interval_ms: d.export_interval.as_millis() as u64,
+            export_timeout_ms: d.export_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl TelemetrySettings {
+    /// The trace settings, or `None` when traces are off; `env` reads environment variables.
+    fn validate(&self, env: impl Fn(&str) -> Option<String>) -> Result<Option<TraceSettings>, ConfigError> {
+        let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let endpoint = match &self.otlp_endpoint {
+            Some(e) => Some(("telemetry.otlp_endpoint", e.clone())),
+            None => set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .map(|e| ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e))
+                .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT", e))),
+        };
+        let disabled = set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+            || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
+        let Some((source, endpoint)) = endpoint.filter(|(_, e)| !e.is_empty()) else { return Ok(None) };
+        let uri_ok = endpoint
+            .parse::<tonic::transport::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty()));
+        if !uri_ok {
+            return Err(bad(source, format!("`{endpoint}` is not an http(s) URL like http://otel-collector:4317")));
+        }
+        if let Some(name) = &self.service_name {
+            if name.is_empty() || name.len() > 255 {
+                return Err(bad("telemetry.service_name", "must be 1 to 255 bytes"));
+            }
+        }
+        for key in self.resource_attributes.keys() {
+            if key.is_empty() || key.len() > 255 {
+                return Err(bad("telemetry.resource_attributes", "keys must be 1 to 255 bytes"));
+            }
+        }
+        if let Some(ratio) = self.sampling_ratio {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(bad("telemetry.sampling_ratio", "must be between 0 and 1"));
+            }
+        }
+        if self.queue_size == 0 || self.queue_size > 1_000_000 {
+            return Err(bad("telemetry.queue_size", "must be between 1 and 1000000"));
+        }
+        if self.batch_size == 0 || self.batch_size > self.queue_size {
+            return Err(bad("telemetry.batch_size", "must be between 1 and telemetry.queue_size"));
+        }
+        if self.export_interval_ms == 0 || self.export_interval_ms > 60_000 {
+            return Err(bad("telemetry.export_interval_ms", "must be between 1 and 60000"));
+        }
+        if self.export_timeout_ms == 0 || self.export_timeout_ms > 60_000 {
+            return Err(bad("telemetry.export_timeout_ms", "must be between 1 and 60000"));
+        }
+        if disabled {
+            return Ok(None);
+        }
+        Ok(Some(TraceSettings {
+            endpoint,
+            service_name: self.service_name.clone(),
+            resource_attributes: self.resource_attributes.clone(),
+            sampling_ratio: self.sampling_ratio,
+            queue_size: self.queue_size,
+            batch_size: self.batch_size,
+            export_interval: std::time::Duration::from_millis(self.export_interval_ms),
+            export_timeout: std::time::Duration::from_millis(self.export_timeout_ms),
+        }))
+    }
+}
+
 /// `log.*`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -361,6 +480,12 @@ pub struct Validated {
     pub grpc_addr: SocketAddr,
     /// HTTP listen address.
     pub http_addr: SocketAddr,
+    /// After SIGTERM: NOT_SERVING while still accepting calls for this long.
+    pub shutdown_delay: std::time::Duration,
+    /// After SIGTERM: the longest time to exit.
+    pub shutdown_grace: std::time::Duration,
+    /// Span export, when traces are on.
+    pub traces: Option<TraceSettings>,
     /// Token format.
     pub tokens: TokenFormat,
     /// Hash key.
@@ -491,7 +616,29 @@ impl Settings {
             negative_ttl: std::time::Duration::from_millis(c.negative_ttl_ms),
         };
         let ext_authz = self.ext_authz.validate()?;
-        Ok(Validated { grpc_addr, http_addr, tokens, pepper, dev_pepper, redis, cache, ext_authz, builtins, quotas })
+        let traces = self.telemetry.validate(|name| std::env::var(name).ok())?;
+        let server = &self.server;
+        if server.shutdown_grace_ms == 0 || server.shutdown_grace_ms > 3_600_000 {
+            return Err(bad("server.shutdown_grace_ms", "must be between 1 and 3600000"));
+        }
+        if server.shutdown_delay_ms >= server.shutdown_grace_ms {
+            return Err(bad("server.shutdown_delay_ms", "must be less than server.shutdown_grace_ms"));
+        }
+        Ok(Validated {
+            grpc_addr,
+            http_addr,
+            shutdown_delay: std::time::Duration::from_millis(server.shutdown_delay_ms),
+            shutdown_grace: std::time::Duration::from_millis(server.shutdown_grace_ms),
+            traces,
+            tokens,
+            pepper,
+            dev_pepper,
+            redis,
+            cache,
+            ext_authz,
+            builtins,
+            quotas,
+        })
     }
 }
 
@@ -538,6 +685,41 @@ mod tests {
         let mut s = Settings::default();
         s.ext_authz.identity_headers.owner = "X-Api-Key".into();
         assert!(s.validate().err().is_some_and(|e| e.to_string().contains("ext_authz.identity_headers")));
+    }
+
+    #[test]
+    fn traces_follow_the_config_then_the_standard_variables() {
+        let none = |_: &str| None;
+        let t = TelemetrySettings::default();
+        assert_eq!(t.validate(none).ok(), Some(None), "no endpoint: traces are off");
+        let env = |name: &str| (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://collector:4317".to_owned());
+        let on = t.validate(env).ok().flatten().expect("the standard variable turns traces on");
+        assert_eq!(on.endpoint, "http://collector:4317");
+        let t = TelemetrySettings { otlp_endpoint: Some("http://mine:4317".into()), ..TelemetrySettings::default() };
+        assert_eq!(t.validate(env).ok().flatten().map(|s| s.endpoint).as_deref(), Some("http://mine:4317"));
+        let off = |name: &str| (name == "OTEL_SDK_DISABLED").then(|| "true".to_owned());
+        assert_eq!(t.validate(off).ok(), Some(None), "OTEL_SDK_DISABLED wins");
+    }
+
+    #[test]
+    fn trace_settings_are_validated_naming_the_key() {
+        let none = |_: &str| None;
+        let with = |f: fn(&mut TelemetrySettings)| {
+            let mut t = TelemetrySettings { otlp_endpoint: Some("http://c:4317".into()), ..Default::default() };
+            f(&mut t);
+            t.validate(none).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert!(with(|t| t.otlp_endpoint = Some("c:4317".into())).contains("telemetry.otlp_endpoint"));
+        assert!(with(|t| t.sampling_ratio = Some(1.5)).contains("telemetry.sampling_ratio"));
+        assert!(with(|t| t.queue_size = 0).contains("telemetry.queue_size"));
+        assert!(with(|t| t.batch_size = t.queue_size + 1).contains("telemetry.batch_size"));
+        assert!(with(|t| t.export_timeout_ms = 0).contains("telemetry.export_timeout_ms"));
+        let bad_env = |name: &str| (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "nope".to_owned());
+        let e = TelemetrySettings::default().validate(bad_env).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
+        let mut s = Settings::default();
+        s.server.shutdown_delay_ms = s.server.shutdown_grace_ms;
+        assert!(s.validate().err().is_some_and(|e| e.to_string().contains("server.shutdown_delay_ms")));
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - [`server`]: wires the store, cache, services, health (readiness follows the store) and
 //!   reflection, and serves until shutdown.
 //! - [`config`]: settings from defaults, an optional YAML file and `KEYSCOPE__` variables.
-//! - [`telemetry`]: the tracing subscriber.
+//! - [`telemetry`]: logs, OpenTelemetry traces (OTLP export, `traceparent`), Prometheus
+//!   metrics and the metered store.
+//! - [`http`]: the HTTP port: `/metrics`, `/livez`, `/readyz`.
 //! - [`cli`]: the `keyscope` command line (client side).
 
 pub mod cache;
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod http;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -1,5 +1,5 @@
-//! The `keyscope` binary: glue only. Parse the command line; `serve` loads config, starts
-//! logging and serves until SIGINT/SIGTERM; every other command is a gRPC client.
+//! The `keyscope` binary: glue only. Parse the command line; `serve` loads config and runs
+//! the server (telemetry, serving, graceful shutdown); every other command is a gRPC client.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,7 @@ use clap::Parser;
 use keyscope::{
     cli::{Cli, Command},
     config::Settings,
-    server, telemetry,
+    server,
 };
 
 fn main() -> ExitCode {
@@ -28,7 +28,6 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            telemetry::init(settings.log.format);
             match server::run(settings).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -1,7 +1,14 @@
 //! Wires the gRPC services, health and reflection, and serves them on a listener until a
 //! shutdown future resolves. Tests call [`serve`] on `127.0.0.1:0`.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
@@ -14,13 +21,14 @@ use tonic_health::ServingStatus;
 use crate::{
     domain::limits,
     grpc::{
-        CheckerService, ExtAuthzService, ExtAuthzSettings, KeyAdminService, OversizeIsExhausted, ScopeAdminService,
-        bearer_interceptor,
+        CheckerService, Edge, ExtAuthzService, ExtAuthzSettings, KeyAdminService, ScopeAdminService,
+        bearer_interceptor, call_span,
         pb::{
             self, checker_server::CheckerServer, key_admin_server::KeyAdminServer, scope_admin_server::ScopeAdminServer,
         },
     },
     service::Keyscope,
+    telemetry::{MeteredStore, Metrics, SpanExport},
 };
 
 /// Why serving failed.
@@ -34,6 +42,20 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// What a server runs with besides the core.
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    /// How ext_authz maps HTTP requests to checks.
+    pub ext_authz: ExtAuthzSettings,
+    /// Where checks, store calls and admin calls are counted.
+    pub metrics: Arc<Metrics>,
+    /// The HTTP listener for `/metrics` and the probes, if any.
+    pub http: Option<TcpListener>,
+    /// After the shutdown future resolves: how long health reports NOT_SERVING while calls are
+    /// still accepted, before draining.
+    pub shutdown_delay: Duration,
+}
+
 /// Serves keyscope's gRPC API on `listener` until `shutdown` resolves, then drains in-flight
 /// calls and returns.
 pub async fn serve(
@@ -41,20 +63,58 @@ pub async fn serve(
     core: Arc<Keyscope>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    serve_with(listener, core, ExtAuthzSettings::default(), shutdown).await
+    serve_with(listener, core, ServeOptions::default(), shutdown).await
 }
 
-/// [`serve`] with the ext_authz settings of the deployment.
+/// The gRPC health of every service and the readiness the HTTP probe reports, together.
+#[derive(Clone)]
+struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    async fn set(&self, serving: bool) {
+        self.ready.store(serving, Ordering::Relaxed);
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.reporter.set_service_status("", status).await;
+        for name in SERVICES {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+}
+
+/// The keyscope services health reports on.
+const SERVICES: [&str; 3] = [
+    <CheckerServer<CheckerService> as tonic::server::NamedService>::NAME,
+    <KeyAdminServer<KeyAdminService> as tonic::server::NamedService>::NAME,
+    <ScopeAdminServer<ScopeAdminService> as tonic::server::NamedService>::NAME,
+];
+
+/// The services whose calls are admin calls (counted, and traced as `admin` spans).
+const ADMIN_SERVICES: [&str; 2] = [SERVICES[1], SERVICES[2]];
+
+/// [`serve`] with the options of the deployment.
 pub async fn serve_with(
     listener: TcpListener,
     core: Arc<Keyscope>,
-    ext_authz: ExtAuthzSettings,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let ServeOptions { ext_authz, metrics, http, shutdown_delay } = options;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health { reporter, ready: Arc::new(AtomicBool::new(false)) };
     let ready = core.store_ready().await;
-    set_health(&health, ready).await;
+    health.set(ready).await;
     let readiness = tokio::spawn(follow_readiness(core.clone(), health.clone(), ready));
+
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = http.map(|listener| {
+        let state = crate::http::HttpState { metrics: metrics.clone(), ready: health.ready.clone() };
+        tokio::spawn(crate::http::serve(listener, state, async {
+            let _ = http_stopped.await;
+        }))
+    });
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -65,60 +125,66 @@ pub async fn serve_with(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let checker =
-        CheckerServer::new(CheckerService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
+    let checker = CheckerServer::new(CheckerService::new(core.clone(), metrics.clone()))
+        .max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let keys =
         KeyAdminServer::new(KeyAdminService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
-    let envoy = AuthorizationServer::new(ExtAuthzService::new(core.clone(), ext_authz))
+    let envoy = AuthorizationServer::new(ExtAuthzService::new(core.clone(), ext_authz, metrics.clone()))
         .max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let scopes =
         ScopeAdminServer::new(ScopeAdminService::new(core)).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
+    let admin_keys = Edge::admin(InterceptedService::new(keys, bearer_interceptor), metrics.clone());
+    let admin_scopes = Edge::admin(InterceptedService::new(scopes, bearer_interceptor), metrics.clone());
 
     let drained = async move {
         shutdown.await;
         readiness.abort();
-        set_health(&health, false).await;
+        health.set(false).await;
+        if !shutdown_delay.is_zero() {
+            tracing::info!(
+                delay_ms = shutdown_delay.as_millis() as u64,
+                "shutting down: NOT_SERVING, still accepting calls"
+            );
+            tokio::time::sleep(shutdown_delay).await;
+        }
         tracing::info!("shutting down: draining in-flight calls");
     };
 
-    Server::builder()
-        .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
+    let served = Server::builder()
+        .trace_fn(|request| call_span(request, &ADMIN_SERVICES))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(OversizeIsExhausted(checker))
+        .add_service(Edge::checks(checker))
         .add_service(envoy)
-        .add_service(OversizeIsExhausted(InterceptedService::new(keys, bearer_interceptor)))
-        .add_service(OversizeIsExhausted(InterceptedService::new(scopes, bearer_interceptor)))
+        .add_service(admin_keys)
+        .add_service(admin_scopes)
         // Checks are small request/response pairs: without TCP_NODELAY, Nagle's algorithm and
         // delayed ACKs add tens of milliseconds to some of them.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drained)
-        .await?;
+        .await;
+    // The probes and metrics stay up while gRPC drains, then stop with it.
+    let _ = http_stop.send(());
+    if let Some(task) = http_task {
+        if let Ok(Err(error)) = task.await {
+            tracing::warn!(%error, "the HTTP endpoint failed");
+        }
+    }
+    served?;
     Ok(())
 }
 
 /// How often readiness asks the store whether it answers.
 const READINESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
-async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
-    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
-    health.set_service_status("", status).await;
-    for name in [
-        <CheckerServer<CheckerService> as tonic::server::NamedService>::NAME,
-        <KeyAdminServer<KeyAdminService> as tonic::server::NamedService>::NAME,
-        <ScopeAdminServer<ScopeAdminService> as tonic::server::NamedService>::NAME,
-    ] {
-        health.set_service_status(name, status).await;
-    }
-}
-
-/// Keeps gRPC health (readiness) in step with the store: NOT_SERVING while it does not answer.
-async fn follow_readiness(core: Arc<Keyscope>, health: tonic_health::server::HealthReporter, mut last: bool) {
+/// Keeps health (gRPC and the HTTP readiness probe) in step with the store: NOT_SERVING while
+/// it does not answer.
+async fn follow_readiness(core: Arc<Keyscope>, health: Health, mut last: bool) {
     loop {
         tokio::time::sleep(READINESS_INTERVAL).await;
         let ready = core.store_ready().await;
         if ready != last {
-            set_health(&health, ready).await;
+            health.set(ready).await;
             if ready {
                 tracing::info!("store answers again: serving");
             } else {
@@ -154,6 +220,8 @@ pub enum StartError {
 pub struct Built {
     /// The use cases.
     pub core: Arc<Keyscope>,
+    /// The metrics of this server (store calls and the cache are already reported).
+    pub metrics: Arc<Metrics>,
     /// The replica's cache, when the store is shared (Redis).
     pub cache: Option<crate::cache::CachedStore>,
     /// The task following the store's change feed, when there is a cache.
@@ -172,18 +240,21 @@ impl Drop for Built {
 /// Redis (connected, schema checked) behind this replica's cache, which follows Redis's change
 /// feed.
 pub async fn build(validated: &crate::config::Validated) -> Result<Built, StartError> {
+    let metrics = Arc::new(Metrics::new());
     let (store, cache, feed): (Arc<dyn crate::store::Store>, _, _) = match &validated.redis {
-        None => (Arc::new(crate::store::MemoryStore::new()), None, None),
+        None => (Arc::new(MeteredStore::new(Arc::new(crate::store::MemoryStore::new()), metrics.clone())), None, None),
         Some(options) => {
             let redis = crate::store::RedisStore::connect(options.clone()).await.map_err(StartError::Store)?;
-            let cache = crate::cache::CachedStore::new(Arc::new(redis.clone()), validated.cache);
+            let metered = MeteredStore::new(Arc::new(redis.clone()), metrics.clone());
+            let cache = crate::cache::CachedStore::new(Arc::new(metered), validated.cache);
+            metrics.observe_cache(cache.clone());
             let feed = redis.follow_changes(cache.sink()).await.map_err(StartError::Store)?;
             (Arc::new(cache.clone()), Some(cache), Some(feed))
         }
     };
     let core = Keyscope::new(store, validated.builtins.clone(), validated.tokens.clone(), validated.pepper.clone())
         .with_quotas(validated.quotas);
-    Ok(Built { core: Arc::new(core), cache, feed })
+    Ok(Built { core: Arc::new(core), metrics, cache, feed })
 }
 
 /// Tells the operator about the bootstrap admin key: a created token is printed once on
@@ -228,25 +299,76 @@ async fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()
     file.sync_all().await
 }
 
-/// `keyscope serve`: validate settings, ensure the bootstrap key, serve until SIGINT/SIGTERM.
+/// `keyscope serve`: validate settings, start telemetry, ensure the bootstrap key, serve until
+/// SIGINT/SIGTERM, then shut down gracefully within `server.shutdown_grace_ms`: health goes
+/// NOT_SERVING (for `server.shutdown_delay_ms` calls are still accepted), in-flight calls
+/// finish, then buffered spans are flushed.
 pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
     let validated = settings.validate()?;
+    let spans = match &validated.traces {
+        Some(traces) => Some(SpanExport::start(traces).map_err(|e| StartError::Io(format!("config: {e}")))?),
+        None => None,
+    };
+    crate::telemetry::init(settings.log.format, spans.as_ref());
     if validated.dev_pepper {
         tracing::warn!(
             "security.pepper is not set: using the built-in development pepper; set KEYSCOPE__SECURITY__PEPPER for real keys"
         );
     }
     let built = build(&validated).await?;
+    if let Some(spans) = &spans {
+        built.metrics.observe_spans(spans.stats());
+    }
     let core = built.core.clone();
     let outcome = core.ensure_bootstrap(settings.bootstrap.admin_token.as_ref().map(|t| t.expose())).await?;
     let listener = TcpListener::bind(validated.grpc_addr)
         .await
         .map_err(|e| StartError::Io(format!("server.grpc_addr {}: {e}", validated.grpc_addr)))?;
+    let http = TcpListener::bind(validated.http_addr)
+        .await
+        .map_err(|e| StartError::Io(format!("server.http_addr {}: {e}", validated.http_addr)))?;
     let local = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+    let http_local = http.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
     announce(outcome, settings.bootstrap.token_file.as_deref()).await?;
     let store = if validated.redis.is_some() { "redis" } else { "memory" };
-    tracing::info!(addr = %local, store, "keyscope serving gRPC");
-    serve_with(listener, core, validated.ext_authz.clone(), shutdown_signal()).await?;
+    tracing::info!(addr = %local, http_addr = %http_local, store, traces = spans.is_some(), "keyscope serving gRPC");
+
+    let options = ServeOptions {
+        ext_authz: validated.ext_authz.clone(),
+        metrics: built.metrics.clone(),
+        http: Some(http),
+        shutdown_delay: validated.shutdown_delay,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = serve_with(listener, core.clone(), options, async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|stop| *stop).await;
+    });
+    tokio::pin!(serving);
+    let deadline = tokio::select! {
+        served = &mut serving => {
+            served?;
+            tokio::time::Instant::now() + validated.shutdown_grace
+        }
+        () = shutdown_signal() => {
+            let deadline = tokio::time::Instant::now() + validated.shutdown_grace;
+            tracing::info!(grace_ms = validated.shutdown_grace.as_millis() as u64, "shutdown signal received");
+            let _ = stop.send(true);
+            // What is left of the grace period after draining goes to flushing.
+            let drain_until = deadline - validated.shutdown_grace / 5;
+            match tokio::time::timeout_at(drain_until, &mut serving).await {
+                Ok(served) => served?,
+                Err(_) => tracing::warn!("the grace period ended before every in-flight call finished; exiting"),
+            }
+            deadline
+        }
+    };
+    if let Some(spans) = &spans {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !spans.flush(left).await {
+            tracing::warn!("not every span could be exported before the grace period ended");
+        }
+    }
     tracing::info!("keyscope stopped");
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `keyscope.v1.Checker`: Check and BatchCheck.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
+use opentelemetry::context::FutureExt as _;
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -11,18 +12,20 @@ use super::{
 use crate::{
     domain::{InputError, Module, Tenant, limits, parse_field},
     service::{Keyscope, Presented},
+    telemetry::{CheckPath, Metrics, propagation},
 };
 
 /// The Checker service over the core.
 #[derive(Debug, Clone)]
 pub struct CheckerService {
     core: Arc<Keyscope>,
+    metrics: Arc<Metrics>,
 }
 
 impl CheckerService {
-    /// The service over `core`.
-    pub fn new(core: Arc<Keyscope>) -> Self {
-        CheckerService { core }
+    /// The service over `core`, counting into `metrics`.
+    pub fn new(core: Arc<Keyscope>, metrics: Arc<Metrics>) -> Self {
+        CheckerService { core, metrics }
     }
 }
 
@@ -42,7 +45,46 @@ fn tenant(raw: &str) -> Result<Option<Tenant>, InputError> {
 #[tonic::async_trait]
 impl pb::checker_server::Checker for CheckerService {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
-        let pb::CheckRequest { credential, tenant: raw_tenant, module, action, explain } = request.into_inner();
+        let started = Instant::now();
+        let parent = propagation::from_metadata(request.metadata());
+        let answer = self.answer(request.into_inner()).with_context(parent).await;
+        self.metrics.check_time(CheckPath::Native, started.elapsed());
+        match &answer {
+            Ok(a) => self.metrics.check(CheckPath::Native, a.allowed, reason_label(a.reason)),
+            Err(status) => self.metrics.check_failed(CheckPath::Native, status.code()),
+        }
+        answer.map(Response::new)
+    }
+
+    async fn batch_check(
+        &self,
+        request: Request<pb::BatchCheckRequest>,
+    ) -> Result<Response<pb::BatchCheckResponse>, Status> {
+        let started = Instant::now();
+        let parent = propagation::from_metadata(request.metadata());
+        let answers = self.answer_batch(request.into_inner()).with_context(parent).await;
+        self.metrics.check_time(CheckPath::Batch, started.elapsed());
+        match &answers {
+            Ok(a) => {
+                for item in &a.results {
+                    self.metrics.check(CheckPath::Batch, item.allowed, reason_label(item.reason));
+                }
+            }
+            Err(status) => self.metrics.check_failed(CheckPath::Batch, status.code()),
+        }
+        answers.map(Response::new)
+    }
+}
+
+/// The `reason` label of a response's reason: the name without the enum prefix (`OK`,
+/// `NOT_GRANTED`), as ext_authz reports it too.
+fn reason_label(reason: i32) -> &'static str {
+    pb::Reason::try_from(reason).map_or("UNSPECIFIED", |r| r.as_str_name().trim_start_matches("REASON_"))
+}
+
+impl CheckerService {
+    async fn answer(&self, request: pb::CheckRequest) -> Result<pb::CheckResponse, Status> {
+        let pb::CheckRequest { credential, tenant: raw_tenant, module, action, explain } = request;
         let module: Module = convert::required("module", &module)?;
         let action = convert::action("action", action)?;
         let tenant = tenant(&raw_tenant)?;
@@ -51,14 +93,11 @@ impl pb::checker_server::Checker for CheckerService {
             check_request::Credential::KeyPair(p) => pair(p),
         };
         let answer = self.core.check(&presented, tenant.as_ref(), &module, action, explain).await?;
-        Ok(Response::new(convert::answer_to_pb(answer)))
+        Ok(convert::answer_to_pb(answer))
     }
 
-    async fn batch_check(
-        &self,
-        request: Request<pb::BatchCheckRequest>,
-    ) -> Result<Response<pb::BatchCheckResponse>, Status> {
-        let pb::BatchCheckRequest { credential, tenant: raw_tenant, items, explain } = request.into_inner();
+    async fn answer_batch(&self, request: pb::BatchCheckRequest) -> Result<pb::BatchCheckResponse, Status> {
+        let pb::BatchCheckRequest { credential, tenant: raw_tenant, items, explain } = request;
         if items.is_empty() {
             return Err(InputError::invalid("items", "at least one item is required").into());
         }
@@ -78,6 +117,6 @@ impl pb::checker_server::Checker for CheckerService {
         };
         let answers = self.core.batch_check(&presented, tenant.as_ref(), &items, explain).await?;
         let results = answers.into_iter().map(convert::answer_to_pb).collect();
-        Ok(Response::new(pb::BatchCheckResponse { results }))
+        Ok(pb::BatchCheckResponse { results })
     }
 }

@@ -5,7 +5,7 @@
 //! a JSON body. When no decision can be made the call fails with `UNAVAILABLE`, so Envoy's
 //! `failure_mode_allow` / `status_on_error` apply.
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Instant};
 
 use envoy_types::{
     ext_authz::v3::{
@@ -14,11 +14,13 @@ use envoy_types::{
     },
     pb::google::protobuf::{Struct, Value, value::Kind},
 };
+use opentelemetry::context::FutureExt as _;
 use tonic::{Request, Response, Status};
 
 use crate::{
     domain::Action,
     service::{CheckAnswer, Explain, HttpMapping, HttpRequestView, Keyscope, Mapped, Unmapped},
+    telemetry::{CheckPath, Metrics, propagation},
 };
 
 /// Names of the headers keyscope sets for the upstream on an allowed request.
@@ -59,12 +61,13 @@ pub struct ExtAuthzSettings {
 pub struct ExtAuthzService {
     core: Arc<Keyscope>,
     settings: Arc<ExtAuthzSettings>,
+    metrics: Arc<Metrics>,
 }
 
 impl ExtAuthzService {
-    /// The service over `core`.
-    pub fn new(core: Arc<Keyscope>, settings: ExtAuthzSettings) -> Self {
-        ExtAuthzService { core, settings: Arc::new(settings) }
+    /// The service over `core`, counting into `metrics`.
+    pub fn new(core: Arc<Keyscope>, settings: ExtAuthzSettings, metrics: Arc<Metrics>) -> Self {
+        ExtAuthzService { core, settings: Arc::new(settings), metrics }
     }
 }
 
@@ -214,23 +217,48 @@ impl ExtAuthzService {
 #[tonic::async_trait]
 impl Authorization for ExtAuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let request = request.into_inner();
+        let started = Instant::now();
+        let (grpc_metadata, _, request) = request.into_parts();
+        let answer = self.answer(&grpc_metadata, &request).await;
+        self.metrics.check_time(CheckPath::ExtAuthz, started.elapsed());
+        match &answer {
+            Ok((allowed, reason, _)) => self.metrics.check(CheckPath::ExtAuthz, *allowed, reason),
+            Err(status) => self.metrics.check_failed(CheckPath::ExtAuthz, status.code()),
+        }
+        answer.map(|(_, _, response)| Response::new(response))
+    }
+}
+
+impl ExtAuthzService {
+    /// The answer to Envoy, whether it allows, and its reason.
+    async fn answer(
+        &self,
+        grpc_metadata: &tonic::metadata::MetadataMap,
+        request: &CheckRequest,
+    ) -> Result<(bool, &'static str, CheckResponse), Status> {
         let attributes = request.attributes.as_ref();
         let Some(http) = attributes.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
-            return Ok(Response::new(denied("NO_HTTP_ATTRIBUTES", "the check request carries no HTTP request")));
+            let reason = "NO_HTTP_ATTRIBUTES";
+            return Ok((false, reason, denied(reason, "the check request carries no HTTP request")));
         };
         let headers = collect_headers(http);
         let empty = HashMap::new();
         let context = attributes.map_or(&empty, |a| &a.context_extensions);
         let view = HttpRequestView { method: &http.method, path: &http.path, headers: &headers, context };
-        let response = match self.settings.mapping.map(&view) {
-            Mapped::Unchecked => self.allowed(&headers, None),
-            Mapped::Refused(why) => denied(why.as_str(), unmapped_message(why)),
+        Ok(match self.settings.mapping.map(&view) {
+            Mapped::Unchecked => (true, "UNMAPPED_ALLOWED", self.allowed(&headers, None)),
+            Mapped::Refused(why) => (false, why.as_str(), denied(why.as_str(), unmapped_message(why))),
             Mapped::Check { presented, module, action, tenant } => {
                 // The message is only needed for a denial's body: an allowed check skips it.
-                let answer = self.core.check(&presented, tenant.as_ref(), &module, action, Explain::Denials).await?;
+                let parent = propagation::from_ext_authz(grpc_metadata, &headers);
+                let answer = self
+                    .core
+                    .check(&presented, tenant.as_ref(), &module, action, Explain::Denials)
+                    .with_context(parent)
+                    .await?;
+                let reason = answer.reason.as_str();
                 if answer.allowed() {
-                    self.allowed(&headers, Some((&answer, module.as_str(), action)))
+                    (true, reason, self.allowed(&headers, Some((&answer, module.as_str(), action))))
                 } else {
                     let mut response = denied(answer.reason.as_str(), &answer.message);
                     let key_id = answer.key_id.as_ref().map(ToString::to_string).unwrap_or_default();
@@ -241,10 +269,9 @@ impl Authorization for ExtAuthzService {
                         ("reason", answer.reason.as_str()),
                     ];
                     response.set_dynamic_metadata(Some(metadata(&fields)));
-                    response
+                    (false, reason, response)
                 }
             }
-        };
-        Ok(Response::new(response))
+        })
     }
 }

@@ -7,6 +7,7 @@ mod checker;
 pub mod convert;
 mod ext_authz;
 mod key_admin;
+mod observe;
 mod scope_admin;
 mod status;
 
@@ -14,8 +15,8 @@ pub use auth::{AdminToken, bearer_interceptor};
 pub use checker::CheckerService;
 pub use ext_authz::{ExtAuthzService, ExtAuthzSettings, IdentityHeaders};
 pub use key_admin::KeyAdminService;
+pub use observe::{Edge, call_span};
 pub use scope_admin::ScopeAdminService;
-pub use status::OversizeIsExhausted;
 
 /// The generated protobuf messages, clients and servers of `keyscope.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

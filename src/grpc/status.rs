@@ -1,18 +1,8 @@
 //! The one place where errors become gRPC statuses. No catch-all arm: a new error variant
-//! does not compile until it is mapped here. [`OversizeIsExhausted`] fixes the one status the
+//! does not compile until it is mapped here. [`oversize_is_exhausted`] fixes the one status the
 //! transport makes itself (an over-size request).
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
-
-use tonic::{
-    Code, Status,
-    codegen::{Service, http},
-    server::NamedService,
-};
+use tonic::{Code, Status, codegen::http};
 
 use crate::{domain::InputError, service::ServiceError, store::StoreError};
 
@@ -61,39 +51,14 @@ impl From<InputError> for Status {
     }
 }
 
-/// Answers a request over the decoding limit (`limits::MESSAGE_MAX_BYTES`) with `RESOURCE_EXHAUSTED`, the code
-/// gRPC and SPEC section 6 give an exceeded message size; tonic's decoder says `OUT_OF_RANGE`.
-/// Only that decoder produces `OUT_OF_RANGE` here: no keyscope error maps to it (`grpc::status`).
-#[derive(Debug, Clone)]
-pub struct OversizeIsExhausted<S>(pub S);
-
-impl<S: NamedService> NamedService for OversizeIsExhausted<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B, R> Service<http::Request<B>> for OversizeIsExhausted<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<R>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let call = self.0.call(request);
-        Box::pin(async move {
-            let mut response = call.await?;
-            let status = response.headers_mut();
-            if status.get("grpc-status").is_some_and(|code| code == "11") {
-                status.insert("grpc-status", http::HeaderValue::from_static("8"));
-            }
-            Ok(response)
-        })
+/// The code of a response whose request was over the decoding limit
+/// (`limits::MESSAGE_MAX_BYTES`): `RESOURCE_EXHAUSTED`, the code gRPC and SPEC section 6 give an
+/// exceeded message size, where tonic's decoder says `OUT_OF_RANGE`. Only that decoder produces
+/// `OUT_OF_RANGE` here: no keyscope error maps to it. Applied to every response by
+/// [`super::Edge`].
+pub(super) fn oversize_is_exhausted(headers: &mut http::HeaderMap) {
+    if headers.get("grpc-status").is_some_and(|code| code == "11") {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
 }
 

@@ -82,6 +82,10 @@ impl Keyscope {
                 holder.key.id
             )));
         }
+        // The admin call's span (when there is one) names who acted where; never the token.
+        let span = tracing::Span::current();
+        span.record("tenant", tenant.as_str());
+        span.record("actor_key_id", holder.key.id.as_str());
         Ok(Caller { key: holder.key, scopes: holder.scopes, tenant })
     }
 

@@ -212,13 +212,16 @@ impl Keyscope {
     ) -> Result<CheckAnswer, ServiceError> {
         let explain = explain.into();
         let span = tracing::info_span!(
+            target: crate::telemetry::SPAN_TARGET,
             "check",
+            otel.kind = "server",
             module = %module,
             action = %action,
             tenant = Empty,
             key_id = Empty,
             decision = Empty,
             reason = Empty,
+            cache_hit = Empty,
         );
         let answer = match self.resolve(presented, tenant).instrument(span.clone()).await? {
             Resolved::Refused { reason, key_id } => refused(reason, key_id, explain),
@@ -239,12 +242,15 @@ impl Keyscope {
     ) -> Result<Vec<CheckAnswer>, ServiceError> {
         let explain = explain.into();
         let span = tracing::info_span!(
+            target: crate::telemetry::SPAN_TARGET,
             "batch_check",
+            otel.kind = "server",
             items = items.len(),
             tenant = Empty,
             key_id = Empty,
             allowed = Empty,
             credential = Empty,
+            cache_hit = Empty,
         );
         let answers: Vec<CheckAnswer> = match self.resolve(presented, tenant).instrument(span.clone()).await? {
             Resolved::Refused { reason, key_id } => {

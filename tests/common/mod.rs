@@ -15,8 +15,10 @@ use keyscope::{
     grpc::pb::{
         self, checker_client::CheckerClient, key_admin_client::KeyAdminClient, scope_admin_client::ScopeAdminClient,
     },
+    server::ServeOptions,
     service::{Bootstrap, Builtins, Keyscope, ManualClock, Preset},
     store::{MemoryStore, RedisOptions, RedisStore, Store},
+    telemetry::{MeteredStore, Metrics},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
@@ -37,6 +39,10 @@ pub struct TestServer {
     pub store: Arc<dyn Store>,
     /// The replica cache, for servers on Redis.
     pub cache: Option<CachedStore>,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Where `/metrics`, `/livez` and `/readyz` are served.
+    pub http_addr: SocketAddr,
     channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -79,12 +85,24 @@ impl TestServer {
 
     /// Starts a server on `store` with the given presets.
     pub async fn start_with(store: Arc<dyn Store>, presets: &[Preset]) -> TestServer {
-        Self::launch(store, presets, None, ExtAuthzSettings::default()).await
+        Self::launch(store, presets, None, ExtAuthzSettings::default(), Arc::new(Metrics::new())).await
     }
 
     /// Starts a server on the memory store with these ext_authz settings.
     pub async fn start_with_ext_authz(ext_authz: ExtAuthzSettings) -> TestServer {
-        Self::launch(Arc::new(MemoryStore::new()), &[], None, ext_authz).await
+        Self::launch(Arc::new(MemoryStore::new()), &[], None, ext_authz, Arc::new(Metrics::new())).await
+    }
+
+    /// Starts a server on the memory store, behind a replica cache, with its store calls and
+    /// cache counted (as `keyscope serve` does on Redis).
+    pub async fn start_cached(ext_authz: ExtAuthzSettings) -> TestServer {
+        let metrics = Arc::new(Metrics::new());
+        let metered = MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+        let cached = CachedStore::new(Arc::new(metered), CacheSettings::default());
+        metrics.observe_cache(cached.clone());
+        let mut server = Self::launch(Arc::new(cached.clone()), &[], None, ext_authz, metrics).await;
+        server.cache = Some(cached);
+        server
     }
 
     /// Starts a replica on Redis at `url` under `prefix`, with its cache following the change
@@ -115,9 +133,13 @@ impl TestServer {
             admin_timeout: Duration::from_millis(1500),
         };
         let redis = RedisStore::connect(options).await.expect("connect to the test redis");
-        let cached = CachedStore::new(Arc::new(redis.clone()), cache);
+        let metrics = Arc::new(Metrics::new());
+        let metered = MeteredStore::new(Arc::new(redis.clone()), metrics.clone());
+        let cached = CachedStore::new(Arc::new(metered), cache);
+        metrics.observe_cache(cached.clone());
         let feed = redis.follow_changes(cached.sink()).await.expect("follow the change feed");
-        let mut server = Self::launch(Arc::new(cached.clone()), &[], admin_token, ExtAuthzSettings::default()).await;
+        let mut server =
+            Self::launch(Arc::new(cached.clone()), &[], admin_token, ExtAuthzSettings::default(), metrics).await;
         server.cache = Some(cached);
         server.feed = Some(feed);
         server
@@ -128,6 +150,7 @@ impl TestServer {
         presets: &[Preset],
         admin_token: Option<&str>,
         ext_authz: ExtAuthzSettings,
+        metrics: Arc<Metrics>,
     ) -> TestServer {
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
         let core = Keyscope::new(
@@ -144,9 +167,12 @@ impl TestServer {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let http_addr = http.local_addr().expect("http addr");
+        let options = ServeOptions { ext_authz, metrics: metrics.clone(), http: Some(http), ..ServeOptions::default() };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            keyscope::server::serve_with(listener, Arc::new(core), ext_authz, async {
+            keyscope::server::serve_with(listener, Arc::new(core), options, async {
                 let _ = stopped.await;
             })
             .await
@@ -159,6 +185,8 @@ impl TestServer {
             clock,
             store,
             cache: None,
+            metrics,
+            http_addr,
             channel,
             stop: Some(stop),
             task: Some(task),

@@ -29,7 +29,8 @@ pub fn bin() -> &'static str {
 pub fn command() -> Command {
     let mut cmd = Command::new(bin());
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("KEYSCOPE") || name == "RUST_LOG" {
+        let name_text = name.to_string_lossy();
+        if name_text.starts_with("KEYSCOPE") || name_text.starts_with("OTEL_") || name == "RUST_LOG" {
             cmd.env_remove(name);
         }
     }
@@ -145,6 +146,7 @@ impl Default for ServerOptions {
         ServerOptions {
             envs: vec![
                 ("KEYSCOPE__SERVER__GRPC_ADDR".into(), "127.0.0.1:0".into()),
+                ("KEYSCOPE__SERVER__HTTP_ADDR".into(), "127.0.0.1:0".into()),
                 ("KEYSCOPE__LOG__FORMAT".into(), "json".into()),
                 ("RUST_LOG".into(), "info".into()),
                 ("KEYSCOPE__SECURITY__PEPPER".into(), "process-test-pepper-0123456789".into()),
@@ -186,6 +188,8 @@ pub struct Server {
     child: Option<Child>,
     /// The bound gRPC address, `host:port`.
     pub addr: String,
+    /// The bound HTTP address (metrics, probes), `host:port`.
+    pub http_addr: String,
     /// The bootstrap admin token printed on stdout, when one was created and printed.
     pub token: Option<String>,
     stdout: Lines,
@@ -193,14 +197,14 @@ pub struct Server {
     readers: Vec<JoinHandle<()>>,
 }
 
-/// The `addr` field of a JSON `keyscope serving gRPC` log line.
-fn serving_addr(line: &str) -> Option<String> {
+/// The `addr` and `http_addr` fields of a JSON `keyscope serving gRPC` log line.
+fn serving_addr(line: &str) -> Option<(String, String)> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = value.get("fields")?;
     if fields.get("message")?.as_str()? != SERVING {
         return None;
     }
-    Some(fields.get("addr")?.as_str()?.to_owned())
+    Some((fields.get("addr")?.as_str()?.to_owned(), fields.get("http_addr")?.as_str()?.to_owned()))
 }
 
 impl Server {
@@ -224,15 +228,17 @@ impl Server {
         let mut server = Server {
             child: Some(child),
             addr: String::new(),
+            http_addr: String::new(),
             token: None,
             stdout: out_lines,
             stderr: err_lines,
             readers: vec![out_reader, err_reader],
         };
         // The guard owns the child from here: a panic below still kills it.
-        server.addr = server.stderr.wait_for("the `keyscope serving gRPC` log line", DEADLINE, |lines| {
-            lines.iter().find_map(|l| serving_addr(l))
-        });
+        (server.addr, server.http_addr) =
+            server.stderr.wait_for("the `keyscope serving gRPC` log line", DEADLINE, |lines| {
+                lines.iter().find_map(|l| serving_addr(l))
+            });
         if options.expect_token {
             // The banner is printed before the serving line is logged, so it is already in
             // the pipe; the reader thread may just not have got to it yet.
@@ -278,6 +284,36 @@ impl Server {
     /// Kills the server and returns everything it wrote (the reader threads run to EOF).
     pub fn stop(mut self) -> Captured {
         self.kill();
+        for reader in self.readers.drain(..) {
+            reader.join().expect("pipe reader thread");
+        }
+        Captured { stdout: self.stdout.snapshot(), stderr: self.stderr.snapshot() }
+    }
+
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn terminate(&self) {
+        let child = self.child.as_ref().expect("the server runs");
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("the server runs");
+        loop {
+            if let Some(status) = child.try_wait().expect("poll the child") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the pipes to close and returns everything the server wrote (after it exited).
+    pub fn output(mut self) -> Captured {
         for reader in self.readers.drain(..) {
             reader.join().expect("pipe reader thread");
         }

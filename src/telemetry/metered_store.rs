@@ -1,0 +1,108 @@
+//! A [`Store`] decorator that times every call into the backend: calls, errors and latency
+//! by operation. It sits between the replica cache and the backend, so a cache hit is no
+//! store call. Only failures of the backend itself (unavailable, unreadable) count as errors;
+//! a version conflict or a missing record is an answer.
+
+use std::{future::Future, sync::Arc, time::Instant};
+
+use async_trait::async_trait;
+
+use super::Metrics;
+use crate::{
+    domain::{Key, KeyId, Scope, ScopeId, Tenant},
+    store::{Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError},
+};
+
+/// A store whose calls are measured.
+#[derive(Clone)]
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for MeteredStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeteredStore").finish_non_exhaustive()
+    }
+}
+
+impl MeteredStore {
+    /// Measures the calls into `inner`.
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        MeteredStore { inner, metrics }
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        let failed = matches!(result, Err(StoreError::Unavailable(_) | StoreError::Corrupt(_)));
+        self.metrics.store_call(op, !failed, started.elapsed());
+        result
+    }
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError> {
+        self.timed("credential", self.inner.credential(id)).await
+    }
+
+    async fn get_key(&self, tenant: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError> {
+        self.timed("get_key", self.inner.get_key(tenant, id)).await
+    }
+
+    async fn list_keys(&self, tenant: &Tenant, query: &KeyQuery) -> Result<Vec<Arc<Key>>, StoreError> {
+        self.timed("list_keys", self.inner.list_keys(tenant, query)).await
+    }
+
+    async fn put_key(&self, write: KeyWrite<'_>, max_keys: usize) -> Result<(), StoreError> {
+        self.timed("put_key", self.inner.put_key(write, max_keys)).await
+    }
+
+    async fn get_scope(&self, tenant: &Tenant, id: &ScopeId) -> Result<Option<Arc<Scope>>, StoreError> {
+        self.timed("get_scope", self.inner.get_scope(tenant, id)).await
+    }
+
+    async fn get_scopes(&self, tenant: &Tenant, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, StoreError> {
+        self.timed("get_scopes", self.inner.get_scopes(tenant, ids)).await
+    }
+
+    async fn list_scopes(
+        &self,
+        tenant: &Tenant,
+        after: Option<&ScopeId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Scope>>, StoreError> {
+        self.timed("list_scopes", self.inner.list_scopes(tenant, after, limit)).await
+    }
+
+    async fn put_scope(
+        &self,
+        scope: &Scope,
+        expected_version: Option<u64>,
+        reserved_labels: &[String],
+        max_scopes: usize,
+    ) -> Result<(), StoreError> {
+        self.timed("put_scope", self.inner.put_scope(scope, expected_version, reserved_labels, max_scopes)).await
+    }
+
+    async fn scope_holders(&self, tenant: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError> {
+        self.timed("scope_holders", self.inner.scope_holders(tenant, id)).await
+    }
+
+    async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError> {
+        self.timed("delete_scope", self.inner.delete_scope(delete)).await
+    }
+
+    async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError> {
+        self.timed("claim_bootstrap", self.inner.claim_bootstrap(key)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("ping", self.inner.ping()).await
+    }
+}
