@@ -8,6 +8,8 @@
 mod common;
 #[path = "common/redis_server.rs"]
 mod redis_server;
+#[path = "common/scrape.rs"]
+mod scrape;
 
 use std::time::Duration;
 
@@ -61,10 +63,21 @@ async fn assert_degraded(server: &TestServer, cached: &str, uncached: &str) {
         .await;
     assert_eq!(create.expect_err("admin calls fail").code(), Code::Unavailable);
     eventually("readiness NOT_SERVING", WITHIN, || async { !server.serving().await }).await;
+    // The HTTP probe and the metrics say the same.
+    let addr = server.http_addr.to_string();
+    assert_eq!(scrape::get(&addr, "/readyz").await.0, 503);
+    let text = scrape::metrics(&addr).await;
+    assert!(scrape::count(&text, "keyscope_store_errors_total", &[("op", "credential")]) >= 1.0, "{text}");
+    let failed = [("path", "native"), ("decision", "error"), ("reason", "UNAVAILABLE")];
+    assert!(scrape::count(&text, "keyscope_checks_total", &failed) >= 1.0, "{text}");
+    assert!(
+        scrape::count(&text, "keyscope_admin_calls_total", &[("method", "CreateKey"), ("code", "UNAVAILABLE")]) >= 1.0
+    );
 }
 
 async fn assert_recovered(server: &TestServer, uncached: &str) {
     eventually("readiness SERVING again", WITHIN, || async { server.serving().await }).await;
+    assert_eq!(scrape::get(&server.http_addr.to_string(), "/readyz").await.0, 200);
     eventually("uncached checks answered again", WITHIN, || async {
         server.try_check(uncached, "courses", pb::Action::Read).await.is_ok_and(|a| a.allowed)
     })

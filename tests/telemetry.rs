@@ -323,9 +323,18 @@ async fn spans_of_checks_batches_ext_authz_and_admin_calls_reach_the_collector()
         assert!(!everything.contains(secret), "a span holds a credential");
     }
 
-    let text = scrape::metrics(&server.http_addr);
-    assert!(scrape::count(&text, "keyscope_trace_spans_exported_total", &[]) >= 8.0, "{text}");
-    assert_eq!(scrape::count(&text, "keyscope_trace_spans_dropped_total", &[]), 0.0);
+    // The exporter counts a batch once the receiver has answered: poll for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape::metrics(&server.http_addr).await;
+        assert_eq!(scrape::count(&text, "keyscope_trace_spans_dropped_total", &[]), 0.0);
+        let exported = scrape::count(&text, "keyscope_trace_spans_exported_total", &[]);
+        if exported >= receiver.spans().len() as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "exported {exported}, received {}:\n{text}", receiver.spans().len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +359,7 @@ async fn checks_succeed_and_lost_spans_are_counted_when_the_collector_is_down() 
     // Every span is accounted for: failed exports or a full queue, none exported.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let text = scrape::metrics(&server.http_addr);
+        let text = scrape::metrics(&server.http_addr).await;
         let lost = scrape::count(&text, "keyscope_trace_spans_failed_total", &[])
             + scrape::count(&text, "keyscope_trace_spans_dropped_total", &[]);
         assert_eq!(scrape::count(&text, "keyscope_trace_spans_exported_total", &[]), 0.0);

@@ -2,19 +2,26 @@
 //! one sample in OpenMetrics text.
 #![allow(dead_code, missing_docs, clippy::panic)]
 
-use std::{
-    io::{Read, Write},
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    time::Duration,
 };
 
 /// `GET path` on `addr`: the status code and the body.
-pub fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap_or_else(|e| panic!("read {path}: {e}"));
+pub async fn get(addr: &str, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap_or_else(|e| panic!("read {path}: {e}"));
+        response
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path}: no answer within 10 s"));
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {response}"));
     let status =
         head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status line: {head}"));
@@ -22,8 +29,8 @@ pub fn get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// The `/metrics` text of the server at `addr`.
-pub fn metrics(addr: &str) -> String {
-    let (status, body) = get(addr, "/metrics");
+pub async fn metrics(addr: &str) -> String {
+    let (status, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200, "GET /metrics: {body}");
     body
 }
