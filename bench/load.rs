@@ -6,12 +6,16 @@
 //! server with the same client, then at half the measured maximum rate), `miss` (Check with no
 //! replica cache, next to Redis's own round trip), `propagation` (RevokeKey on replica A until
 //! replica B denies), `scale` (1,000 vs 1,000,000 keys in Redis, 1 vs 32 scopes per key, and
-//! resident memory per cached key), `envoy` (ext_authz Check next to the native Check).
+//! resident memory per cached key), `envoy` (ext_authz Check next to the native Check),
+//! `traces` (the real binary with every check traced and exported over OTLP to a receiver in
+//! this process, next to the same binary with traces off).
 //! Everything runs against 127.0.0.1 only, is bounded in
 //! requests and time, and stops by itself. It starts its own `redis-server`.
 
 #![allow(clippy::panic, clippy::unwrap_used, missing_docs)]
 
+#[path = "../tests/common/process.rs"]
+mod process;
 #[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
@@ -58,7 +62,7 @@ fn args() -> Args {
         }
     }
     if args.scenarios.is_empty() {
-        args.scenarios = ["hit", "miss", "propagation", "scale", "envoy"].map(String::from).to_vec();
+        args.scenarios = ["hit", "miss", "propagation", "scale", "envoy", "traces"].map(String::from).to_vec();
     }
     args
 }
@@ -368,6 +372,103 @@ async fn envoy(redis: &RedisServer, a: &Args) {
     println!("\nthroughput ratio ext_authz / native: {:.2}", e.throughput() / n.throughput());
 }
 
+/// An OTLP trace receiver that counts the spans it is sent.
+#[derive(Clone, Default)]
+struct SpanCounter(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for SpanCounter {
+    async fn export(
+        &self,
+        request: Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>, Status> {
+        let spans: usize =
+            request.into_inner().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        self.0.fetch_add(spans as u64, Ordering::Relaxed);
+        Ok(Response::new(Default::default()))
+    }
+}
+
+/// The real `keyscope` binary (memory store), with `envs`, and a check request for a key made
+/// through its admin API.
+async fn binary(envs: &[(&str, &str)]) -> (process::Server, Channel, pb::CheckRequest) {
+    let mut options = process::ServerOptions::default();
+    for (name, value) in envs {
+        options = options.env(name, value);
+    }
+    let server = options.start();
+    let channel = tonic::transport::Endpoint::from_shared(server.url()).unwrap().connect().await.expect("connect");
+    let mut create = Request::new(pb::CreateKeyRequest {
+        tenant: "bench".into(),
+        scope_ids: vec!["read-only".into()],
+        ..Default::default()
+    });
+    create.metadata_mut().insert("authorization", format!("Bearer {}", server.admin_token()).parse().unwrap());
+    let created = pb::key_admin_client::KeyAdminClient::new(channel.clone()).create_key(create).await.expect("key");
+    let request = check_request(&created.into_inner().token);
+    (server, channel, request)
+}
+
+async fn traces(a: &Args) {
+    println!(
+        "\n## traces: the keyscope binary with every check traced and exported over OTLP to a local \
+         receiver vs traces off (concurrency {}, {:?} each, alternating)\n",
+        a.concurrency, a.duration
+    );
+    let counter = SpanCounter::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = listener.local_addr().unwrap();
+    let service = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+        counter.clone(),
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))),
+    );
+    let endpoint = format!("http://{receiver}");
+    let (traced, traced_channel, traced_request) =
+        binary(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_TRACES_SAMPLER", "always_on")]).await;
+    let (plain, plain_channel, plain_request) = binary(&[]).await;
+    let run = |channel: &Channel, request: &pb::CheckRequest, duration: Duration| {
+        drive(channel.clone(), request.clone(), a.concurrency, duration, a.requests, None)
+    };
+    run(&traced_channel, &traced_request, Duration::from_secs(1)).await;
+    run(&plain_channel, &plain_request, Duration::from_secs(1)).await;
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    let spans_before = counter.0.load(Ordering::Relaxed);
+    for _ in 0..2 {
+        on.push(run(&traced_channel, &traced_request, a.duration).await);
+        off.push(run(&plain_channel, &plain_request, a.duration).await);
+    }
+    // Let the last batch arrive before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spans = counter.0.load(Ordering::Relaxed) - spans_before;
+    let metrics = process_metrics(&traced.http_addr).await;
+    println!("{HEADER}");
+    for (i, (t, p)) in on.iter().zip(&off).enumerate() {
+        println!("{}", t.line(&format!("traces on (every check exported), round {}", i + 1)));
+        println!("{}", p.line(&format!("traces off, round {}", i + 1)));
+    }
+    let total = |r: &[Report]| r.iter().map(|r| r.latencies_us.len()).sum::<usize>() as f64;
+    let rate = |r: &[Report]| total(r) / r.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>();
+    println!("\nthroughput ratio traces on / off: {:.2}", rate(&on) / rate(&off));
+    println!("spans received by the collector during the measured rounds: {spans} (checks answered: {})", total(&on));
+    println!("{metrics}");
+    drop((traced, plain));
+}
+
+/// The span export counters of a running binary.
+async fn process_metrics(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text.lines().filter(|l| l.starts_with("keyscope_trace_spans")).collect::<Vec<_>>().join("\n")
+}
+
 async fn redis_rtt(redis: &RedisStore, n: usize) -> Report {
     let start = Instant::now();
     let mut latencies = Vec::with_capacity(n);
@@ -577,6 +678,7 @@ fn main() {
                 "propagation" => propagation(&redis).await,
                 "scale" => scale(&redis, &a).await,
                 "envoy" => envoy(&redis, &a).await,
+                "traces" => traces(&a).await,
                 other => panic!("unknown scenario {other}"),
             }
         }
