@@ -182,7 +182,8 @@ pub async fn build(validated: &crate::config::Validated) -> Result<Built, StartE
         }
     };
     let core = Keyscope::new(store, validated.builtins.clone(), validated.tokens.clone(), validated.pepper.clone())
-        .with_quotas(validated.quotas);
+        .with_quotas(validated.quotas)
+        .with_usage(validated.usage);
     Ok(Built { core: Arc::new(core), cache, feed })
 }
 
@@ -246,9 +247,44 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
     announce(outcome, settings.bootstrap.token_file.as_deref()).await?;
     let store = if validated.redis.is_some() { "redis" } else { "memory" };
     tracing::info!(addr = %local, store, "keyscope serving gRPC");
-    serve_with(listener, core, validated.ext_authz.clone(), shutdown_signal()).await?;
+    let flusher = spawn_usage_flusher(core.clone(), validated.usage.flush_interval);
+    let served = serve_with(listener, core.clone(), validated.ext_authz.clone(), shutdown_signal()).await;
+    // In-flight checks are drained: count their usage too. A flush cut short by the abort puts
+    // back what it had not written.
+    flusher.abort();
+    let _ = flusher.await;
+    final_usage_flush(&core).await;
+    served?;
     tracing::info!("keyscope stopped");
     Ok(())
+}
+
+/// Flushes key usage every `every` until aborted; a failed flush is logged and its counts
+/// kept for the next one.
+pub fn spawn_usage_flusher(core: Arc<Keyscope>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match core.flush_usage().await {
+                Ok(written) => tracing::debug!(written, "key usage flushed"),
+                Err(error) => tracing::warn!(%error, "key usage flush failed; the counts are kept for the next one"),
+            }
+        }
+    })
+}
+
+/// The flush at shutdown, logged either way.
+pub async fn final_usage_flush(core: &Keyscope) {
+    match core.flush_usage().await {
+        Ok(written) => tracing::info!(written, "key usage flushed at shutdown"),
+        Err(error) => tracing::warn!(
+            %error,
+            pending = core.pending_usage(),
+            "key usage could not be flushed at shutdown; the unflushed counts are lost"
+        ),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -62,11 +62,19 @@ impl Keyscope {
         action: Action,
     ) -> Result<Caller, ServiceError> {
         let Some(bearer) = bearer else { return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())) };
-        let holder = match self.resolve(&Presented::Token(bearer.to_owned()), None).await? {
-            Resolved::Holder(holder) => holder,
-            Resolved::Refused { .. } => return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())),
+        let resolved = self.resolve(&Presented::Token(bearer.to_owned()), None).await?;
+        let holder = match &resolved {
+            Resolved::Holder(holder) => holder.clone(),
+            Resolved::Refused { .. } => {
+                resolved.note_use(self, 0, 1);
+                return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned()));
+            }
         };
         let answer = holder.decide(module, action, super::Explain::Never);
+        // An admin call is a check of its key on a reserved module: it counts as a use, so an
+        // admin key in daily use never looks stale.
+        let allowed = u64::from(answer.allowed());
+        resolved.note_use(self, allowed, 1 - allowed);
         if !answer.allowed() {
             tracing::info!(key_id = %holder.key.id, %module, %action, reason = %answer.reason, "admin call refused");
             return Err(ServiceError::PermissionDenied(format!(
