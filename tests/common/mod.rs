@@ -35,6 +35,8 @@ pub struct TestServer {
     pub admin_token: String,
     pub clock: Arc<ManualClock>,
     pub store: Arc<dyn Store>,
+    /// The server's core, so tests can flush usage at once instead of waiting for an interval.
+    pub core: Arc<Keyscope>,
     /// The replica cache, for servers on Redis.
     pub cache: Option<CachedStore>,
     channel: Channel,
@@ -137,6 +139,7 @@ impl TestServer {
             Pepper::new(PEPPER).expect("pepper"),
         )
         .with_clock(clock.clone());
+        let core = Arc::new(core);
         let admin_token = match (core.ensure_bootstrap(None).await.expect("bootstrap"), admin_token) {
             (Bootstrap::Created(_, token), _) => token.expose().to_owned(),
             (Bootstrap::Existing(_), Some(token)) => token.to_owned(),
@@ -145,8 +148,9 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
+        let serving = core.clone();
         let task = tokio::spawn(async move {
-            keyscope::server::serve_with(listener, Arc::new(core), ext_authz, async {
+            keyscope::server::serve_with(listener, serving, ext_authz, async {
                 let _ = stopped.await;
             })
             .await
@@ -158,6 +162,7 @@ impl TestServer {
             admin_token,
             clock,
             store,
+            core,
             cache: None,
             channel,
             stop: Some(stop),

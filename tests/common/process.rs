@@ -284,6 +284,29 @@ impl Server {
         Captured { stdout: self.stdout.snapshot(), stderr: self.stderr.snapshot() }
     }
 
+    /// Stops the server gracefully (SIGTERM), waits for it to exit and returns its exit code
+    /// and everything it wrote.
+    pub fn terminate(mut self) -> (Option<i32>, Captured) {
+        let mut child = self.child.take().expect("a running server");
+        let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM {}", child.id());
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the server") {
+                break status;
+            }
+            if start.elapsed() > DEADLINE {
+                drop(child.kill());
+                panic!("the server did not stop within {DEADLINE:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for reader in self.readers.drain(..) {
+            reader.join().expect("pipe reader thread");
+        }
+        (status.code(), Captured { stdout: self.stdout.snapshot(), stderr: self.stderr.snapshot() })
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // Already exited is fine; either way reap it.
