@@ -599,13 +599,13 @@ mod tests {
             (10_000, 0, "usage.retention_days"),
             (10_000, 3661, "usage.retention_days"),
         ] {
-            let mut s = Settings::default();
-            s.usage = UsageConfig { flush_interval_ms: interval, retention_days: retention };
+            let usage = UsageConfig { flush_interval_ms: interval, retention_days: retention };
+            let s = Settings { usage, ..Settings::default() };
             let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.starts_with(&format!("config: {key}:")), "{e}");
         }
-        let mut s = Settings::default();
-        s.usage = UsageConfig { flush_interval_ms: 100, retention_days: 3660 };
+        let usage = UsageConfig { flush_interval_ms: 100, retention_days: 3660 };
+        let s = Settings { usage, ..Settings::default() };
         assert_eq!(s.validate().expect("bounds are inclusive").usage.retention_days, 3660);
     }
 
