@@ -244,7 +244,7 @@ async fn a_tenant_admin_never_sees_another_tenants_usage() {
     let server = TestServer::start().await;
     let (acme_key, acme_token) = reader_key(&server, ACME).await;
     let (globex_key, _) = reader_key(&server, GLOBEX).await;
-    let (_, acme_admin) = server.key(ACME, &["admin"]).await;
+    let (acme_admin_key, acme_admin) = server.key(ACME, &["admin"]).await;
     checks(&server, &acme_token, pb::Action::Read, 2).await;
     server.core.flush_usage().await.expect("flush");
 
@@ -260,6 +260,10 @@ async fn a_tenant_admin_never_sees_another_tenants_usage() {
     let (_, reader_only) = reader_key(&server, "initech").await;
     let no_grant = try_usage(&server, Some(&reader_only), "", &acme_key.id, "", "").await;
     assert_status(no_grant, Code::PermissionDenied, "keyscope.keys");
+    // Admin calls are checks of the admin key: two allowed, one refused (another tenant).
+    server.core.flush_usage().await.expect("flush");
+    let admin_use = usage(&server, ACME, &acme_admin_key.id, "", "").await;
+    assert_eq!(busy_days(&admin_use), vec![(today(&server).to_string(), 2, 1)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
