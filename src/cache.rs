@@ -26,8 +26,10 @@ use async_trait::async_trait;
 use moka::sync::Cache as Moka;
 
 use crate::{
-    domain::{Key, KeyId, Scope, ScopeId, Tenant},
-    store::{Change, ChangeSink, Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError},
+    domain::{Day, Key, KeyId, Scope, ScopeId, Tenant},
+    store::{
+        Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta,
+    },
 };
 
 /// The field of the check spans that says whether the key came from the cache.
@@ -317,6 +319,21 @@ impl Store for CachedStore {
         let result = self.store.claim_bootstrap(key).await;
         self.inner.changed(&Change::Key(key.id.clone()));
         result
+    }
+
+    // Usage is not part of the cached records: writing it drops nothing.
+    async fn record_usage(&self, batch: &[UsageDelta], retention_days: u32) -> Result<(), StoreError> {
+        self.store.record_usage(batch, retention_days).await
+    }
+
+    async fn key_usage(
+        &self,
+        tenant: &Tenant,
+        id: &KeyId,
+        first: Day,
+        last: Day,
+    ) -> Result<Vec<DailyUsage>, StoreError> {
+        self.store.key_usage(tenant, id, first, last).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@ use crate::{
     cache::CacheSettings,
     domain::{Pepper, TokenFormat},
     grpc::{ExtAuthzSettings, IdentityHeaders},
-    service::{Builtins, Preset, Quotas},
+    service::{Builtins, Preset, Quotas, UsageSettings},
     service::{HttpMapping, Route, default_methods},
     store::RedisOptions,
     telemetry::TraceSettings,
@@ -53,6 +53,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Each replica's cache (Redis store only).
     pub cache: CacheConfig,
+    /// Key usage counts: how often they are flushed, how long they are kept.
+    pub usage: UsageConfig,
     /// Envoy ext_authz: how HTTP requests map to checks.
     pub ext_authz: ExtAuthzConfig,
     /// Locked preset scopes added to every tenant.
@@ -207,6 +209,38 @@ impl Default for CacheConfig {
             ttl_ms: d.time_to_live.as_millis() as u64,
             negative_ttl_ms: d.negative_ttl.as_millis() as u64,
         }
+    }
+}
+
+/// `usage.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageConfig {
+    /// How often each replica writes its usage counts to the store, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// Days of daily counts kept (today included); also the longest GetKeyUsage range.
+    pub retention_days: u32,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        let d = UsageSettings::default();
+        UsageConfig { flush_interval_ms: d.flush_interval.as_millis() as u64, retention_days: d.retention_days }
+    }
+}
+
+impl UsageConfig {
+    fn validate(&self) -> Result<UsageSettings, ConfigError> {
+        if !(100..=3_600_000).contains(&self.flush_interval_ms) {
+            return Err(bad("usage.flush_interval_ms", "must be between 100 and 3600000"));
+        }
+        if !(1..=3660).contains(&self.retention_days) {
+            return Err(bad("usage.retention_days", "must be between 1 and 3660"));
+        }
+        Ok(UsageSettings {
+            flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
+            retention_days: self.retention_days,
+        })
     }
 }
 
@@ -502,6 +536,8 @@ pub struct Validated {
     pub builtins: Builtins,
     /// Quotas.
     pub quotas: Quotas,
+    /// Key usage flushing and retention.
+    pub usage: UsageSettings,
 }
 
 impl RedisSettings {
@@ -616,6 +652,7 @@ impl Settings {
             negative_ttl: std::time::Duration::from_millis(c.negative_ttl_ms),
         };
         let ext_authz = self.ext_authz.validate()?;
+        let usage = self.usage.validate()?;
         let traces = self.telemetry.validate(|name| std::env::var(name).ok())?;
         let server = &self.server;
         if server.shutdown_grace_ms == 0 || server.shutdown_grace_ms > 3_600_000 {
@@ -638,6 +675,7 @@ impl Settings {
             ext_authz,
             builtins,
             quotas,
+            usage,
         })
     }
 }
@@ -720,6 +758,26 @@ mod tests {
         let mut s = Settings::default();
         s.server.shutdown_delay_ms = s.server.shutdown_grace_ms;
         assert!(s.validate().err().is_some_and(|e| e.to_string().contains("server.shutdown_delay_ms")));
+    }
+
+    #[test]
+    fn usage_settings_are_bounded_and_named() {
+        let v = Settings::default().validate().expect("defaults are valid");
+        assert_eq!(v.usage, UsageSettings::default());
+        for (interval, retention, key) in [
+            (99, 90, "usage.flush_interval_ms"),
+            (3_600_001, 90, "usage.flush_interval_ms"),
+            (10_000, 0, "usage.retention_days"),
+            (10_000, 3661, "usage.retention_days"),
+        ] {
+            let usage = UsageConfig { flush_interval_ms: interval, retention_days: retention };
+            let s = Settings { usage, ..Settings::default() };
+            let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.starts_with(&format!("config: {key}:")), "{e}");
+        }
+        let usage = UsageConfig { flush_interval_ms: 100, retention_days: 3660 };
+        let s = Settings { usage, ..Settings::default() };
+        assert_eq!(s.validate().expect("bounds are inclusive").usage.retention_days, 3660);
     }
 
     #[test]

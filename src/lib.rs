@@ -6,12 +6,13 @@
 //! # Layout
 //! - [`domain`]: the pure, synchronous core: names, scopes, the decision, the token format.
 //! - [`store`]: the `Store` trait and its backends: the embedded memory store and Redis
-//!   (standalone or cluster), with the change feed.
+//!   (standalone or cluster), with the change feed; keys, scopes and key usage.
 //! - [`cache`]: each replica's moka cache in front of a shared store, and its invalidation.
-//! - [`service`]: the use cases: checks and admin calls, with admin authorization.
+//! - [`service`]: the use cases: checks and admin calls, with admin authorization; key usage
+//!   counted in memory and flushed to the store.
 //! - [`grpc`]: one thin file per gRPC service; `status.rs` maps errors to gRPC codes.
-//! - [`server`]: wires the store, cache, services, health (readiness follows the store) and
-//!   reflection, and serves until shutdown.
+//! - [`server`]: wires the store, cache, services, health (readiness follows the store),
+//!   reflection and the usage flusher, and serves until shutdown (then flushes usage).
 //! - [`config`]: settings from defaults, an optional YAML file and `KEYSCOPE__` variables.
 //! - [`telemetry`]: logs, OpenTelemetry traces (OTLP export, `traceparent`), Prometheus
 //!   metrics and the metered store.

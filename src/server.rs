@@ -253,7 +253,8 @@ pub async fn build(validated: &crate::config::Validated) -> Result<Built, StartE
         }
     };
     let core = Keyscope::new(store, validated.builtins.clone(), validated.tokens.clone(), validated.pepper.clone())
-        .with_quotas(validated.quotas);
+        .with_quotas(validated.quotas)
+        .with_usage(validated.usage);
     Ok(Built { core: Arc::new(core), metrics, cache, feed })
 }
 
@@ -340,6 +341,8 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
         shutdown_delay: validated.shutdown_delay,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let flusher =
+        spawn_usage_flusher(core.clone(), built.metrics.clone(), validated.usage.flush_interval, stopped.clone());
     let serving = serve_with(listener, core.clone(), options, async move {
         let mut stopped = stopped;
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -363,6 +366,17 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
             deadline
         }
     };
+    // The flusher stopped at the signal (finishing a flush under way); the checks drained since
+    // are counted in one last flush.
+    let _ = stop.send(true);
+    let _ = flusher.await;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if tokio::time::timeout(left, final_usage_flush(&core, &built.metrics)).await.is_err() {
+        tracing::warn!(
+            pending = core.pending_usage(),
+            "the grace period ended before key usage was flushed; it is lost"
+        );
+    }
     if let Some(spans) = &spans {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if !spans.flush(left).await {
@@ -371,6 +385,46 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
     }
     tracing::info!("keyscope stopped");
     Ok(())
+}
+
+/// Flushes key usage every `every` until `stop` turns true (a flush under way finishes first);
+/// a failed flush is logged and its counts kept for the next one.
+pub fn spawn_usage_flusher(
+    core: Arc<Keyscope>,
+    metrics: Arc<Metrics>,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            let flushed = core.flush_usage().await;
+            metrics.usage_flush(flushed.is_ok());
+            match flushed {
+                Ok(written) => tracing::debug!(written, "key usage flushed"),
+                Err(error) => tracing::warn!(%error, "key usage flush failed; the counts are kept for the next one"),
+            }
+        }
+    })
+}
+
+/// The flush at shutdown, logged either way.
+pub async fn final_usage_flush(core: &Keyscope, metrics: &Metrics) {
+    let flushed = core.flush_usage().await;
+    metrics.usage_flush(flushed.is_ok());
+    match flushed {
+        Ok(written) => tracing::info!(written, "key usage flushed at shutdown"),
+        Err(error) => tracing::warn!(
+            %error,
+            pending = core.pending_usage(),
+            "key usage could not be flushed at shutdown; the unflushed counts are lost"
+        ),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

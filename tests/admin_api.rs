@@ -727,6 +727,7 @@ async fn list_keys_filters_by_owner_scope_and_state() {
         owner: owner.into(),
         scope_id: scope_id.into(),
         state: state.into(),
+        unused_since: None,
     };
     async fn collect(server: &TestServer, mut request: pb::ListKeysRequest) -> Vec<String> {
         let mut ids = Vec::new();

@@ -463,3 +463,72 @@ fn the_command_line_grammar_is_consistent() {
     let help = Cli::new().args(["key", "update", "--help"]).run().success();
     assert!(help.stdout.contains("--version <VERSION>"), "{}", help.describe());
 }
+
+/// `key usage` and `key list --unused-since`, text and JSON. The server flushes usage every
+/// 100 ms; the test polls `key usage` (with a deadline) until the flush has landed.
+#[test]
+fn key_usage_and_unused_since_commands() {
+    let server = process::ServerOptions::default().env("KEYSCOPE__USAGE__FLUSH_INTERVAL_MS", "100").start();
+    let scope = server
+        .cli()
+        .args(["--json", "scope", "create", "--tenant", "acme", "--label", "r", "--read", "courses"])
+        .run()
+        .success()
+        .json();
+    let scope_id = str_field(&scope, "id").to_owned();
+    let create = || {
+        server.cli().args(["--json", "key", "create", "--tenant", "acme", "--scope", &scope_id]).run().success().json()
+    };
+    let (used, idle) = (create(), create());
+    let (used_id, idle_id) = (str_field(&used, "id").to_owned(), str_field(&idle, "id").to_owned());
+    check(&server, str_field(&used, "token"), "courses", "read").success();
+    check(&server, str_field(&used, "token"), "courses", "delete").expect_code(3);
+
+    let usage = || server.cli().args(["--json", "key", "usage", &used_id, "--tenant", "acme"]).run().success().json();
+    let start = std::time::Instant::now();
+    let json = loop {
+        let json = usage();
+        let days = json["days"].as_array().cloned().unwrap_or_default();
+        if days.last().is_some_and(|d| u64_field(d, "allowed") + u64_field(d, "denied") > 0) {
+            break json;
+        }
+        assert!(start.elapsed() < process::DEADLINE, "no usage flushed: {json}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let days = json["days"].as_array().cloned().unwrap_or_default();
+    assert_eq!(days.len(), 30);
+    let today = days.last().cloned().unwrap_or_default();
+    assert_eq!((u64_field(&today, "allowed"), u64_field(&today, "denied")), (1, 1));
+    assert_eq!(str_field(&json, "key_id"), used_id);
+    assert!(json["last_used_at"].is_string(), "{json}");
+
+    let date = str_field(&today, "date").to_owned();
+    let text = server.cli().args(["key", "usage", &used_id, "--tenant", "acme", "--start", &date]).run().success();
+    assert!(text.stdout.lines().any(|l| l.split_whitespace().eq([date.as_str(), "1", "1"])), "{}", text.stdout);
+    assert!(text.stdout.lines().any(|l| l.split_whitespace().eq(["total", "1", "1"])), "{}", text.stdout);
+    assert_ne!(field(&text, "last used"), "never");
+
+    let list = |since: &str| {
+        let run = server.cli().args(["--json", "key", "list", "--tenant", "acme", "--unused-since", since]).run();
+        let json = run.success().json();
+        let mut ids: Vec<String> = json["keys"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|k| str_field(k, "id").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut both = vec![used_id.clone(), idle_id.clone()];
+    both.sort();
+    assert_eq!(list("9999-12-31"), both, "used before that date, or never");
+    assert_eq!(list("2000-01-01T00:00:00Z"), vec![idle_id], "only the never-used key");
+
+    let bad = server.cli().args(["key", "list", "--unused-since", "someday"]).run().expect_code(2);
+    assert!(bad.stderr.contains("--unused-since"), "{}", bad.stderr);
+    let bad = server.cli().args(["key", "usage", &used_id, "--tenant", "acme", "--start", "2024-13-01"]).run();
+    let bad = bad.expect_code(1);
+    assert!(bad.stderr.contains("INVALID_ARGUMENT") && bad.stderr.contains("start_date"), "{}", bad.stderr);
+}

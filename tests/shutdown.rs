@@ -73,10 +73,13 @@ async fn sigterm_under_load_answers_every_accepted_check_and_flushes_spans() {
             .expect("receiver");
     });
 
+    let prefix = fresh_prefix();
     let mut server = ServerOptions::default()
         .env("KEYSCOPE__STORE__KIND", "redis")
         .env("KEYSCOPE__STORE__REDIS__URL", &redis.url())
-        .env("KEYSCOPE__STORE__REDIS__PREFIX", &fresh_prefix())
+        .env("KEYSCOPE__STORE__REDIS__PREFIX", &prefix)
+        // Only the shutdown flushes usage.
+        .env("KEYSCOPE__USAGE__FLUSH_INTERVAL_MS", "3600000")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{collector}"))
         // Long enough that only the shutdown flushes the last spans.
         .env("KEYSCOPE__TELEMETRY__EXPORT_INTERVAL_MS", "60000")
@@ -92,7 +95,8 @@ async fn sigterm_under_load_answers_every_accepted_check_and_flushes_spans() {
         ..Default::default()
     });
     create.metadata_mut().insert("authorization", format!("Bearer {admin}").parse().expect("ascii"));
-    let token = KeyAdminClient::new(channel).create_key(create).await.expect("create key").into_inner().token;
+    let created = KeyAdminClient::new(channel).create_key(create).await.expect("create key").into_inner();
+    let (token, key_id) = (created.token, created.key.expect("key").id);
 
     // Eight clients, each on its own connection, check in a loop until refused.
     let outcome = Arc::new(Outcome::default());
@@ -165,4 +169,12 @@ async fn sigterm_under_load_answers_every_accepted_check_and_flushes_spans() {
     assert!(refused.iter().all(never_taken), "refused with {refused:#?}");
     let log = output.all();
     assert!(log.contains("shutdown signal received") && log.contains("keyscope stopped"), "{log}");
+    // And every answered check was counted in the key's usage, written to Redis at shutdown.
+    let days = redis.cli(&["KEYS", &format!("{prefix}:{{acme}}:usage:{key_id}:*")]).unwrap_or_default();
+    let counted: u64 = days
+        .lines()
+        .filter(|d| !d.is_empty())
+        .map(|day| redis.cli(&["HGET", day, "a"]).and_then(|a| a.trim().parse::<u64>().ok()).unwrap_or(0))
+        .sum();
+    assert_eq!(counted, answered, "allowed checks in the flushed usage vs answered checks");
 }

@@ -188,7 +188,8 @@ fn keyscope(redis: &RedisServer, endpoint: &str, extra: &[(&str, &str)]) -> Serv
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .env("OTEL_SERVICE_NAME", "keyscope-under-test")
         .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
-        .env("KEYSCOPE__TELEMETRY__EXPORT_INTERVAL_MS", "50");
+        .env("KEYSCOPE__TELEMETRY__EXPORT_INTERVAL_MS", "50")
+        .env("KEYSCOPE__USAGE__FLUSH_INTERVAL_MS", "100");
     for (name, value) in extra {
         options = options.env(name, value);
     }
@@ -329,7 +330,9 @@ async fn spans_of_checks_batches_ext_authz_and_admin_calls_reach_the_collector()
         let text = scrape::metrics(&server.http_addr).await;
         assert_eq!(scrape::count(&text, "keyscope_trace_spans_dropped_total", &[]), 0.0);
         let exported = scrape::count(&text, "keyscope_trace_spans_exported_total", &[]);
-        if exported >= receiver.spans().len() as f64 {
+        // The usage flusher writes to the same Redis every 100 ms.
+        let flushed = scrape::count(&text, "keyscope_usage_flushes_total", &[("result", "ok")]);
+        if exported >= receiver.spans().len() as f64 && flushed >= 1.0 {
             break;
         }
         assert!(Instant::now() < deadline, "exported {exported}, received {}:\n{text}", receiver.spans().len());

@@ -141,8 +141,24 @@ pub enum KeyCommand {
         /// Only keys in this state.
         #[arg(long, value_enum)]
         state: Option<StateArg>,
+        /// Only keys not used since DATE (`YYYY-MM-DD`, UTC midnight, or RFC 3339), or never.
+        #[arg(long, value_name = "DATE")]
+        unused_since: Option<String>,
         #[command(flatten)]
         page: PageArgs,
+    },
+    /// Show a key's daily counts of allowed and denied checks, and its last use.
+    Usage {
+        /// Key id.
+        id: String,
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// First day, `YYYY-MM-DD` UTC (default: 29 days before the end).
+        #[arg(long, value_name = "DATE", default_value = "")]
+        start: String,
+        /// Last day, `YYYY-MM-DD` UTC (default: today).
+        #[arg(long, value_name = "DATE", default_value = "")]
+        end: String,
     },
     /// Change a key's description, owner, scopes, expiry or metadata.
     Update {

@@ -164,3 +164,36 @@ pub fn parse_expiry(at: Option<&str>, within: Option<&str>) -> Result<Option<pro
     };
     Ok(Some(convert::timestamp_to_pb(instant)))
 }
+
+/// A key's usage as JSON.
+pub fn usage_json(usage: &pb::GetKeyUsageResponse) -> Value {
+    let days: Vec<Value> =
+        usage.days.iter().map(|d| json!({"date": d.date, "allowed": d.allowed, "denied": d.denied})).collect();
+    json!({"key_id": usage.key_id, "last_used_at": time(usage.last_used_at.as_ref()), "days": days})
+}
+
+/// A key's usage as a table, one row per day, with totals.
+pub fn usage_text(usage: &pb::GetKeyUsageResponse) -> String {
+    let mut text = aligned(&[
+        ("key", usage.key_id.clone()),
+        ("last used", time(usage.last_used_at.as_ref()).unwrap_or_else(|| "never".into())),
+    ]);
+    text.push_str(&format!("\n{:<12}{:>10}{:>10}\n", "DATE", "ALLOWED", "DENIED"));
+    for d in &usage.days {
+        text.push_str(&format!("{:<12}{:>10}{:>10}\n", d.date, d.allowed, d.denied));
+    }
+    let allowed: u64 = usage.days.iter().map(|d| d.allowed).sum();
+    let denied: u64 = usage.days.iter().map(|d| d.denied).sum();
+    text.push_str(&format!("{:<12}{allowed:>10}{denied:>10}\n", "total"));
+    text
+}
+
+/// A `YYYY-MM-DD` date (its UTC midnight) or an RFC 3339 instant, for `flag`.
+pub fn parse_date_or_instant(flag: &str, text: &str) -> Result<prost_types::Timestamp, String> {
+    let instant = match text.parse::<crate::domain::Day>() {
+        Ok(day) => day.start(),
+        Err(_) => humantime::parse_rfc3339_weak(text)
+            .map_err(|e| format!("{flag} `{text}`: expected YYYY-MM-DD or an RFC 3339 instant ({e})"))?,
+    };
+    Ok(convert::timestamp_to_pb(instant))
+}

@@ -178,7 +178,12 @@ async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
             return Ok(Output::new(text, json));
         }
         KeyCommand::Get { id, tenant } => client.get_key(pb::GetKeyRequest { tenant: tenant.tenant, id }).await?,
-        KeyCommand::List { tenant, owner, scope, state, page } => {
+        KeyCommand::Usage { id, tenant, start, end } => {
+            let request = pb::GetKeyUsageRequest { tenant: tenant.tenant, id, start_date: start, end_date: end };
+            let usage = client.get_key_usage(request).await?.into_inner();
+            return Ok(Output::new(output::usage_text(&usage), output::usage_json(&usage)));
+        }
+        KeyCommand::List { tenant, owner, scope, state, unused_since, page } => {
             let state = state.map_or(pb::KeyState::Unspecified, |s| match s {
                 StateArg::Active => pb::KeyState::Active,
                 StateArg::Disabled => pb::KeyState::Disabled,
@@ -191,6 +196,10 @@ async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
                 owner: owner.unwrap_or_default(),
                 scope_id: scope.unwrap_or_default(),
                 state: state.into(),
+                unused_since: unused_since
+                    .map(|d| output::parse_date_or_instant("--unused-since", &d))
+                    .transpose()
+                    .map_err(CliError::Usage)?,
             };
             let (keys, next) = pages(page, async |page_token| {
                 let page = client.list_keys(pb::ListKeysRequest { page_token, ..request.clone() }).await?.into_inner();

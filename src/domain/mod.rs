@@ -5,6 +5,7 @@
 //! into this module, never the other way round.
 
 mod action;
+mod day;
 mod decision;
 mod error;
 mod ids;
@@ -14,6 +15,7 @@ mod scope;
 mod token;
 
 pub use action::Action;
+pub use day::{Day, LAST_DAY};
 pub use decision::{Decision, Reason, change_grants_reserved, describe_module, evaluate, grants_reserved, widens};
 pub use error::{InputError, Problem, parse_field};
 pub use ids::{KeyId, Label, Module, Pattern, ScopeId, Tenant, shorten as shorten_for_message};

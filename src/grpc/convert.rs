@@ -15,7 +15,7 @@ use crate::{
         Action, InputError, Key, KeyState, Metadata, Problem, Reason, Rules, Scope, ScopeMode, limits, parse_field,
         validate_metadata,
     },
-    service::CheckAnswer,
+    service::{CheckAnswer, KeyUsage},
 };
 
 /// An action from the wire; `ACTION_UNSPECIFIED` and unknown values are refused.
@@ -149,6 +149,19 @@ pub fn key_to_pb(key: &Key) -> pb::Key {
     }
 }
 
+/// The wire form of a key's usage over a range of days.
+pub fn usage_to_pb(usage: &KeyUsage) -> pb::GetKeyUsageResponse {
+    pb::GetKeyUsageResponse {
+        key_id: usage.key.id.to_string(),
+        last_used_at: usage.key.last_used_at.map(timestamp_to_pb),
+        days: usage
+            .days
+            .iter()
+            .map(|d| pb::DailyUsage { date: d.day.to_string(), allowed: d.allowed, denied: d.denied })
+            .collect(),
+    }
+}
+
 /// The wire form of a scope.
 pub fn scope_to_pb(scope: &Scope) -> pb::Scope {
     pb::Scope {
@@ -234,6 +247,11 @@ pub fn mask<'a>(
         }
     }
     Ok(paths)
+}
+
+/// An optional string field (empty: absent) parsed into a domain type.
+pub fn optional<T: std::str::FromStr<Err = Problem>>(field: &str, raw: &str) -> Result<Option<T>, InputError> {
+    if raw.is_empty() { Ok(None) } else { parse_field(field, raw).map(Some) }
 }
 
 /// A required string field parsed into a domain type.

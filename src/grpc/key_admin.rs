@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{auth::admin, convert, pb};
 use crate::{
-    domain::{Action, KeyId, KeyState, Module, validate_description, validate_owner, validate_scope_ids},
+    domain::{Action, Day, KeyId, KeyState, Module, validate_description, validate_owner, validate_scope_ids},
     service::{KeyChanges, Keyscope, NewKey},
     store::KeyQuery,
 };
@@ -73,7 +73,8 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
 
     async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
         let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Read).await?;
-        let pb::ListKeysRequest { tenant: _, page_size, page_token, owner, scope_id, state } = request.into_inner();
+        let pb::ListKeysRequest { tenant: _, page_size, page_token, owner, scope_id, state, unused_since } =
+            request.into_inner();
         validate_owner("owner", &owner)?;
         let query = KeyQuery {
             after: convert::page_cursor("page_token", &page_token)?,
@@ -81,6 +82,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
             owner: if owner.is_empty() { None } else { Some(owner) },
             scope: if scope_id.is_empty() { None } else { Some(convert::required("scope_id", &scope_id)?) },
             state: convert::state_filter("state", state)?,
+            unused_since: convert::timestamp("unused_since", unused_since.as_ref())?,
         };
         let page = self.core.list_keys(&caller, query).await?;
         let next_page_token = match (page.more, page.items.last()) {
@@ -144,5 +146,18 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
 
     async fn revoke_key(&self, request: Request<pb::KeyStateRequest>) -> Result<Response<pb::Key>, Status> {
         self.set_state(request, KeyState::Revoked).await
+    }
+
+    async fn get_key_usage(
+        &self,
+        request: Request<pb::GetKeyUsageRequest>,
+    ) -> Result<Response<pb::GetKeyUsageResponse>, Status> {
+        let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Read).await?;
+        let pb::GetKeyUsageRequest { tenant: _, id, start_date, end_date } = request.into_inner();
+        let id: KeyId = convert::required("id", &id)?;
+        let start: Option<Day> = convert::optional("start_date", &start_date)?;
+        let end: Option<Day> = convert::optional("end_date", &end_date)?;
+        let usage = self.core.key_usage(&caller, &id, start, end).await?;
+        Ok(Response::new(convert::usage_to_pb(&usage)))
     }
 }

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use super::{Keyscope, Presented, ServiceError, check::Resolved};
+use super::{
+    Keyscope, Presented, ServiceError,
+    check::{Holder, Resolved},
+};
 use crate::domain::{
     Action, InputError, Key, Module, Scope, ScopeId, Tenant, change_grants_reserved, describe_module, grants_reserved,
     parse_field,
@@ -51,6 +54,31 @@ impl Caller {
 
 const BAD_TOKEN: &str = "missing or invalid admin credential: send `authorization: Bearer <token>`";
 
+/// Authorizes a verified key for `action` on `module` in the tenant named (`""`: its own).
+fn admit(holder: &Holder, tenant: &str, module: &Module, action: Action) -> Result<Caller, ServiceError> {
+    let answer = holder.decide(module, action, super::Explain::Never);
+    if !answer.allowed() {
+        tracing::info!(key_id = %holder.key.id, %module, %action, reason = %answer.reason, "admin call refused");
+        return Err(ServiceError::PermissionDenied(format!(
+            "key `{}` is not allowed {action} on `{module}`",
+            holder.key.id
+        )));
+    }
+    let own = &holder.key.tenant;
+    let tenant: Tenant = if tenant.is_empty() { own.clone() } else { parse_field("tenant", tenant)? };
+    if tenant != *own && !own.is_system() {
+        return Err(ServiceError::PermissionDenied(format!(
+            "key `{}` of tenant `{own}` may not act in tenant `{tenant}`",
+            holder.key.id
+        )));
+    }
+    // The admin call's span (when there is one) names who acted where; never the token.
+    let span = tracing::Span::current();
+    span.record("tenant", tenant.as_str());
+    span.record("actor_key_id", holder.key.id.as_str());
+    Ok(Caller { key: holder.key.clone(), scopes: holder.scopes.clone(), tenant })
+}
+
 impl Keyscope {
     /// Authenticates the bearer token and authorizes `action` on the reserved `module` in
     /// the tenant the request names (`""`: the key's own tenant).
@@ -62,31 +90,16 @@ impl Keyscope {
         action: Action,
     ) -> Result<Caller, ServiceError> {
         let Some(bearer) = bearer else { return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())) };
-        let holder = match self.resolve(&Presented::Token(bearer.to_owned()), None).await? {
-            Resolved::Holder(holder) => holder,
-            Resolved::Refused { .. } => return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())),
+        let resolved = self.resolve(&Presented::Token(bearer.to_owned()), None).await?;
+        let outcome = match &resolved {
+            Resolved::Holder(holder) => admit(holder, tenant, module, action),
+            Resolved::Refused { .. } => Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())),
         };
-        let answer = holder.decide(module, action, super::Explain::Never);
-        if !answer.allowed() {
-            tracing::info!(key_id = %holder.key.id, %module, %action, reason = %answer.reason, "admin call refused");
-            return Err(ServiceError::PermissionDenied(format!(
-                "key `{}` is not allowed {action} on `{module}`",
-                holder.key.id
-            )));
-        }
-        let own = &holder.key.tenant;
-        let tenant: Tenant = if tenant.is_empty() { own.clone() } else { parse_field("tenant", tenant)? };
-        if tenant != *own && !own.is_system() {
-            return Err(ServiceError::PermissionDenied(format!(
-                "key `{}` of tenant `{own}` may not act in tenant `{tenant}`",
-                holder.key.id
-            )));
-        }
-        // The admin call's span (when there is one) names who acted where; never the token.
-        let span = tracing::Span::current();
-        span.record("tenant", tenant.as_str());
-        span.record("actor_key_id", holder.key.id.as_str());
-        Ok(Caller { key: holder.key, scopes: holder.scopes, tenant })
+        // An admin call is a check of its key on a reserved module: it counts as a use (denied
+        // when refused), so an admin key in daily use never looks stale.
+        let allowed = u64::from(outcome.is_ok());
+        resolved.note_use(self, allowed, 1 - allowed);
+        outcome
     }
 
     /// Looks up scope ids of a tenant, builtins included; `None` where a scope does not exist.

@@ -94,7 +94,27 @@ pub(super) struct Holder {
 /// How a credential resolved: a verified key, or the reason it was refused.
 pub(super) enum Resolved {
     Holder(Holder),
-    Refused { reason: Reason, key_id: Option<KeyId> },
+    /// `verified`: the key's tenant when its secret was verified (the refusal is then a use
+    /// of the key, counted as denied).
+    Refused {
+        reason: Reason,
+        key_id: Option<KeyId>,
+        verified: Option<Tenant>,
+    },
+}
+
+impl Resolved {
+    /// Counts this resolution's `allowed` and `denied` answers as a use of the key, when the
+    /// key was verified.
+    pub(super) fn note_use(&self, core: &Keyscope, allowed: u64, denied: u64) {
+        match self {
+            Resolved::Holder(holder) => core.note_use(&holder.key.tenant, &holder.key.id, allowed, denied),
+            Resolved::Refused { key_id: Some(id), verified: Some(tenant), .. } => {
+                core.note_use(tenant, id, 0, allowed + denied)
+            }
+            Resolved::Refused { .. } => {}
+        }
+    }
 }
 
 impl Holder {
@@ -165,20 +185,21 @@ impl Keyscope {
             Presented::Pair { key_id, secret } => self.tokens.parse_pair(key_id, secret),
         };
         let Ok(token) = parsed else {
-            return Ok(Resolved::Refused { reason: Reason::MalformedCredential, key_id: None });
+            return Ok(Resolved::Refused { reason: Reason::MalformedCredential, key_id: None, verified: None });
         };
         let Token { key_id, .. } = &token;
         let credential = self.store.credential(key_id).await?;
         let stored = credential.as_ref().map(|c| &c.key.secret_hash);
         // Unknown keys are verified against a decoy hash, so both cost the same.
         if !self.pepper.verify(&token, stored) {
-            return Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()) });
+            return Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()), verified: None });
         }
         let Some(credential) = credential else {
-            return Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()) });
+            return Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()), verified: None });
         };
         if let Some(reason) = key_status(&credential.key, self.clock.now(), tenant) {
-            return Ok(Resolved::Refused { reason, key_id: Some(key_id.clone()) });
+            let verified = Some(credential.key.tenant.clone());
+            return Ok(Resolved::Refused { reason, key_id: Some(key_id.clone()), verified });
         }
         Ok(Resolved::Holder(self.holder(credential.key, credential.scopes)))
     }
@@ -223,10 +244,13 @@ impl Keyscope {
             reason = Empty,
             cache_hit = Empty,
         );
-        let answer = match self.resolve(presented, tenant).instrument(span.clone()).await? {
-            Resolved::Refused { reason, key_id } => refused(reason, key_id, explain),
+        let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
+        let answer = match &resolved {
+            Resolved::Refused { reason, key_id, .. } => refused(*reason, key_id.clone(), explain),
             Resolved::Holder(holder) => holder.decide(module, action, explain),
         };
+        let allowed = u64::from(answer.allowed());
+        resolved.note_use(self, allowed, 1 - allowed);
         record(&span, &answer);
         span.in_scope(|| tracing::debug!("check answered"));
         Ok(answer)
@@ -252,10 +276,11 @@ impl Keyscope {
             credential = Empty,
             cache_hit = Empty,
         );
-        let answers: Vec<CheckAnswer> = match self.resolve(presented, tenant).instrument(span.clone()).await? {
-            Resolved::Refused { reason, key_id } => {
+        let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
+        let answers: Vec<CheckAnswer> = match &resolved {
+            Resolved::Refused { reason, key_id, .. } => {
                 span.record("credential", reason.as_str());
-                items.iter().map(|_| refused(reason, key_id.clone(), explain)).collect()
+                items.iter().map(|_| refused(*reason, key_id.clone(), explain)).collect()
             }
             Resolved::Holder(holder) => {
                 span.record("credential", Reason::Ok.as_str());
@@ -265,7 +290,9 @@ impl Keyscope {
         if let Some(first) = answers.first() {
             record_identity(&span, first);
         }
-        span.record("allowed", answers.iter().filter(|a| a.allowed()).count());
+        let allowed = answers.iter().filter(|a| a.allowed()).count();
+        resolved.note_use(self, allowed as u64, (answers.len() - allowed) as u64);
+        span.record("allowed", allowed);
         span.in_scope(|| tracing::debug!("batch check answered"));
         Ok(answers)
     }

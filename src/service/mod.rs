@@ -1,4 +1,4 @@
-//! The use cases of keyscope: checks, and key and scope administration with admin
+//! The use cases of keyscope: checks, key usage, and key and scope administration with admin
 //! authorization. Async because the store is; every rule it applies comes from
 //! [`crate::domain`]. Transport-neutral: gRPC (and later Envoy) call in here.
 
@@ -9,6 +9,7 @@ mod check;
 mod http;
 mod keys;
 mod scopes;
+mod usage;
 
 use std::{
     sync::Arc,
@@ -22,6 +23,7 @@ pub use check::{CheckAnswer, Explain, Presented};
 pub use http::{HttpMapping, HttpRequestView, Mapped, Route, Unmapped, default_methods};
 pub use keys::{KeyChanges, NewKey};
 pub use scopes::{ScopeChanges, ScopeDraft, inline_scope};
+pub use usage::{DEFAULT_USAGE_DAYS, KeyUsage, UsageRecorder, UsageSettings};
 
 use crate::{
     domain::{InputError, Pepper, RandomError, TokenFormat},
@@ -119,6 +121,8 @@ pub struct Keyscope {
     pepper: Pepper,
     quotas: Quotas,
     clock: Arc<dyn Clock>,
+    usage: Arc<UsageRecorder>,
+    usage_settings: UsageSettings,
 }
 
 impl std::fmt::Debug for Keyscope {
@@ -131,7 +135,16 @@ impl Keyscope {
     /// Use cases over `store`, with the builtin scopes, token format and pepper of the
     /// deployment.
     pub fn new(store: Arc<dyn Store>, builtins: Builtins, tokens: TokenFormat, pepper: Pepper) -> Self {
-        Keyscope { store, builtins, tokens, pepper, quotas: Quotas::default(), clock: Arc::new(SystemClock) }
+        Keyscope {
+            store,
+            builtins,
+            tokens,
+            pepper,
+            quotas: Quotas::default(),
+            clock: Arc::new(SystemClock),
+            usage: Arc::new(UsageRecorder::new()),
+            usage_settings: UsageSettings::default(),
+        }
     }
 
     /// Replaces the per-tenant quotas.

@@ -5,12 +5,13 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     ops::Bound,
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    time::SystemTime,
 };
 
 use async_trait::async_trait;
 
-use super::{Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError};
-use crate::domain::{Key, KeyId, Scope, ScopeId, Tenant};
+use super::{Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta};
+use crate::domain::{Day, Key, KeyId, Scope, ScopeId, Tenant};
 
 /// Keys and scopes in memory. Cloning shares the same data.
 #[derive(Debug, Default, Clone)]
@@ -22,7 +23,16 @@ pub struct MemoryStore {
 struct Inner {
     keys: HashMap<KeyId, Arc<Key>>,
     tenants: HashMap<Tenant, TenantData>,
+    /// Kept apart from the key records, as in Redis: usage never changes a key's version.
+    usage: HashMap<Tenant, TenantUsage>,
     bootstrap: Option<KeyId>,
+}
+
+#[derive(Debug, Default)]
+struct TenantUsage {
+    last_used: HashMap<KeyId, SystemTime>,
+    /// Key id -> day -> (allowed, denied).
+    days: HashMap<KeyId, BTreeMap<Day, (u64, u64)>>,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +73,19 @@ fn scope_name(id: &ScopeId) -> String {
 impl Inner {
     fn tenant_key(&self, tenant: &Tenant, id: &KeyId) -> Option<&Arc<Key>> {
         self.keys.get(id).filter(|k| k.tenant == *tenant)
+    }
+
+    fn last_used(&self, key: &Key) -> Option<SystemTime> {
+        self.usage.get(&key.tenant).and_then(|u| u.last_used.get(&key.id)).copied().or(key.last_used_at)
+    }
+
+    /// The key as a reader sees it: with its last use from the recorded usage.
+    fn with_usage(&self, key: &Arc<Key>) -> Arc<Key> {
+        let last_used_at = self.last_used(key);
+        if last_used_at == key.last_used_at {
+            return key.clone();
+        }
+        Arc::new(Key { last_used_at, ..Key::clone(key) })
     }
 
     fn check_key_write(&self, write: &KeyWrite<'_>, max_keys: usize) -> Result<(), StoreError> {
@@ -124,7 +147,8 @@ impl Store for MemoryStore {
     }
 
     async fn get_key(&self, tenant: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError> {
-        Ok(self.read().tenant_key(tenant, id).cloned())
+        let inner = self.read();
+        Ok(inner.tenant_key(tenant, id).map(|k| inner.with_usage(k)))
     }
 
     async fn list_keys(&self, tenant: &Tenant, query: &KeyQuery) -> Result<Vec<Arc<Key>>, StoreError> {
@@ -142,8 +166,9 @@ impl Store for MemoryStore {
             .filter_map(|id| inner.keys.get(id))
             .filter(|k| query.owner.as_ref().is_none_or(|o| k.owner == *o))
             .filter(|k| query.state.is_none_or(|s| k.state == s))
+            .filter(|k| query.unused_since.is_none_or(|since| inner.last_used(k).is_none_or(|at| at < since)))
             .take(query.limit)
-            .cloned()
+            .map(|k| inner.with_usage(k))
             .collect())
     }
 
@@ -275,6 +300,46 @@ impl Store for MemoryStore {
         inner.tenants.entry(key.tenant.clone()).or_default().index(&stored, None);
         inner.bootstrap = Some(key.id.clone());
         Ok(None)
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta], retention_days: u32) -> Result<(), StoreError> {
+        let mut inner = self.write();
+        let mut touched: HashMap<&Tenant, Day> = HashMap::new();
+        for delta in batch {
+            let usage = inner.usage.entry(delta.tenant.clone()).or_default();
+            let last = usage.last_used.entry(delta.key_id.clone()).or_insert(delta.last_used_at);
+            *last = (*last).max(delta.last_used_at);
+            let day = usage.days.entry(delta.key_id.clone()).or_default().entry(delta.day).or_default();
+            day.0 = day.0.saturating_add(delta.allowed);
+            day.1 = day.1.saturating_add(delta.denied);
+            let newest = touched.entry(&delta.tenant).or_insert(delta.day);
+            *newest = (*newest).max(delta.day);
+        }
+        for (tenant, newest) in touched {
+            let oldest_kept = newest.minus(retention_days.saturating_sub(1));
+            if let Some(usage) = inner.usage.get_mut(tenant) {
+                usage.days.retain(|_, days| {
+                    days.retain(|day, _| *day >= oldest_kept);
+                    !days.is_empty()
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn key_usage(
+        &self,
+        tenant: &Tenant,
+        id: &KeyId,
+        first: Day,
+        last: Day,
+    ) -> Result<Vec<DailyUsage>, StoreError> {
+        let inner = self.read();
+        let Some(days) = inner.usage.get(tenant).and_then(|u| u.days.get(id)) else { return Ok(Vec::new()) };
+        if first > last {
+            return Ok(Vec::new());
+        }
+        Ok(days.range(first..=last).map(|(&day, &(allowed, denied))| DailyUsage { day, allowed, denied }).collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

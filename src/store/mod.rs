@@ -1,4 +1,4 @@
-//! Storage of keys and scopes behind one trait, so that every backend passes the same
+//! Storage of keys, scopes and key usage behind one trait, so that every backend passes the same
 //! contract tests (`tests/store_contract.rs`).
 //!
 //! A store keeps records and their indexes exact and every mutation atomic; it knows nothing
@@ -15,7 +15,7 @@ use async_trait::async_trait;
 pub use self::redis::{RedisOptions, RedisStore, SCHEMA_VERSION};
 pub use memory::MemoryStore;
 
-use crate::domain::{Key, KeyId, KeyState, Scope, ScopeId, Tenant};
+use crate::domain::{Day, Key, KeyId, KeyState, Scope, ScopeId, Tenant};
 
 /// What a store can fail with. Every variant means nothing was written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +83,37 @@ pub struct KeyQuery {
     pub scope: Option<ScopeId>,
     /// Only keys in this state.
     pub state: Option<KeyState>,
+    /// Only keys last used before this instant, or never used.
+    pub unused_since: Option<SystemTime>,
+}
+
+/// Usage of one key on one UTC day, to add to what the store holds. Usage is kept apart from
+/// the key record: writing it never changes a key's version and never invalidates a cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// The key's tenant.
+    pub tenant: Tenant,
+    /// The key.
+    pub key_id: KeyId,
+    /// The UTC day of the checks.
+    pub day: Day,
+    /// Checks allowed.
+    pub allowed: u64,
+    /// Checks denied after the key's secret was verified.
+    pub denied: u64,
+    /// The latest use seen; the store keeps the latest of all it is given.
+    pub last_used_at: SystemTime,
+}
+
+/// A key's counts on one UTC day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DailyUsage {
+    /// The day.
+    pub day: Day,
+    /// Checks allowed.
+    pub allowed: u64,
+    /// Checks denied after the key's secret was verified.
+    pub denied: u64,
 }
 
 /// A change to a key, guarded by the version it was based on.
@@ -158,10 +189,10 @@ pub trait Store: Send + Sync + 'static {
     /// The key with this id and its stored scopes, for a check (any tenant).
     async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError>;
 
-    /// One key of a tenant.
+    /// One key of a tenant, with its `last_used_at` from the recorded usage.
     async fn get_key(&self, tenant: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError>;
 
-    /// A tenant's keys by ascending id.
+    /// A tenant's keys by ascending id, with their `last_used_at` from the recorded usage.
     async fn list_keys(&self, tenant: &Tenant, query: &KeyQuery) -> Result<Vec<Arc<Key>>, StoreError>;
 
     /// Writes a key: creates it when `expected_version` is `None` (refused once the tenant
@@ -204,6 +235,22 @@ pub trait Store: Send + Sync + 'static {
     /// Makes `key` the bootstrap admin key unless one was made before; returns the id of the
     /// one made before, if any.
     async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError>;
+
+    /// Adds usage: each delta's counts to its key's day, and its `last_used_at` when later
+    /// than the one kept. Days older than `retention_days` (counted back from the newest day
+    /// written, that day included) are dropped. Atomic per tenant: the deltas of one tenant
+    /// are applied all or none (the service sends one tenant per call). Touches no key record.
+    async fn record_usage(&self, batch: &[UsageDelta], retention_days: u32) -> Result<(), StoreError>;
+
+    /// A key's recorded daily counts from `first` to `last` (inclusive), oldest first; days
+    /// with no checks are left out. Another tenant's key has none.
+    async fn key_usage(
+        &self,
+        tenant: &Tenant,
+        id: &KeyId,
+        first: Day,
+        last: Day,
+    ) -> Result<Vec<DailyUsage>, StoreError>;
 
     /// Whether the store answers now (readiness).
     async fn ping(&self) -> Result<(), StoreError>;

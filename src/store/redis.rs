@@ -16,6 +16,8 @@
 //! | `P:{T}:labels` | hash | folded label -> scope id |
 //! | `P:{T}:holders:<scope id>` | sorted set | ids of the keys holding the scope |
 //! | `P:{system}:bootstrap` | string | the bootstrap admin key's id |
+//! | `P:{T}:used` | sorted set | key id -> its last use (microseconds since the epoch) |
+//! | `P:{T}:usage:<key id>:<YYYY-MM-DD>` | hash | `a` allowed, `d` denied checks that UTC day; expires with the retention |
 //!
 //! Mutations are Lua scripts (`src/store/lua/`), atomic by construction. A check that misses
 //! every cache costs two round trips: the key's tenant, then one script returning the key and
@@ -33,15 +35,17 @@ use std::{
 use async_trait::async_trait;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use redis::{
-    AsyncCommands, Cmd, Pipeline, RedisError, RedisFuture, Script, Value,
+    AsyncCommands, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Change, ChangeSink, Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError};
-use crate::domain::{Key, KeyId, KeyState, Pattern, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant};
+use super::{
+    Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta,
+};
+use crate::domain::{Day, Key, KeyId, KeyState, Pattern, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant};
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: &str = "1";
@@ -115,6 +119,7 @@ struct Scripts {
     delete_scope: Script,
     claim_bootstrap: Script,
     credential: Script,
+    record_usage: Script,
 }
 
 /// Keys and scopes in Redis. Cloning shares the connection.
@@ -176,6 +181,7 @@ impl RedisStore {
                 delete_scope: Script::new(include_str!("lua/delete_scope.lua")),
                 claim_bootstrap: Script::new(include_str!("lua/claim_bootstrap.lua")),
                 credential: Script::new(include_str!("lua/credential.lua")),
+                record_usage: Script::new(include_str!("lua/record_usage.lua")),
             }),
         };
         store.check_schema().await?;
@@ -297,13 +303,33 @@ impl RedisStore {
         self.admin(pipe.query_async(&mut conn)).await
     }
 
+    /// Keys of a tenant by id (missing ones left out), each with its last use: the records
+    /// and the `used` scores in one round trip.
     async fn keys_by_id(&self, tenant: &Tenant, ids: &[String]) -> Result<Vec<Arc<Key>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let base = self.base(tenant);
-        let names: Vec<String> = ids.iter().map(|id| format!("{base}key:{id}")).collect();
-        let rows = self.hashes(&names, &KEY_FIELDS).await?;
-        let mut keys = Vec::with_capacity(rows.len());
-        for (id, row) in ids.iter().zip(rows) {
-            if let Some(key) = decode_key(tenant, id, &row)? {
+        let used = format!("{base}used");
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET").arg(format!("{base}key:{id}")).arg(&KEY_FIELDS);
+        }
+        for id in ids {
+            pipe.cmd("ZSCORE").arg(&used).arg(id);
+        }
+        let mut conn = self.conn.clone();
+        let mut replies: Vec<Value> = self.admin(pipe.query_async(&mut conn)).await?;
+        let scores = replies.split_off(ids.len().min(replies.len()));
+        let mut keys = Vec::with_capacity(ids.len());
+        for ((id, row), score) in ids.iter().zip(replies).zip(scores) {
+            let what = || format!("key `{id}`");
+            let row: Vec<Option<String>> = FromRedisValue::from_redis_value(row).map_err(|e| corrupt(&what(), e))?;
+            let score: Option<f64> = FromRedisValue::from_redis_value(score).map_err(|e| corrupt(&what(), e))?;
+            if let Some(mut key) = decode_key(tenant, id, &row)? {
+                if let Some(micros) = score {
+                    key.last_used_at = Some(from_micros(micros));
+                }
                 keys.push(Arc::new(key));
             }
         }
@@ -333,6 +359,17 @@ impl RedisStore {
 
 fn local_micros(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// An instant stored as a sorted-set score in microseconds (exact below 2^53, year 2255).
+fn from_micros(micros: f64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(micros.max(0.0) as u64)
+}
+
+/// Seconds since the epoch at which a usage day's counts expire: `retention_days` after it
+/// starts, so the last `retention_days` days (today included) are kept.
+fn usage_expiry(day: Day, retention_days: u32) -> u64 {
+    day.plus(retention_days).start().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 const KEY_FIELDS: [&str; 4] = ["v", "scopes", "updated", "body"];
@@ -559,7 +596,8 @@ impl Store for RedisStore {
             for key in self.keys_by_id(tenant, &ids).await? {
                 let owner_ok = query.owner.as_ref().is_none_or(|o| key.owner == *o);
                 let state_ok = query.state.is_none_or(|s| key.state == s);
-                if owner_ok && state_ok && out.len() < query.limit {
+                let unused_ok = query.unused_since.is_none_or(|since| key.last_used_at.is_none_or(|at| at < since));
+                if owner_ok && state_ok && unused_ok && out.len() < query.limit {
                     out.push(key);
                 }
             }
@@ -697,6 +735,59 @@ impl Store for RedisStore {
             }
             _ => outcome(&reply, || format!("key `{}`", key.id), None).map(|()| None),
         }
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta], retention_days: u32) -> Result<(), StoreError> {
+        // One script per tenant, in the tenant's slot; the first failure stops the rest.
+        let mut tenants: Vec<&Tenant> = Vec::new();
+        for delta in batch {
+            if !tenants.contains(&&delta.tenant) {
+                tenants.push(&delta.tenant);
+            }
+        }
+        for tenant in tenants {
+            let base = self.base(tenant);
+            let deltas: Vec<&UsageDelta> = batch.iter().filter(|d| d.tenant == *tenant).collect();
+            let mut call = self.scripts.record_usage.key(format!("{base}used"));
+            call.arg(&base).arg(deltas.len());
+            for d in deltas {
+                call.arg(d.key_id.as_str())
+                    .arg(d.day.to_string())
+                    .arg(d.allowed)
+                    .arg(d.denied)
+                    .arg(local_micros(d.last_used_at))
+                    .arg(usage_expiry(d.day, retention_days));
+            }
+            call.arg(self.deadline());
+            let mut conn = self.conn.clone();
+            let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
+            outcome(&reply, || format!("usage of tenant `{tenant}`"), None)?;
+        }
+        Ok(())
+    }
+
+    async fn key_usage(
+        &self,
+        tenant: &Tenant,
+        id: &KeyId,
+        first: Day,
+        last: Day,
+    ) -> Result<Vec<DailyUsage>, StoreError> {
+        let base = self.base(tenant);
+        let days: Vec<Day> = first.through(last).collect();
+        let names: Vec<String> = days.iter().map(|day| format!("{base}usage:{id}:{day}")).collect();
+        let rows = self.hashes(&names, &["a", "d"]).await?;
+        let mut out = Vec::new();
+        for (day, row) in days.into_iter().zip(rows) {
+            let count = |v: Option<&Option<String>>| -> Result<u64, StoreError> {
+                v.and_then(Option::as_deref).map_or(Ok(0), |t| t.parse().map_err(|_| corrupt("usage count", t)))
+            };
+            let (allowed, denied) = (count(row.first())?, count(row.get(1))?);
+            if allowed > 0 || denied > 0 {
+                out.push(DailyUsage { day, allowed, denied });
+            }
+        }
+        Ok(out)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use super::Metrics;
 use crate::{
-    domain::{Key, KeyId, Scope, ScopeId, Tenant},
-    store::{Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError},
+    domain::{Day, Key, KeyId, Scope, ScopeId, Tenant},
+    store::{Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta},
 };
 
 /// A store whose calls are measured.
@@ -100,6 +100,20 @@ impl Store for MeteredStore {
 
     async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError> {
         self.timed("claim_bootstrap", self.inner.claim_bootstrap(key)).await
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta], retention_days: u32) -> Result<(), StoreError> {
+        self.timed("record_usage", self.inner.record_usage(batch, retention_days)).await
+    }
+
+    async fn key_usage(
+        &self,
+        tenant: &Tenant,
+        id: &KeyId,
+        first: Day,
+        last: Day,
+    ) -> Result<Vec<DailyUsage>, StoreError> {
+        self.timed("key_usage", self.inner.key_usage(tenant, id, first, last)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

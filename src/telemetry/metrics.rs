@@ -10,6 +10,7 @@
 //! | `keyscope_store_calls_total`, `keyscope_store_errors_total` | counter | `op` |
 //! | `keyscope_store_call_duration_seconds` | histogram | `op` |
 //! | `keyscope_admin_calls_total` | counter | `method`, `code` |
+//! | `keyscope_usage_flushes_total` | counter | `result` (ok, error) |
 //! | `keyscope_trace_spans_exported_total`, `_dropped_total`, `_failed_total` | counter | |
 //! | `keyscope_build_info` | info | `version` |
 //!
@@ -104,7 +105,13 @@ pub struct Metrics {
     store_errors: Family<OpLabels, Counter>,
     store_seconds: Timings<OpLabels>,
     admin_calls: Family<AdminLabels, Counter>,
+    usage_flushes: Family<ResultLabels, Counter>,
     sources: Arc<Sources>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 /// Counters kept by other parts, read at scrape time.
@@ -146,6 +153,12 @@ impl Metrics {
         );
         let admin_calls = Family::<AdminLabels, Counter>::default();
         registry.register("admin_calls", "Admin calls, by gRPC method and status code", admin_calls.clone());
+        let usage_flushes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "usage_flushes",
+            "Writes of the key usage counts to the store, by result",
+            usage_flushes.clone(),
+        );
         registry.register(
             "build",
             "The keyscope build",
@@ -153,7 +166,17 @@ impl Metrics {
         );
         let sources = Arc::new(Sources::default());
         registry.register_collector(Box::new(sources.clone()));
-        Metrics { registry, checks, check_seconds, store_calls, store_errors, store_seconds, admin_calls, sources }
+        Metrics {
+            registry,
+            checks,
+            check_seconds,
+            store_calls,
+            store_errors,
+            store_seconds,
+            admin_calls,
+            usage_flushes,
+            sources,
+        }
     }
 
     /// Reports this cache's counters and sizes from now on.
@@ -197,6 +220,11 @@ impl Metrics {
     /// Counts one admin call.
     pub fn admin_call(&self, method: &str, code: tonic::Code) {
         self.admin_calls.get_or_create(&AdminLabels { method: method.to_owned(), code: code_name(code) }).inc();
+    }
+
+    /// Counts one flush of the key usage counts.
+    pub fn usage_flush(&self, ok: bool) {
+        self.usage_flushes.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
     }
 
     /// Everything, as OpenMetrics text.

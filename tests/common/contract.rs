@@ -9,8 +9,8 @@ use std::{
 };
 
 use keyscope::{
-    domain::{Key, KeyId, KeyState, Metadata, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant},
-    store::{KeyQuery, KeyWrite, ScopeDelete, Store, StoreError},
+    domain::{Day, Key, KeyId, KeyState, Metadata, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant},
+    store::{DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta},
 };
 
 pub fn tenant(name: &str) -> Tenant {
@@ -341,6 +341,113 @@ pub async fn concurrent_key_writes_never_leave_a_key_on_a_deleted_scope(store: A
     }
 }
 
+fn delta(t: &str, n: usize, day: Day, allowed: u64, denied: u64, last_used_at: SystemTime) -> UsageDelta {
+    UsageDelta { tenant: tenant(t), key_id: key_id(n), day, allowed, denied, last_used_at }
+}
+
+fn today() -> Day {
+    Day::of(SystemTime::now())
+}
+
+/// A whole-second instant on `day` (stored usage keeps microseconds).
+fn on(day: Day, secs: u64) -> SystemTime {
+    day.start() + Duration::from_secs(secs)
+}
+
+pub async fn usage_adds_up_per_key_and_day_and_stays_in_its_tenant(store: Arc<dyn Store>) {
+    for (t, n) in [("acme", 1), ("acme", 2), ("globex", 3)] {
+        create_key(&*store, &key(t, n, &[])).await;
+    }
+    let (d1, d2) = (today().minus(1), today());
+    let batch = [
+        delta("acme", 1, d1, 3, 1, on(d1, 10)),
+        delta("acme", 1, d2, 1, 0, on(d2, 20)),
+        delta("acme", 2, d1, 0, 2, on(d1, 30)),
+    ];
+    store.record_usage(&batch, 90).await.expect("record");
+    store.record_usage(&batch[..1], 90).await.expect("record again");
+    store.record_usage(&[delta("globex", 3, d2, 7, 0, on(d2, 5))], 90).await.expect("record another tenant");
+    let acme = tenant("acme");
+    let k1 = store.key_usage(&acme, &key_id(1), d1, d2).await.expect("usage");
+    assert_eq!(
+        k1,
+        vec![DailyUsage { day: d1, allowed: 6, denied: 2 }, DailyUsage { day: d2, allowed: 1, denied: 0 }],
+        "two writes add up, day by day"
+    );
+    let only_d2 = store.key_usage(&acme, &key_id(1), d2, d2).await.expect("usage");
+    assert_eq!(only_d2, vec![DailyUsage { day: d2, allowed: 1, denied: 0 }], "the range is respected");
+    let k2 = store.key_usage(&acme, &key_id(2), d1, d2).await.expect("usage");
+    assert_eq!(k2, vec![DailyUsage { day: d1, allowed: 0, denied: 2 }], "days without checks are left out");
+    assert!(store.key_usage(&tenant("globex"), &key_id(1), d1, d2).await.expect("usage").is_empty());
+    assert!(store.key_usage(&acme, &key_id(3), d1, d2).await.expect("usage").is_empty(), "another tenant's key");
+    let k3 = store.key_usage(&tenant("globex"), &key_id(3), d1, d2).await.expect("usage");
+    assert_eq!(k3, vec![DailyUsage { day: d2, allowed: 7, denied: 0 }]);
+}
+
+pub async fn last_use_is_the_latest_and_never_changes_the_key_record(store: Arc<dyn Store>) {
+    create_key(&*store, &key("acme", 1, &[])).await;
+    create_key(&*store, &key("acme", 2, &[])).await;
+    let day = today();
+    store.record_usage(&[delta("acme", 1, day, 1, 0, on(day, 50))], 90).await.expect("record");
+    store.record_usage(&[delta("acme", 1, day, 1, 0, on(day, 40))], 90).await.expect("record an earlier use");
+    let acme = tenant("acme");
+    let got = store.get_key(&acme, &key_id(1)).await.expect("get").expect("present");
+    assert_eq!(got.last_used_at, Some(on(day, 50)), "a later use is never overwritten by an earlier one");
+    assert_eq!(got.version, 1, "usage is not a change of the key");
+    let never = store.get_key(&acme, &key_id(2)).await.expect("get").expect("present");
+    assert_eq!(never.last_used_at, None);
+    let listed = store.list_keys(&acme, &query(10)).await.expect("list");
+    let uses: Vec<Option<SystemTime>> = listed.iter().map(|k| k.last_used_at).collect();
+    assert_eq!(uses, vec![Some(on(day, 50)), None]);
+    assert!(store.get_key(&tenant("globex"), &key_id(1)).await.expect("get").is_none());
+    // A key write after a use keeps the use.
+    let mut updated = Key::clone(&got);
+    updated.description = "changed".into();
+    updated.version = 2;
+    store
+        .put_key(KeyWrite { key: &updated, expected_version: Some(1), stored_scopes: &[] }, 1000)
+        .await
+        .expect("update");
+    store.record_usage(&[delta("acme", 1, day, 1, 0, on(day, 60))], 90).await.expect("record");
+    let got = store.get_key(&acme, &key_id(1)).await.expect("get").expect("present");
+    assert_eq!((got.last_used_at, got.version), (Some(on(day, 60)), 2));
+}
+
+pub async fn keys_unused_since_an_instant_are_listed_for_review(store: Arc<dyn Store>) {
+    for n in 0..5 {
+        create_key(&*store, &key("acme", n, &[])).await;
+    }
+    let day = today();
+    let uses = [(0, 10), (2, 100), (3, 99), (4, 200)];
+    let batch: Vec<UsageDelta> = uses.iter().map(|&(n, s)| delta("acme", n, day, 1, 0, on(day, s))).collect();
+    store.record_usage(&batch, 90).await.expect("record");
+    store.record_usage(&[delta("globex", 1, day, 1, 0, on(day, 500))], 90).await.expect("other tenant");
+    let acme = tenant("acme");
+    let idle = KeyQuery { unused_since: Some(on(day, 100)), ..query(10) };
+    let got: Vec<KeyId> = store.list_keys(&acme, &idle).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    assert_eq!(got, vec![key_id(0), key_id(1), key_id(3)], "used before the instant, or never");
+    let paged = KeyQuery { unused_since: Some(on(day, 100)), after: Some(key_id(0)), ..query(1) };
+    let got: Vec<KeyId> = store.list_keys(&acme, &paged).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    assert_eq!(got, vec![key_id(1)]);
+    let none = KeyQuery { unused_since: Some(on(day, 0)), ..query(10) };
+    let got: Vec<KeyId> = store.list_keys(&acme, &none).await.expect("list").iter().map(|k| k.id.clone()).collect();
+    assert_eq!(got, vec![key_id(1)], "only the never-used key is idle since before every use");
+}
+
+pub async fn usage_older_than_the_retention_is_dropped(store: Arc<dyn Store>) {
+    create_key(&*store, &key("acme", 1, &[])).await;
+    let day = today();
+    let old = day.minus(3);
+    store.record_usage(&[delta("acme", 1, old, 5, 0, on(old, 1))], 3).await.expect("record");
+    store.record_usage(&[delta("acme", 1, day, 1, 0, on(day, 1))], 3).await.expect("record");
+    let got = store.key_usage(&tenant("acme"), &key_id(1), day.minus(10), day).await.expect("usage");
+    assert_eq!(got, vec![DailyUsage { day, allowed: 1, denied: 0 }], "3 days kept: today and the 2 before");
+    let kept = day.minus(2);
+    store.record_usage(&[delta("acme", 1, kept, 2, 0, on(kept, 1))], 3).await.expect("record");
+    let got = store.key_usage(&tenant("acme"), &key_id(1), day.minus(10), day).await.expect("usage");
+    assert_eq!(got, vec![DailyUsage { day: kept, allowed: 2, denied: 0 }, DailyUsage { day, allowed: 1, denied: 0 }]);
+}
+
 /// Every contract case, by name; the macros below expand over this list.
 #[macro_export]
 macro_rules! contract_cases {
@@ -357,6 +464,10 @@ macro_rules! contract_cases {
             scope_delete_is_guarded_by_its_holders,
             bootstrap_is_claimed_once,
             concurrent_key_writes_never_leave_a_key_on_a_deleted_scope,
+            usage_adds_up_per_key_and_day_and_stays_in_its_tenant,
+            last_use_is_the_latest_and_never_changes_the_key_record,
+            keys_unused_since_an_instant_are_listed_for_review,
+            usage_older_than_the_retention_is_dropped,
         );
     };
 }

@@ -37,6 +37,8 @@ pub struct TestServer {
     pub admin_token: String,
     pub clock: Arc<ManualClock>,
     pub store: Arc<dyn Store>,
+    /// The server's core, so tests can flush usage at once instead of waiting for an interval.
+    pub core: Arc<Keyscope>,
     /// The replica cache, for servers on Redis.
     pub cache: Option<CachedStore>,
     /// The server's metrics.
@@ -160,6 +162,7 @@ impl TestServer {
             Pepper::new(PEPPER).expect("pepper"),
         )
         .with_clock(clock.clone());
+        let core = Arc::new(core);
         let admin_token = match (core.ensure_bootstrap(None).await.expect("bootstrap"), admin_token) {
             (Bootstrap::Created(_, token), _) => token.expose().to_owned(),
             (Bootstrap::Existing(_), Some(token)) => token.to_owned(),
@@ -171,8 +174,9 @@ impl TestServer {
         let http_addr = http.local_addr().expect("http addr");
         let options = ServeOptions { ext_authz, metrics: metrics.clone(), http: Some(http), ..ServeOptions::default() };
         let (stop, stopped) = oneshot::channel::<()>();
+        let serving = core.clone();
         let task = tokio::spawn(async move {
-            keyscope::server::serve_with(listener, Arc::new(core), options, async {
+            keyscope::server::serve_with(listener, serving, options, async {
                 let _ = stopped.await;
             })
             .await
@@ -184,6 +188,7 @@ impl TestServer {
             admin_token,
             clock,
             store,
+            core,
             cache: None,
             metrics,
             http_addr,

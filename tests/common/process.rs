@@ -320,6 +320,18 @@ impl Server {
         Captured { stdout: self.stdout.snapshot(), stderr: self.stderr.snapshot() }
     }
 
+    /// Stops the server gracefully (SIGTERM), waits for it to exit (failing after
+    /// [`DEADLINE`]) and returns its exit code and everything it wrote.
+    pub fn stop_gracefully(mut self) -> (Option<i32>, Captured) {
+        self.terminate();
+        let status = self.wait_exit(DEADLINE);
+        let Some(status) = status else {
+            self.kill();
+            panic!("the server did not stop within {DEADLINE:?} of SIGTERM");
+        };
+        (status.code(), self.output())
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // Already exited is fine; either way reap it.
