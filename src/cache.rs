@@ -27,7 +27,10 @@ use moka::sync::Cache as Moka;
 
 use crate::{
     domain::{Key, KeyId, Scope, ScopeId, Tenant},
-    store::{Change, ChangeSink, Credential, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError},
+    store::{
+        AuditPage, AuditQuery, AuditWrite, Change, ChangeSink, Credential, KeyQuery, KeyWrite, ScopeDelete, Store,
+        StoreError,
+    },
 };
 
 /// Cache sizes and lifetimes.
@@ -266,8 +269,9 @@ impl Store for CachedStore {
         expected_version: Option<u64>,
         reserved_labels: &[String],
         max_scopes: usize,
+        audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
-        let result = self.store.put_scope(scope, expected_version, reserved_labels, max_scopes).await;
+        let result = self.store.put_scope(scope, expected_version, reserved_labels, max_scopes, audit).await;
         self.inner.changed(&Change::Scope(scope.tenant.clone(), scope.id.clone()));
         result
     }
@@ -285,10 +289,14 @@ impl Store for CachedStore {
         result
     }
 
-    async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError> {
-        let result = self.store.claim_bootstrap(key).await;
+    async fn claim_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<Option<KeyId>, StoreError> {
+        let result = self.store.claim_bootstrap(key, audit).await;
         self.inner.changed(&Change::Key(key.id.clone()));
         result
+    }
+
+    async fn list_audit(&self, tenant: &Tenant, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        self.store.list_audit(tenant, query).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -50,6 +50,8 @@ pub struct Settings {
     pub bootstrap: BootstrapSettings,
     /// Per-tenant quotas.
     pub limits: LimitSettings,
+    /// The audit log of admin changes.
+    pub audit: AuditSettings,
     /// Each replica's cache (Redis store only).
     pub cache: CacheConfig,
     /// Envoy ext_authz: how HTTP requests map to checks.
@@ -168,6 +170,23 @@ impl Default for LimitSettings {
         LimitSettings { max_keys_per_tenant: q.max_keys_per_tenant, max_scopes_per_tenant: q.max_scopes_per_tenant }
     }
 }
+
+/// `audit.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// How many audit events each tenant keeps (the oldest go first), 100 to 10000000.
+    pub max_events_per_tenant: usize,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings { max_events_per_tenant: crate::service::AUDIT_MAX_EVENTS_DEFAULT }
+    }
+}
+
+/// Bounds of `audit.max_events_per_tenant`.
+const AUDIT_MAX_EVENTS_RANGE: std::ops::RangeInclusive<usize> = 100..=10_000_000;
 
 /// `cache.*`
 #[derive(Debug, Clone, Deserialize)]
@@ -377,6 +396,8 @@ pub struct Validated {
     pub builtins: Builtins,
     /// Quotas.
     pub quotas: Quotas,
+    /// How many audit events each tenant keeps.
+    pub audit_max_events: usize,
 }
 
 impl RedisSettings {
@@ -491,7 +512,23 @@ impl Settings {
             negative_ttl: std::time::Duration::from_millis(c.negative_ttl_ms),
         };
         let ext_authz = self.ext_authz.validate()?;
-        Ok(Validated { grpc_addr, http_addr, tokens, pepper, dev_pepper, redis, cache, ext_authz, builtins, quotas })
+        let audit_max_events = self.audit.max_events_per_tenant;
+        if !AUDIT_MAX_EVENTS_RANGE.contains(&audit_max_events) {
+            return Err(bad("audit.max_events_per_tenant", "must be between 100 and 10000000"));
+        }
+        Ok(Validated {
+            grpc_addr,
+            http_addr,
+            tokens,
+            pepper,
+            dev_pepper,
+            redis,
+            cache,
+            ext_authz,
+            builtins,
+            quotas,
+            audit_max_events,
+        })
     }
 }
 
@@ -538,6 +575,20 @@ mod tests {
         let mut s = Settings::default();
         s.ext_authz.identity_headers.owner = "X-Api-Key".into();
         assert!(s.validate().err().is_some_and(|e| e.to_string().contains("ext_authz.identity_headers")));
+    }
+
+    #[test]
+    fn audit_retention_is_bounded() {
+        assert_eq!(Settings::default().validate().map(|v| v.audit_max_events).ok(), Some(100_000));
+        for bad_value in [0, 99, 10_000_001] {
+            let mut s = Settings::default();
+            s.audit.max_events_per_tenant = bad_value;
+            let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.starts_with("config: audit.max_events_per_tenant:"), "{e}");
+        }
+        let mut s = Settings::default();
+        s.audit.max_events_per_tenant = 100;
+        assert_eq!(s.validate().map(|v| v.audit_max_events).ok(), Some(100));
     }
 
     #[test]

@@ -14,10 +14,11 @@ use tonic_health::ServingStatus;
 use crate::{
     domain::limits,
     grpc::{
-        CheckerService, ExtAuthzService, ExtAuthzSettings, KeyAdminService, OversizeIsExhausted, ScopeAdminService,
-        bearer_interceptor,
+        AuditLogService, CheckerService, ExtAuthzService, ExtAuthzSettings, KeyAdminService, OversizeIsExhausted,
+        ScopeAdminService, bearer_interceptor,
         pb::{
-            self, checker_server::CheckerServer, key_admin_server::KeyAdminServer, scope_admin_server::ScopeAdminServer,
+            self, audit_log_server::AuditLogServer, checker_server::CheckerServer, key_admin_server::KeyAdminServer,
+            scope_admin_server::ScopeAdminServer,
         },
     },
     service::Keyscope,
@@ -71,6 +72,8 @@ pub async fn serve_with(
         KeyAdminServer::new(KeyAdminService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let envoy = AuthorizationServer::new(ExtAuthzService::new(core.clone(), ext_authz))
         .max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
+    let audit =
+        AuditLogServer::new(AuditLogService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let scopes =
         ScopeAdminServer::new(ScopeAdminService::new(core)).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
 
@@ -90,6 +93,7 @@ pub async fn serve_with(
         .add_service(envoy)
         .add_service(OversizeIsExhausted(InterceptedService::new(keys, bearer_interceptor)))
         .add_service(OversizeIsExhausted(InterceptedService::new(scopes, bearer_interceptor)))
+        .add_service(OversizeIsExhausted(InterceptedService::new(audit, bearer_interceptor)))
         // Checks are small request/response pairs: without TCP_NODELAY, Nagle's algorithm and
         // delayed ACKs add tens of milliseconds to some of them.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drained)
@@ -107,6 +111,7 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
         <CheckerServer<CheckerService> as tonic::server::NamedService>::NAME,
         <KeyAdminServer<KeyAdminService> as tonic::server::NamedService>::NAME,
         <ScopeAdminServer<ScopeAdminService> as tonic::server::NamedService>::NAME,
+        <AuditLogServer<AuditLogService> as tonic::server::NamedService>::NAME,
     ] {
         health.set_service_status(name, status).await;
     }
@@ -182,7 +187,8 @@ pub async fn build(validated: &crate::config::Validated) -> Result<Built, StartE
         }
     };
     let core = Keyscope::new(store, validated.builtins.clone(), validated.tokens.clone(), validated.pepper.clone())
-        .with_quotas(validated.quotas);
+        .with_quotas(validated.quotas)
+        .with_audit_retention(validated.audit_max_events);
     Ok(Built { core: Arc::new(core), cache, feed })
 }
 

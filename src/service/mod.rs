@@ -1,8 +1,9 @@
 //! The use cases of keyscope: checks, and key and scope administration with admin
-//! authorization. Async because the store is; every rule it applies comes from
+//! authorization, and the audit log of admin changes. Async because the store is; every rule it applies comes from
 //! [`crate::domain`]. Transport-neutral: gRPC (and later Envoy) call in here.
 
 mod admin;
+mod audit;
 mod bootstrap;
 mod builtins;
 mod check;
@@ -16,6 +17,7 @@ use std::{
 };
 
 pub use admin::Caller;
+pub use audit::{AUDIT_DETACHED_IDS_MAX, AUDIT_MAX_EVENTS_DEFAULT};
 pub use bootstrap::Bootstrap;
 pub use builtins::{Builtins, Preset};
 pub use check::{CheckAnswer, Explain, Presented};
@@ -118,6 +120,8 @@ pub struct Keyscope {
     tokens: TokenFormat,
     pepper: Pepper,
     quotas: Quotas,
+    /// How many audit events each tenant's log keeps.
+    audit_max_events: usize,
     clock: Arc<dyn Clock>,
 }
 
@@ -131,7 +135,21 @@ impl Keyscope {
     /// Use cases over `store`, with the builtin scopes, token format and pepper of the
     /// deployment.
     pub fn new(store: Arc<dyn Store>, builtins: Builtins, tokens: TokenFormat, pepper: Pepper) -> Self {
-        Keyscope { store, builtins, tokens, pepper, quotas: Quotas::default(), clock: Arc::new(SystemClock) }
+        Keyscope {
+            store,
+            builtins,
+            tokens,
+            pepper,
+            quotas: Quotas::default(),
+            audit_max_events: AUDIT_MAX_EVENTS_DEFAULT,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Replaces how many audit events each tenant's log keeps (`audit.max_events_per_tenant`).
+    pub fn with_audit_retention(mut self, max_events_per_tenant: usize) -> Self {
+        self.audit_max_events = max_events_per_tenant.max(1);
+        self
     }
 
     /// Replaces the per-tenant quotas.
