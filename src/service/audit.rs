@@ -33,6 +33,10 @@ fn ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
     ids.into_iter().collect::<Vec<_>>().join(",")
 }
 
+fn changed_names(fields: &[(&str, bool)]) -> Vec<String> {
+    fields.iter().filter(|(_, changed)| *changed).map(|(name, _)| (*name).to_owned()).collect()
+}
+
 /// The names of the fields of a key that differ between `old` (none: a new key, compared
 /// with empty values) and `new`.
 pub(super) fn key_changes(old: Option<&Key>, new: &Key) -> Vec<String> {
@@ -54,7 +58,7 @@ pub(super) fn key_changes(old: Option<&Key>, new: &Key) -> Vec<String> {
             ("metadata", !new.metadata.is_empty()),
         ],
     };
-    fields.iter().filter(|(_, changed)| *changed).map(|(name, _)| (*name).to_owned()).collect()
+    changed_names(&fields)
 }
 
 /// The same for a scope.
@@ -68,7 +72,7 @@ pub(super) fn scope_changes(old: Option<&Scope>, new: &Scope) -> Vec<String> {
         ],
         None => [("label", true), ("description", !new.description.is_empty()), ("mode", true), ("rules", true)],
     };
-    fields.iter().filter(|(_, changed)| *changed).map(|(name, _)| (*name).to_owned()).collect()
+    changed_names(&fields)
 }
 
 impl Keyscope {

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 pub use self::redis::{RedisOptions, RedisStore, SCHEMA_VERSION};
 pub use memory::MemoryStore;
 
-use crate::domain::{Actor, AuditEvent, AuditId, AuditRecord, Key, KeyId, KeyState, Scope, ScopeId, Tenant};
+use crate::domain::{Actor, AuditEvent, AuditId, AuditRecord, Key, KeyId, KeyState, Scope, ScopeId, Tenant, millis};
 
 /// What a store can fail with. Every variant means nothing was written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,9 +138,10 @@ pub struct AuditQuery {
     pub target: Option<String>,
     /// Only events by this actor.
     pub actor: Option<Actor>,
-    /// Only events at or after this instant.
+    /// Only events at or after this instant. Event times are kept in whole milliseconds, so
+    /// both bounds are compared in whole milliseconds (an event recorded at `since` matches).
     pub since: Option<SystemTime>,
-    /// Only events at or before this instant.
+    /// Only events at or before this instant (in whole milliseconds).
     pub until: Option<SystemTime>,
 }
 
@@ -164,8 +165,8 @@ impl AuditQuery {
         let r = &event.record;
         self.target.as_deref().is_none_or(|t| r.target.id() == t)
             && self.actor.as_ref().is_none_or(|a| r.actor == *a)
-            && self.since.is_none_or(|s| r.at >= s)
-            && self.until.is_none_or(|u| r.at <= u)
+            && self.since.is_none_or(|s| millis(r.at) >= millis(s))
+            && self.until.is_none_or(|u| millis(r.at) <= millis(u))
     }
 
     /// The newest id a matching event may have (from `before` and `until`); `None` if none
@@ -175,16 +176,13 @@ impl AuditQuery {
             Some(b) => b.prev()?,
             None => AuditId::last_of(u64::MAX),
         };
-        let until = self.until.map_or(AuditId::last_of(u64::MAX), |u| AuditId::last_of(crate::domain::millis(u)));
+        let until = self.until.map_or(AuditId::last_of(u64::MAX), |u| AuditId::last_of(millis(u)));
         Some(before.min(until))
     }
 
-    /// The oldest id a matching event may have (from `since`, rounded up to a millisecond).
+    /// The oldest id a matching event may have (from `since`).
     pub fn oldest(&self) -> AuditId {
-        let Some(since) = self.since else { return AuditId { ms: 0, seq: 0 } };
-        let ms = crate::domain::millis(since);
-        let whole = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-        AuditId { ms: if whole < since { ms.saturating_add(1) } else { ms }, seq: 0 }
+        AuditId { ms: self.since.map_or(0, millis), seq: 0 }
     }
 }
 
