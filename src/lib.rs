@@ -4,9 +4,10 @@
 //! and answers *may this credential do ACTION on MODULE?* over gRPC.
 //!
 //! # Layout
-//! - [`domain`]: the pure, synchronous core: names, scopes, the decision, the token format.
+//! - [`domain`]: the pure, synchronous core: names, scopes, the decision, the token format,
+//!   the audit log's records.
 //! - [`store`]: the `Store` trait and its backends: the embedded memory store and Redis
-//!   (standalone or cluster), with the change feed.
+//!   (standalone or cluster), with the change feed and each tenant's audit log.
 //! - [`cache`]: each replica's moka cache in front of a shared store, and its invalidation.
 //! - [`service`]: the use cases: checks and admin calls, with admin authorization.
 //! - [`grpc`]: one thin file per gRPC service; `status.rs` maps errors to gRPC codes.
