@@ -590,7 +590,19 @@ async fn populate(store: &RedisStore, n: usize, pepper: &Pepper) -> Vec<keyscope
                     last_used_at: None,
                     secret_hash: pepper.hash(id, &token.secret),
                 };
-                let write = keyscope::store::KeyWrite { key: &key, expected_version: None, stored_scopes: &[] };
+                let record = keyscope::domain::AuditRecord {
+                    tenant: key.tenant.clone(),
+                    at: now,
+                    actor: keyscope::domain::Actor::Keyscope,
+                    operation: keyscope::domain::AuditOperation::CreateKey,
+                    target: keyscope::domain::AuditTarget::Key(key.id.clone()),
+                    changed: Vec::new(),
+                    details: Default::default(),
+                    request_id: "bench-populate".parse().unwrap(),
+                };
+                // The bench's populated keys keep a short audit log: retention is not measured here.
+                let audit = keyscope::store::AuditWrite { record: &record, max_events: 100 };
+                let write = keyscope::store::KeyWrite { key: &key, expected_version: None, stored_scopes: &[], audit };
                 store.put_key(write, usize::MAX).await.expect("populate");
             }
         }));

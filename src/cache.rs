@@ -28,7 +28,8 @@ use moka::sync::Cache as Moka;
 use crate::{
     domain::{Day, Key, KeyId, Scope, ScopeId, Tenant},
     store::{
-        Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta,
+        AuditPage, AuditQuery, AuditWrite, Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete,
+        Store, StoreError, UsageDelta,
     },
 };
 
@@ -296,8 +297,9 @@ impl Store for CachedStore {
         expected_version: Option<u64>,
         reserved_labels: &[String],
         max_scopes: usize,
+        audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
-        let result = self.store.put_scope(scope, expected_version, reserved_labels, max_scopes).await;
+        let result = self.store.put_scope(scope, expected_version, reserved_labels, max_scopes, audit).await;
         self.inner.changed(&Change::Scope(scope.tenant.clone(), scope.id.clone()));
         result
     }
@@ -315,8 +317,8 @@ impl Store for CachedStore {
         result
     }
 
-    async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError> {
-        let result = self.store.claim_bootstrap(key).await;
+    async fn claim_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<Option<KeyId>, StoreError> {
+        let result = self.store.claim_bootstrap(key, audit).await;
         self.inner.changed(&Change::Key(key.id.clone()));
         result
     }
@@ -334,6 +336,10 @@ impl Store for CachedStore {
         last: Day,
     ) -> Result<Vec<DailyUsage>, StoreError> {
         self.store.key_usage(tenant, id, first, last).await
+    }
+
+    async fn list_audit(&self, tenant: &Tenant, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        self.store.list_audit(tenant, query).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -51,6 +51,8 @@ pub struct Settings {
     pub bootstrap: BootstrapSettings,
     /// Per-tenant quotas.
     pub limits: LimitSettings,
+    /// The audit log of admin changes.
+    pub audit: AuditSettings,
     /// Each replica's cache (Redis store only).
     pub cache: CacheConfig,
     /// Key usage counts: how often they are flushed, how long they are kept.
@@ -184,6 +186,23 @@ impl Default for LimitSettings {
         LimitSettings { max_keys_per_tenant: q.max_keys_per_tenant, max_scopes_per_tenant: q.max_scopes_per_tenant }
     }
 }
+
+/// `audit.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// How many audit events each tenant keeps (the oldest go first), 100 to 10000000.
+    pub max_events_per_tenant: usize,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings { max_events_per_tenant: crate::service::AUDIT_MAX_EVENTS_DEFAULT }
+    }
+}
+
+/// Bounds of `audit.max_events_per_tenant`.
+const AUDIT_MAX_EVENTS_RANGE: std::ops::RangeInclusive<usize> = 100..=10_000_000;
 
 /// `cache.*`
 #[derive(Debug, Clone, Deserialize)]
@@ -538,6 +557,8 @@ pub struct Validated {
     pub quotas: Quotas,
     /// Key usage flushing and retention.
     pub usage: UsageSettings,
+    /// How many audit events each tenant keeps.
+    pub audit_max_events: usize,
 }
 
 impl RedisSettings {
@@ -661,6 +682,10 @@ impl Settings {
         if server.shutdown_delay_ms >= server.shutdown_grace_ms {
             return Err(bad("server.shutdown_delay_ms", "must be less than server.shutdown_grace_ms"));
         }
+        let audit_max_events = self.audit.max_events_per_tenant;
+        if !AUDIT_MAX_EVENTS_RANGE.contains(&audit_max_events) {
+            return Err(bad("audit.max_events_per_tenant", "must be between 100 and 10000000"));
+        }
         Ok(Validated {
             grpc_addr,
             http_addr,
@@ -676,6 +701,7 @@ impl Settings {
             builtins,
             quotas,
             usage,
+            audit_max_events,
         })
     }
 }
@@ -778,6 +804,20 @@ mod tests {
         let usage = UsageConfig { flush_interval_ms: 100, retention_days: 3660 };
         let s = Settings { usage, ..Settings::default() };
         assert_eq!(s.validate().expect("bounds are inclusive").usage.retention_days, 3660);
+    }
+
+    #[test]
+    fn audit_retention_is_bounded() {
+        assert_eq!(Settings::default().validate().map(|v| v.audit_max_events).ok(), Some(100_000));
+        for bad_value in [0, 99, 10_000_001] {
+            let mut s = Settings::default();
+            s.audit.max_events_per_tenant = bad_value;
+            let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.starts_with("config: audit.max_events_per_tenant:"), "{e}");
+        }
+        let mut s = Settings::default();
+        s.audit.max_events_per_tenant = 100;
+        assert_eq!(s.validate().map(|v| v.audit_max_events).ok(), Some(100));
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! and answers *may this credential do ACTION on MODULE?* over gRPC.
 //!
 //! # Layout
-//! - [`domain`]: the pure, synchronous core: names, scopes, the decision, the token format.
+//! - [`domain`]: the pure, synchronous core: names, scopes, the decision, the token format,
+//!   the audit log's records.
 //! - [`store`]: the `Store` trait and its backends: the embedded memory store and Redis
-//!   (standalone or cluster), with the change feed; keys, scopes and key usage.
+//!   (standalone or cluster), with the change feed; keys, scopes, key usage and each tenant's
+//!   audit log.
 //! - [`cache`]: each replica's moka cache in front of a shared store, and its invalidation.
 //! - [`service`]: the use cases: checks and admin calls, with admin authorization; key usage
 //!   counted in memory and flushed to the store.

@@ -21,10 +21,11 @@ use tonic_health::ServingStatus;
 use crate::{
     domain::limits,
     grpc::{
-        CheckerService, Edge, ExtAuthzService, ExtAuthzSettings, KeyAdminService, ScopeAdminService,
+        AuditLogService, CheckerService, Edge, ExtAuthzService, ExtAuthzSettings, KeyAdminService, ScopeAdminService,
         bearer_interceptor, call_span,
         pb::{
-            self, checker_server::CheckerServer, key_admin_server::KeyAdminServer, scope_admin_server::ScopeAdminServer,
+            self, audit_log_server::AuditLogServer, checker_server::CheckerServer, key_admin_server::KeyAdminServer,
+            scope_admin_server::ScopeAdminServer,
         },
     },
     service::Keyscope,
@@ -85,14 +86,15 @@ impl Health {
 }
 
 /// The keyscope services health reports on.
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     <CheckerServer<CheckerService> as tonic::server::NamedService>::NAME,
     <KeyAdminServer<KeyAdminService> as tonic::server::NamedService>::NAME,
     <ScopeAdminServer<ScopeAdminService> as tonic::server::NamedService>::NAME,
+    <AuditLogServer<AuditLogService> as tonic::server::NamedService>::NAME,
 ];
 
-/// The services whose calls are admin calls (counted, and traced as `admin` spans).
-const ADMIN_SERVICES: [&str; 2] = [SERVICES[1], SERVICES[2]];
+/// The services whose calls are admin calls (counted, and traced as admin spans).
+const ADMIN_SERVICES: [&str; 3] = [SERVICES[1], SERVICES[2], SERVICES[3]];
 
 /// [`serve`] with the options of the deployment.
 pub async fn serve_with(
@@ -131,10 +133,13 @@ pub async fn serve_with(
         KeyAdminServer::new(KeyAdminService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let envoy = AuthorizationServer::new(ExtAuthzService::new(core.clone(), ext_authz, metrics.clone()))
         .max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
+    let audit =
+        AuditLogServer::new(AuditLogService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let scopes =
         ScopeAdminServer::new(ScopeAdminService::new(core)).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let admin_keys = Edge::admin(InterceptedService::new(keys, bearer_interceptor), metrics.clone());
     let admin_scopes = Edge::admin(InterceptedService::new(scopes, bearer_interceptor), metrics.clone());
+    let admin_audit = Edge::admin(InterceptedService::new(audit, bearer_interceptor), metrics.clone());
 
     let drained = async move {
         shutdown.await;
@@ -159,6 +164,7 @@ pub async fn serve_with(
         .add_service(envoy)
         .add_service(admin_keys)
         .add_service(admin_scopes)
+        .add_service(admin_audit)
         // Checks are small request/response pairs: without TCP_NODELAY, Nagle's algorithm and
         // delayed ACKs add tens of milliseconds to some of them.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drained)
@@ -254,7 +260,8 @@ pub async fn build(validated: &crate::config::Validated) -> Result<Built, StartE
     };
     let core = Keyscope::new(store, validated.builtins.clone(), validated.tokens.clone(), validated.pepper.clone())
         .with_quotas(validated.quotas)
-        .with_usage(validated.usage);
+        .with_usage(validated.usage)
+        .with_audit_retention(validated.audit_max_events);
     Ok(Built { core: Arc::new(core), metrics, cache, feed })
 }
 

@@ -532,3 +532,55 @@ fn key_usage_and_unused_since_commands() {
     let bad = bad.expect_code(1);
     assert!(bad.stderr.contains("INVALID_ARGUMENT") && bad.stderr.contains("start_date"), "{}", bad.stderr);
 }
+
+#[test]
+fn audit_lists_admin_changes_newest_first_with_filters() {
+    let server = Server::start_default();
+    let scope = server
+        .cli()
+        .args(["--json", "scope", "create", "--tenant", "acme", "--label", "blog", "--read", "posts"])
+        .run()
+        .success()
+        .json();
+    let scope_id = str_field(&scope, "id").to_owned();
+    let key =
+        server.cli().args(["--json", "key", "create", "--tenant", "acme", "--scope", &scope_id]).run().success().json();
+    let key_id = str_field(&key, "id").to_owned();
+    let token = str_field(&key, "token").to_owned();
+    server.cli().args(["key", "disable", &key_id, "--tenant", "acme"]).run().success();
+
+    let all = server.cli().args(["--json", "audit", "--tenant", "acme"]).run().success().json();
+    let events = all["events"].as_array().unwrap_or_else(|| panic!("no events: {all}"));
+    let ops: Vec<&str> = events.iter().map(|e| str_field(e, "operation")).collect();
+    assert_eq!(ops, ["disable_key", "create_key", "create_scope"]);
+    assert_eq!(str_field(&events[0], "target_id"), key_id);
+    assert_eq!(str_field(&events[0], "target_type"), "key");
+    assert_eq!(str_field(&events[0], "actor_key_id"), server.admin_token().split('_').nth(1).unwrap_or(""));
+    assert_eq!(events[0]["details"]["state"], "disabled");
+    assert!(!all.to_string().contains(&token), "no token in the audit log");
+
+    // --limit follows pages up to that many; the filters pass through.
+    let one = server.cli().args(["--json", "audit", "--tenant", "acme", "--limit", "1"]).run().success().json();
+    assert_eq!(one["events"].as_array().map(Vec::len), Some(1));
+    assert!(!str_field(&one, "next_page_token").is_empty());
+    let target =
+        server.cli().args(["--json", "audit", "--tenant", "acme", "--target", &scope_id]).run().success().json();
+    assert_eq!(target["events"].as_array().map(Vec::len), Some(1));
+    let recent = server.cli().args(["--json", "audit", "--tenant", "acme", "--since", "1h"]).run().success().json();
+    assert_eq!(recent["events"].as_array().map(Vec::len), Some(3));
+    let old = server
+        .cli()
+        .args(["--json", "audit", "--tenant", "acme", "--until", "2000-01-01T00:00:00Z"])
+        .run()
+        .success()
+        .json();
+    assert_eq!(old["events"].as_array().map(Vec::len), Some(0));
+    let system = server.cli().args(["audit", "--tenant", "system", "--actor", "keyscope"]).run().success();
+    assert!(system.stdout.starts_with("TIME"), "{}", system.describe());
+    assert!(system.stdout.contains("create_key") && system.stdout.contains("keyscope"), "{}", system.describe());
+
+    let bad = server.cli().args(["audit", "--since", "yesterday-ish"]).run().expect_code(2);
+    assert!(bad.stderr.contains("--since"), "{}", bad.describe());
+    let bad = server.cli().args(["audit", "--actor", "nobody"]).run().expect_code(1);
+    assert!(bad.stderr.contains("actor_key_id"), "{}", bad.describe());
+}

@@ -375,3 +375,32 @@ async fn checks_succeed_and_lost_spans_are_counted_when_the_collector_is_down() 
     let log = server.stderr_lines().join("\n");
     assert!(log.contains("span export failed"), "the failure is logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_sampler_variables_apply_and_a_sampled_caller_is_followed() {
+    let redis = RedisServer::start();
+    let (receiver, addr, _task) = Receiver::start().await;
+    // Sample none of the traces keyscope starts itself, but follow the caller's decision.
+    let sampler = [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0")];
+    let server = keyscope(&redis, &format!("http://{addr}"), &sampler);
+    let channel = channel(&server).await;
+    let created = read_only_key(&mut KeyAdminClient::new(channel.clone()), server.admin_token()).await;
+    let mut checker = CheckerClient::new(channel);
+    for _ in 0..20 {
+        checker.check(check(&created.token, "courses", pb::Action::Read)).await.expect("check");
+    }
+    let (trace, parent) = ("99999999999999999999999999999999", "aaaaaaaaaaaaaaaa");
+    let sampled = with_traceparent(check(&created.token, "courses", pb::Action::Read), &traceparent(trace, parent));
+    checker.check(sampled).await.expect("check");
+    let unsampled = with_traceparent(
+        check(&created.token, "courses", pb::Action::Read),
+        &format!("00-{}-{parent}-00", "b".repeat(32)),
+    );
+    checker.check(unsampled).await.expect("check");
+    receiver.wait_for("check", 1).await;
+    // Give any stray span time to arrive (the export interval is 50 ms), then look again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let checks: Vec<Span> = receiver.spans().into_iter().map(|(_, s)| s).filter(|s| s.name == "check").collect();
+    assert_eq!(checks.len(), 1, "only the check whose caller sampled its trace is exported");
+    assert_eq!(hex(&checks[0].trace_id), trace);
+}

@@ -42,6 +42,30 @@ pub enum Command {
     Scope(ScopeCommand),
     /// Check whether a credential may perform ACTION on MODULE.
     Check(CheckArgs),
+    /// Read the audit log of admin changes, newest first.
+    Audit(AuditArgs),
+}
+
+/// `keyscope audit ...`
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub tenant: TenantArg,
+    /// Only changes to this key or scope id.
+    #[arg(long, value_name = "ID")]
+    pub target: Option<String>,
+    /// Only changes made by this admin key id (`keyscope`: made by keyscope itself).
+    #[arg(long, value_name = "KEY_ID")]
+    pub actor: Option<String>,
+    /// Only changes at or after TIME: RFC 3339, or a duration ago (e.g. `1h`, `7d`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only changes at or before TIME: RFC 3339, or a duration ago.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Most events to print (pages are followed up to this many).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub limit: u32,
 }
 
 /// `keyscope token ...`

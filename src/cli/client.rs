@@ -8,7 +8,8 @@ use tonic::{
 };
 
 use crate::grpc::pb::{
-    checker_client::CheckerClient, key_admin_client::KeyAdminClient, scope_admin_client::ScopeAdminClient,
+    audit_log_client::AuditLogClient, checker_client::CheckerClient, key_admin_client::KeyAdminClient,
+    scope_admin_client::ScopeAdminClient,
 };
 
 /// Why the CLI could not do what was asked.
@@ -101,6 +102,11 @@ impl Connection {
     /// The KeyAdmin client.
     pub fn keys(&self) -> KeyAdminClient<InterceptedService<Channel, Bearer>> {
         KeyAdminClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+
+    /// The AuditLog client.
+    pub fn audit(&self) -> AuditLogClient<InterceptedService<Channel, Bearer>> {
+        AuditLogClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
 
     /// The ScopeAdmin client.

@@ -152,6 +152,58 @@ pub fn scope_row(scope: &pb::Scope) -> String {
     format!("{}\n", format!("{:<28}{:<24}{:<7}{}", scope.id, scope.label, mode(scope.mode), builtin).trim_end())
 }
 
+fn operation(raw: i32) -> String {
+    enum_name(pb::AuditOperation::try_from(raw).ok().map(|o| o.as_str_name()), "AUDIT_OPERATION_")
+}
+
+/// An audit event as JSON.
+pub fn audit_json(event: &pb::AuditEvent) -> Value {
+    json!({
+        "id": event.id,
+        "tenant": event.tenant,
+        "time": event.time.as_ref().and_then(|t| convert::timestamp("", Some(t)).ok().flatten())
+            .map(|at| humantime::format_rfc3339_millis(at).to_string()),
+        "actor_key_id": event.actor_key_id,
+        "operation": operation(event.operation),
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "changed_fields": event.changed_fields,
+        "details": event.details,
+        "request_id": event.request_id,
+    })
+}
+
+/// An audit event as one row, then its changed fields and details indented below it.
+pub fn audit_row(event: &pb::AuditEvent) -> String {
+    let target = format!("{}:{}", event.target_type, event.target_id);
+    let when = time(event.time.as_ref()).unwrap_or_default();
+    let op = operation(event.operation);
+    let mut row = format!("{when:<22}{op:<14}{target:<32}{:<22}{}\n", event.actor_key_id, event.request_id);
+    if !event.changed_fields.is_empty() {
+        row.push_str(&format!("  changed: {}\n", event.changed_fields.join(", ")));
+    }
+    let mut details: Vec<String> = event.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !details.is_empty() {
+        details.sort();
+        row.push_str(&format!("  details: {}\n", details.join(", ")));
+    }
+    row
+}
+
+/// An instant for `--since`/`--until`: RFC 3339, or a duration before now (`1h`, `7d`).
+pub fn parse_time(flag: &str, text: Option<&str>) -> Result<Option<prost_types::Timestamp>, String> {
+    let Some(text) = text else { return Ok(None) };
+    let at = match humantime::parse_rfc3339_weak(text) {
+        Ok(at) => at,
+        Err(_) => {
+            let ago = humantime::parse_duration(text)
+                .map_err(|_| format!("{flag} `{text}`: expected an RFC 3339 instant or a duration like 1h"))?;
+            SystemTime::now().checked_sub(ago).ok_or_else(|| format!("{flag} `{text}`: too far in the past"))?
+        }
+    };
+    Ok(Some(convert::timestamp_to_pb(at)))
+}
+
 /// An RFC 3339 instant parsed for `--expires-at`, or a duration from now for `--expires-in`.
 pub fn parse_expiry(at: Option<&str>, within: Option<&str>) -> Result<Option<prost_types::Timestamp>, String> {
     let instant = match (at, within) {

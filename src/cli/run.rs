@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use super::{
     args::{
-        CheckArgs, Cli, Command, KeyCommand, KeyStateArgs, ModeArg, PageArgs, RuleArgs, ScopeCommand, StateArg,
-        TokenCommand,
+        AuditArgs, CheckArgs, Cli, Command, KeyCommand, KeyStateArgs, ModeArg, PageArgs, RuleArgs, ScopeCommand,
+        StateArg, TokenCommand,
     },
     client::{CliError, Connection},
     output,
@@ -74,7 +74,47 @@ async fn execute(cli: Cli) -> Result<Output, CliError> {
             let conn = Connection::open(&server, token.as_deref()).await?;
             scope(&conn, cmd).await
         }
+        Command::Audit(args) => {
+            let conn = Connection::open(&server, token.as_deref()).await?;
+            audit(&conn, args).await
+        }
     }
+}
+
+/// Lists audit events newest first, following page tokens until `--limit` events are found.
+async fn audit(conn: &Connection, args: AuditArgs) -> Result<Output, CliError> {
+    let AuditArgs { tenant, target, actor, since, until, limit } = args;
+    let limit = limit as usize;
+    let request = pb::ListAuditEventsRequest {
+        tenant: tenant.tenant,
+        page_size: 0,
+        page_token: String::new(),
+        target_id: target.unwrap_or_default(),
+        actor_key_id: actor.unwrap_or_default(),
+        start_time: output::parse_time("--since", since.as_deref()).map_err(CliError::Usage)?,
+        end_time: output::parse_time("--until", until.as_deref()).map_err(CliError::Usage)?,
+    };
+    let mut client = conn.audit();
+    let mut events = Vec::new();
+    let mut next = String::new();
+    loop {
+        let page_size = i32::try_from((limit - events.len()).min(500)).unwrap_or(500);
+        let page = pb::ListAuditEventsRequest { page_size, page_token: next, ..request.clone() };
+        let page = client.list_audit_events(page).await?.into_inner();
+        events.extend(page.events);
+        next = page.next_page_token;
+        if next.is_empty() || events.len() >= limit {
+            break;
+        }
+    }
+    events.truncate(limit);
+    let mut text = format!("{:<22}{:<14}{:<32}{:<22}REQUEST\n", "TIME", "OPERATION", "TARGET", "ACTOR");
+    text.extend(events.iter().map(output::audit_row));
+    if !next.is_empty() {
+        text.push_str("more: raise --limit to see older events\n");
+    }
+    let json = json!({"events": events.iter().map(output::audit_json).collect::<Vec<_>>(), "next_page_token": next});
+    Ok(Output::new(text, json))
 }
 
 fn new_token(prefix: &str) -> Result<Output, CliError> {

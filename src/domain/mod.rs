@@ -1,10 +1,12 @@
-//! The pure core of keyscope: names, scopes, the decision and the token format.
+//! The pure core of keyscope: names, scopes, the decision, the token format and the audit
+//! log's records.
 //!
 //! Everything here is synchronous and does no I/O (beyond asking the OS for random bytes
 //! when a token is made). No tokio, tonic, redis or moka: the service and the stores call
 //! into this module, never the other way round.
 
 mod action;
+mod audit;
 mod day;
 mod decision;
 mod error;
@@ -15,6 +17,9 @@ mod scope;
 mod token;
 
 pub use action::Action;
+pub use audit::{
+    Actor, AuditEvent, AuditId, AuditOperation, AuditRecord, AuditTarget, REQUEST_ID_MAX, RequestId, millis,
+};
 pub use day::{Day, LAST_DAY};
 pub use decision::{Decision, Reason, change_grants_reserved, describe_module, evaluate, grants_reserved, widens};
 pub use error::{InputError, Problem, parse_field};

@@ -1,6 +1,6 @@
 //! Admin authentication at the edge: the interceptor takes the bearer token out of the
 //! metadata (so nothing downstream can log it) and hands it to the handlers, which authorize
-//! it for their reserved module with [`admin`].
+//! it for their reserved module with [`admin`], which also takes the request id.
 
 use std::fmt;
 
@@ -37,8 +37,12 @@ pub fn bearer_interceptor(mut request: Request<()>) -> Result<Request<()>, Statu
     Ok(request)
 }
 
+/// The metadata that carries a client's request id, recorded in the audit events of its
+/// changes.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Authorizes an admin call: `action` on the reserved `module`, in `tenant` (empty: the
-/// calling key's own).
+/// calling key's own). The caller carries the request's `x-request-id` when it is sane.
 pub(super) async fn admin<T>(
     core: &Keyscope,
     request: &Request<T>,
@@ -47,5 +51,6 @@ pub(super) async fn admin<T>(
     action: Action,
 ) -> Result<Caller, Status> {
     let token = request.extensions().get::<AdminToken>().map(|t| t.0.as_str());
-    Ok(core.authorize(token, tenant, &module, action).await?)
+    let sent = request.metadata().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
+    Ok(core.authorize(token, tenant, &module, action).await?.with_request_id(sent))
 }

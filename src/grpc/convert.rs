@@ -12,8 +12,8 @@ use prost_types::Timestamp;
 use super::pb;
 use crate::{
     domain::{
-        Action, InputError, Key, KeyState, Metadata, Problem, Reason, Rules, Scope, ScopeMode, limits, parse_field,
-        validate_metadata,
+        Action, AuditEvent, AuditOperation, InputError, Key, KeyId, KeyState, Metadata, Problem, Reason, Rules, Scope,
+        ScopeId, ScopeMode, limits, parse_field, validate_metadata,
     },
     service::{CheckAnswer, KeyUsage},
 };
@@ -195,6 +195,49 @@ pub fn answer_to_pb(answer: CheckAnswer) -> pb::CheckResponse {
         scope_ids: scope_ids.iter().map(ToString::to_string).collect(),
         message,
     }
+}
+
+/// The wire form of an audit operation.
+pub fn operation_to_pb(operation: AuditOperation) -> pb::AuditOperation {
+    match operation {
+        AuditOperation::CreateKey => pb::AuditOperation::CreateKey,
+        AuditOperation::UpdateKey => pb::AuditOperation::UpdateKey,
+        AuditOperation::DisableKey => pb::AuditOperation::DisableKey,
+        AuditOperation::EnableKey => pb::AuditOperation::EnableKey,
+        AuditOperation::RevokeKey => pb::AuditOperation::RevokeKey,
+        AuditOperation::CreateScope => pb::AuditOperation::CreateScope,
+        AuditOperation::UpdateScope => pb::AuditOperation::UpdateScope,
+        AuditOperation::CloneScope => pb::AuditOperation::CloneScope,
+        AuditOperation::DeleteScope => pb::AuditOperation::DeleteScope,
+    }
+}
+
+/// The wire form of an audit event.
+pub fn audit_event_to_pb(event: &AuditEvent) -> pb::AuditEvent {
+    let r = &event.record;
+    pb::AuditEvent {
+        id: event.id.to_string(),
+        tenant: r.tenant.to_string(),
+        time: Some(timestamp_to_pb(r.at)),
+        actor_key_id: r.actor.to_string(),
+        operation: operation_to_pb(r.operation).into(),
+        target_type: r.target.kind().to_owned(),
+        target_id: r.target.id().to_owned(),
+        changed_fields: r.changed.clone(),
+        details: r.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        request_id: r.request_id.to_string(),
+    }
+}
+
+/// An optional target id filter: a key id or a scope id (empty: any).
+pub fn target_filter(field: &str, raw: &str) -> Result<Option<String>, InputError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if raw.parse::<KeyId>().is_ok() || raw.parse::<ScopeId>().is_ok() {
+        return Ok(Some(raw.to_owned()));
+    }
+    Err(InputError::invalid(field, "must be a key id or a scope id"))
 }
 
 /// A page size from the wire: 0 means the default, larger than the maximum means the maximum.

@@ -2,6 +2,7 @@
 //! validates and converts the request (`convert`), calls the service, and converts back.
 //! Errors become `tonic::Status` in one place (`status`).
 
+mod audit;
 mod auth;
 mod checker;
 pub mod convert;
@@ -11,7 +12,8 @@ mod observe;
 mod scope_admin;
 mod status;
 
-pub use auth::{AdminToken, bearer_interceptor};
+pub use audit::AuditLogService;
+pub use auth::{AdminToken, REQUEST_ID_HEADER, bearer_interceptor};
 pub use checker::CheckerService;
 pub use ext_authz::{ExtAuthzService, ExtAuthzSettings, IdentityHeaders};
 pub use key_admin::KeyAdminService;

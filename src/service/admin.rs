@@ -1,5 +1,6 @@
 //! Admin authorization (SPEC section 5): an admin call is allowed when its bearer key may do
 //! the matching action on a reserved module, in its own tenant (or any, for `system` keys).
+//! The caller carries the request id its changes are audited under.
 
 use std::sync::Arc;
 
@@ -8,8 +9,8 @@ use super::{
     check::{Holder, Resolved},
 };
 use crate::domain::{
-    Action, InputError, Key, Module, Scope, ScopeId, Tenant, change_grants_reserved, describe_module, grants_reserved,
-    parse_field,
+    Action, InputError, Key, Module, RequestId, Scope, ScopeId, Tenant, change_grants_reserved, describe_module,
+    grants_reserved, parse_field,
 };
 
 /// An authenticated admin caller and the tenant its call acts in.
@@ -21,9 +22,21 @@ pub struct Caller {
     pub scopes: Vec<Arc<Scope>>,
     /// The tenant the call acts in: the one the request named, or the key's own.
     pub tenant: Tenant,
+    /// The id of the request, recorded in the audit events it causes: a fresh one unless
+    /// the edge sets the caller's own ([`Caller::with_request_id`]).
+    pub request_id: RequestId,
 }
 
 impl Caller {
+    /// The caller with the request id the client sent, if it is sane (see [`RequestId`]);
+    /// otherwise the fresh one stays.
+    pub fn with_request_id(mut self, sent: Option<&str>) -> Self {
+        if let Some(id) = sent.and_then(RequestId::from_caller) {
+            self.request_id = id;
+        }
+        self
+    }
+
     fn scope_refs(&self) -> Vec<&Scope> {
         self.scopes.iter().map(Arc::as_ref).collect()
     }
@@ -76,7 +89,7 @@ fn admit(holder: &Holder, tenant: &str, module: &Module, action: Action) -> Resu
     let span = tracing::Span::current();
     span.record("tenant", tenant.as_str());
     span.record("actor_key_id", holder.key.id.as_str());
-    Ok(Caller { key: holder.key.clone(), scopes: holder.scopes.clone(), tenant })
+    Ok(Caller { key: holder.key.clone(), scopes: holder.scopes.clone(), tenant, request_id: RequestId::generate()? })
 }
 
 impl Keyscope {

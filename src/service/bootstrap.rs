@@ -1,8 +1,11 @@
 //! The first admin key: on start keyscope makes sure a `system` admin key exists, from a
 //! configured token or else by creating one that is shown once.
 
-use super::{Keyscope, ServiceError, builtins::ADMIN};
-use crate::domain::{Action, Key, KeyId, KeyState, Metadata, Module, Secret, Tenant, Token, key_status};
+use super::{Keyscope, ServiceError, audit::Author, builtins::ADMIN};
+use crate::domain::{
+    Action, Actor, AuditOperation, AuditRecord, Key, KeyId, KeyState, Metadata, Module, RequestId, Secret, Tenant,
+    Token, key_status,
+};
 
 /// What start-up found or did about the bootstrap admin key.
 #[derive(Debug)]
@@ -38,6 +41,12 @@ impl Keyscope {
         }
     }
 
+    /// The audit event of a bootstrap key: created by keyscope itself.
+    fn bootstrap_event(&self, key: &Key) -> Result<AuditRecord, ServiceError> {
+        let author = Author { actor: Actor::Keyscope, request_id: RequestId::generate()? };
+        Ok(self.key_event(&author, AuditOperation::CreateKey, None, key))
+    }
+
     /// Makes sure a `system` admin key exists: the configured token's, or a new one.
     pub async fn ensure_bootstrap(&self, configured: Option<&str>) -> Result<Bootstrap, ServiceError> {
         if let Some(text) = configured {
@@ -66,13 +75,18 @@ impl Keyscope {
                 ))),
                 None => {
                     let key = self.bootstrap_key(&token);
-                    match self.store.claim_bootstrap(&key).await? {
+                    let audit = self.bootstrap_event(&key)?;
+                    match self.store.claim_bootstrap(&key, self.audit_write(&audit)).await? {
                         None => Ok(Bootstrap::ConfiguredCreated(token.key_id)),
                         // Another bootstrap key exists (made before a token was configured):
                         // add the configured one beside it.
                         Some(_) => {
-                            let write =
-                                crate::store::KeyWrite { key: &key, expected_version: None, stored_scopes: &[] };
+                            let write = crate::store::KeyWrite {
+                                key: &key,
+                                expected_version: None,
+                                stored_scopes: &[],
+                                audit: self.audit_write(&audit),
+                            };
                             self.store.put_key(write, usize::MAX).await?;
                             Ok(Bootstrap::ConfiguredCreated(token.key_id))
                         }
@@ -82,7 +96,9 @@ impl Keyscope {
         }
         let id = self.tokens.new_key_id()?;
         let (token, text) = self.tokens.issue(&id)?;
-        match self.store.claim_bootstrap(&self.bootstrap_key(&token)).await? {
+        let key = self.bootstrap_key(&token);
+        let audit = self.bootstrap_event(&key)?;
+        match self.store.claim_bootstrap(&key, self.audit_write(&audit)).await? {
             Some(existing) => Ok(Bootstrap::Existing(existing)),
             None => Ok(Bootstrap::Created(id, text)),
         }

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::SystemTime};
 
 use super::{Caller, Keyscope, Page, RETRIES, ServiceError};
 use crate::{
-    domain::{InputError, Key, KeyId, KeyState, Metadata, Scope, ScopeId, Secret},
+    domain::{AuditOperation, AuditRecord, InputError, Key, KeyId, KeyState, Metadata, Scope, ScopeId, Secret},
     store::{KeyQuery, KeyWrite, StoreError},
 };
 
@@ -59,10 +59,15 @@ impl Keyscope {
         Ok(scopes)
     }
 
-    /// Writes a key, naming the field when a scope vanished meanwhile.
-    async fn write_key(&self, key: &Key, expected_version: Option<u64>) -> Result<(), ServiceError> {
+    /// Writes a key with its audit event, naming the field when a scope vanished meanwhile.
+    pub(super) async fn write_key(
+        &self,
+        key: &Key,
+        expected_version: Option<u64>,
+        audit: &AuditRecord,
+    ) -> Result<(), ServiceError> {
         let stored_scopes = self.stored_ids(&key.scope_ids);
-        let write = KeyWrite { key, expected_version, stored_scopes: &stored_scopes };
+        let write = KeyWrite { key, expected_version, stored_scopes: &stored_scopes, audit: self.audit_write(audit) };
         match self.store.put_key(write, self.quotas.max_keys_per_tenant).await {
             Err(StoreError::ScopeMissing(id)) => {
                 let i = key.scope_ids.iter().position(|s| *s == id).unwrap_or(0);
@@ -98,7 +103,8 @@ impl Keyscope {
             updated_at: now,
             last_used_at: None,
         };
-        self.write_key(&key, None).await?;
+        let audit = self.key_event(&caller.author(), AuditOperation::CreateKey, None, &key);
+        self.write_key(&key, None, &audit).await?;
         tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, "key created");
         Ok((key, text))
     }
@@ -163,7 +169,8 @@ impl Keyscope {
         }
         key.version = version + 1;
         key.updated_at = self.clock.now();
-        self.write_key(&key, Some(version)).await?;
+        let audit = self.key_event(&caller.author(), AuditOperation::UpdateKey, Some(&current), &key);
+        self.write_key(&key, Some(version), &audit).await?;
         tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, "key updated");
         Ok(key)
     }
@@ -206,7 +213,13 @@ impl Keyscope {
             key.state = target;
             key.version += 1;
             key.updated_at = self.clock.now();
-            match self.write_key(&key, Some(current.version)).await {
+            let operation = match target {
+                KeyState::Active => AuditOperation::EnableKey,
+                KeyState::Disabled => AuditOperation::DisableKey,
+                KeyState::Revoked => AuditOperation::RevokeKey,
+            };
+            let audit = self.key_event(&caller.author(), operation, Some(&current), &key);
+            match self.write_key(&key, Some(current.version), &audit).await {
                 Err(ServiceError::Store(StoreError::VersionConflict { .. })) if version.is_none() => continue,
                 other => other?,
             }

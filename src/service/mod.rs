@@ -1,8 +1,9 @@
-//! The use cases of keyscope: checks, key usage, and key and scope administration with admin
-//! authorization. Async because the store is; every rule it applies comes from
+//! The use cases of keyscope: checks, key usage, key and scope administration with admin
+//! authorization, and the audit log of admin changes. Async because the store is; every rule it applies comes from
 //! [`crate::domain`]. Transport-neutral: gRPC (and later Envoy) call in here.
 
 mod admin;
+mod audit;
 mod bootstrap;
 mod builtins;
 mod check;
@@ -17,6 +18,7 @@ use std::{
 };
 
 pub use admin::Caller;
+pub use audit::{AUDIT_DETACHED_IDS_MAX, AUDIT_MAX_EVENTS_DEFAULT};
 pub use bootstrap::Bootstrap;
 pub use builtins::{Builtins, Preset};
 pub use check::{CheckAnswer, Explain, Presented};
@@ -120,6 +122,8 @@ pub struct Keyscope {
     tokens: TokenFormat,
     pepper: Pepper,
     quotas: Quotas,
+    /// How many audit events each tenant's log keeps.
+    audit_max_events: usize,
     clock: Arc<dyn Clock>,
     usage: Arc<UsageRecorder>,
     usage_settings: UsageSettings,
@@ -144,7 +148,14 @@ impl Keyscope {
             clock: Arc::new(SystemClock),
             usage: Arc::new(UsageRecorder::new()),
             usage_settings: UsageSettings::default(),
+            audit_max_events: AUDIT_MAX_EVENTS_DEFAULT,
         }
+    }
+
+    /// Replaces how many audit events each tenant's log keeps (`audit.max_events_per_tenant`).
+    pub fn with_audit_retention(mut self, max_events_per_tenant: usize) -> Self {
+        self.audit_max_events = max_events_per_tenant.max(1);
+        self
     }
 
     /// Replaces the per-tenant quotas.

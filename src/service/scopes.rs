@@ -1,12 +1,16 @@
 //! Scope administration: create, read, list, update, delete, clone and evaluate.
 
-use std::{collections::HashSet, sync::Arc, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::SystemTime,
+};
 
 use super::{Builtins, Caller, Keyscope, Page, RETRIES, ServiceError, check::explained};
 use crate::{
     domain::{
-        Action, InputError, Key, KeyId, Label, Module, Reason, Rules, Scope, ScopeId, ScopeMode, describe_module,
-        evaluate, widens,
+        Action, AuditOperation, AuditRecord, InputError, Key, KeyId, Label, Module, Reason, Rules, Scope, ScopeId,
+        ScopeMode, describe_module, evaluate, widens,
     },
     store::{ScopeDelete, StoreError},
 };
@@ -46,17 +50,36 @@ fn locked(id: &ScopeId) -> ServiceError {
 }
 
 impl Keyscope {
-    /// Writes a scope created (`old` none) or changed from `old`, guarded by `old`'s version.
-    async fn write_scope(&self, caller: &Caller, old: Option<&Scope>, scope: &Scope) -> Result<(), ServiceError> {
+    /// Writes a scope created (`old` none) or changed from `old`, guarded by `old`'s version,
+    /// with its audit event.
+    async fn write_scope(
+        &self,
+        caller: &Caller,
+        old: Option<&Scope>,
+        scope: &Scope,
+        audit: &AuditRecord,
+    ) -> Result<(), ServiceError> {
         caller.may_change_scope(old, scope)?;
         let reserved = self.builtins.folded_labels();
         let expected_version = old.map(|o| o.version);
-        self.store.put_scope(scope, expected_version, reserved, self.quotas.max_scopes_per_tenant).await?;
+        let max = self.quotas.max_scopes_per_tenant;
+        self.store.put_scope(scope, expected_version, reserved, max, self.audit_write(audit)).await?;
         Ok(())
     }
 
     /// Creates a scope in the caller's tenant.
     pub async fn create_scope(&self, caller: &Caller, draft: ScopeDraft) -> Result<Scope, ServiceError> {
+        self.insert_scope(caller, draft, AuditOperation::CreateScope, BTreeMap::new()).await
+    }
+
+    /// Creates a scope, audited as `operation` with `details`.
+    async fn insert_scope(
+        &self,
+        caller: &Caller,
+        draft: ScopeDraft,
+        operation: AuditOperation,
+        details: BTreeMap<String, String>,
+    ) -> Result<Scope, ServiceError> {
         let now = self.clock.now();
         let scope = Scope {
             id: ScopeId::generate()?,
@@ -70,7 +93,8 @@ impl Keyscope {
             created_at: now,
             updated_at: now,
         };
-        self.write_scope(caller, None, &scope).await?;
+        let audit = self.scope_event(&caller.author(), operation, None, &scope, details);
+        self.write_scope(caller, None, &scope, &audit).await?;
         tracing::info!(scope_id = %scope.id, tenant = %scope.tenant, actor = %caller.key.id, "scope created");
         Ok(scope)
     }
@@ -138,7 +162,9 @@ impl Keyscope {
         }
         scope.version = version + 1;
         scope.updated_at = self.clock.now();
-        self.write_scope(caller, Some(&current), &scope).await?;
+        let audit =
+            self.scope_event(&caller.author(), AuditOperation::UpdateScope, Some(&current), &scope, BTreeMap::new());
+        self.write_scope(caller, Some(&current), &scope, &audit).await?;
         tracing::info!(scope_id = %scope.id, tenant = %scope.tenant, actor = %caller.key.id, "scope updated");
         Ok(scope)
     }
@@ -158,7 +184,8 @@ impl Keyscope {
             mode: source.mode,
             rules: source.rules,
         };
-        self.create_scope(caller, draft).await
+        let details = BTreeMap::from([("source_id".to_owned(), id.to_string())]);
+        self.insert_scope(caller, draft, AuditOperation::CloneScope, details).await
     }
 
     /// Deletes a stored scope. In use, it is refused unless `force`; forced, the scope leaves
@@ -195,6 +222,8 @@ impl Keyscope {
                 self.refuse_widening(caller, &scope, &holders).await?;
             }
             let guard: Vec<(KeyId, u64)> = holders.iter().map(|k| (k.id.clone(), k.version)).collect();
+            let detached: Vec<KeyId> = guard.iter().map(|(k, _)| k.clone()).collect();
+            let audit = self.delete_event(caller, &scope, force, &detached);
             // The delete is guarded by the version the decision above was made on, so a
             // concurrent change of the scope's mode or rules makes it start over.
             let delete = ScopeDelete {
@@ -203,6 +232,7 @@ impl Keyscope {
                 expected_version: Some(scope.version),
                 holders: &guard,
                 now: self.clock.now(),
+                audit: self.audit_write(&audit),
             };
             match self.store.delete_scope(delete).await {
                 Err(StoreError::UsersChanged(_) | StoreError::VersionConflict { .. }) => continue,
@@ -210,7 +240,7 @@ impl Keyscope {
                 other => other?,
             }
             tracing::info!(scope_id = %id, tenant = %caller.tenant, actor = %caller.key.id, detached = guard.len(), "scope deleted");
-            return Ok(guard.into_iter().map(|(k, _)| k).collect());
+            return Ok(detached);
         }
         Err(ServiceError::Aborted(format!("the keys holding scope `{id}` kept changing; retry")))
     }

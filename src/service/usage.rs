@@ -357,8 +357,9 @@ mod tests {
             v: Option<u64>,
             r: &[String],
             max: usize,
+            a: crate::store::AuditWrite<'_>,
         ) -> Result<(), StoreError> {
-            self.inner.put_scope(s, v, r, max).await
+            self.inner.put_scope(s, v, r, max, a).await
         }
         async fn scope_holders(&self, t: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError> {
             self.inner.scope_holders(t, id).await
@@ -366,8 +367,8 @@ mod tests {
         async fn delete_scope(&self, d: crate::store::ScopeDelete<'_>) -> Result<(), StoreError> {
             self.inner.delete_scope(d).await
         }
-        async fn claim_bootstrap(&self, k: &Key) -> Result<Option<KeyId>, StoreError> {
-            self.inner.claim_bootstrap(k).await
+        async fn claim_bootstrap(&self, k: &Key, a: crate::store::AuditWrite<'_>) -> Result<Option<KeyId>, StoreError> {
+            self.inner.claim_bootstrap(k, a).await
         }
         async fn record_usage(&self, batch: &[UsageDelta], retention: u32) -> Result<(), StoreError> {
             if self.writes_left.fetch_sub(1, Ordering::SeqCst) <= 0 {
@@ -377,6 +378,13 @@ mod tests {
         }
         async fn key_usage(&self, t: &Tenant, id: &KeyId, a: Day, b: Day) -> Result<Vec<DailyUsage>, StoreError> {
             self.inner.key_usage(t, id, a, b).await
+        }
+        async fn list_audit(
+            &self,
+            t: &Tenant,
+            q: &crate::store::AuditQuery,
+        ) -> Result<crate::store::AuditPage, StoreError> {
+            self.inner.list_audit(t, q).await
         }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())

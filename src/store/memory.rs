@@ -1,8 +1,9 @@
 //! The embedded store: everything in one process's memory, behind one lock, so every
-//! mutation is atomic by construction. The default for trying keyscope and for tests.
+//! mutation is atomic by construction (a change and its audit event included). Each tenant's
+//! audit log is a ring of its newest events. The default for trying keyscope and for tests.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     ops::Bound,
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::SystemTime,
@@ -10,8 +11,11 @@ use std::{
 
 use async_trait::async_trait;
 
-use super::{Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta};
-use crate::domain::{Day, Key, KeyId, Scope, ScopeId, Tenant};
+use super::{
+    AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError,
+    UsageDelta,
+};
+use crate::domain::{AuditEvent, AuditId, Day, Key, KeyId, Scope, ScopeId, Tenant};
 
 /// Keys and scopes in memory. Cloning shares the same data.
 #[derive(Debug, Default, Clone)]
@@ -43,6 +47,8 @@ struct TenantData {
     labels: HashMap<String, ScopeId>,
     /// Scope id -> keys holding it (builtin scope ids included).
     holders: HashMap<ScopeId, BTreeSet<KeyId>>,
+    /// The newest audit events, oldest first.
+    audit: VecDeque<AuditEvent>,
 }
 
 impl MemoryStore {
@@ -115,6 +121,17 @@ impl Inner {
 }
 
 impl TenantData {
+    /// Appends the audit event of a change of `tenant`, dropping the oldest beyond the bound.
+    fn record(&mut self, tenant: &Tenant, audit: AuditWrite<'_>) {
+        let id = AuditId::next(self.audit.back().map(|e| e.id), audit.record.at);
+        let mut record = audit.record.clone();
+        record.tenant = tenant.clone();
+        self.audit.push_back(AuditEvent::stored(id, record));
+        while self.audit.len() > audit.max_events.max(1) {
+            self.audit.pop_front();
+        }
+    }
+
     fn index(&mut self, key: &Key, old: Option<&Key>) {
         if let Some(old) = old {
             for id in &old.scope_ids {
@@ -177,7 +194,9 @@ impl Store for MemoryStore {
         inner.check_key_write(&write, max_keys)?;
         let key = Arc::new(write.key.clone());
         let old = inner.keys.insert(key.id.clone(), key.clone());
-        inner.tenants.entry(key.tenant.clone()).or_default().index(&key, old.as_deref());
+        let data = inner.tenants.entry(key.tenant.clone()).or_default();
+        data.index(&key, old.as_deref());
+        data.record(&key.tenant, write.audit);
         Ok(())
     }
 
@@ -209,6 +228,7 @@ impl Store for MemoryStore {
         expected_version: Option<u64>,
         reserved_labels: &[String],
         max_scopes: usize,
+        audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
         let mut inner = self.write();
         // A tenant's entry is made only once the write is known to succeed.
@@ -242,6 +262,7 @@ impl Store for MemoryStore {
         }
         data.labels.insert(folded, scope.id.clone());
         data.scopes.insert(scope.id.clone(), Arc::new(scope.clone()));
+        data.record(&scope.tenant, audit);
         Ok(())
     }
 
@@ -284,10 +305,11 @@ impl Store for MemoryStore {
         if let Some(scope) = data.scopes.remove(delete.id) {
             data.labels.remove(&scope.label.folded());
         }
+        data.record(delete.tenant, delete.audit);
         Ok(())
     }
 
-    async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError> {
+    async fn claim_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<Option<KeyId>, StoreError> {
         let mut inner = self.write();
         if let Some(existing) = &inner.bootstrap {
             return Ok(Some(existing.clone()));
@@ -297,7 +319,9 @@ impl Store for MemoryStore {
         }
         let stored = Arc::new(key.clone());
         inner.keys.insert(key.id.clone(), stored.clone());
-        inner.tenants.entry(key.tenant.clone()).or_default().index(&stored, None);
+        let data = inner.tenants.entry(key.tenant.clone()).or_default();
+        data.index(&stored, None);
+        data.record(&key.tenant, audit);
         inner.bootstrap = Some(key.id.clone());
         Ok(None)
     }
@@ -340,6 +364,26 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         }
         Ok(days.range(first..=last).map(|(&day, &(allowed, denied))| DailyUsage { day, allowed, denied }).collect())
+    }
+
+    async fn list_audit(&self, tenant: &Tenant, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let inner = self.read();
+        let Some(data) = inner.tenants.get(tenant) else { return Ok(AuditPage::default()) };
+        let Some(newest) = query.newest() else { return Ok(AuditPage::default()) };
+        let oldest = query.oldest();
+        let mut found = data
+            .audit
+            .iter()
+            .rev()
+            .skip_while(|e| e.id > newest)
+            .take_while(|e| e.id >= oldest)
+            .filter(|e| query.matches(e));
+        let events: Vec<AuditEvent> = found.by_ref().take(query.limit).cloned().collect();
+        let next = match (found.next(), events.last()) {
+            (Some(_), Some(last)) => Some(last.id),
+            _ => None,
+        };
+        Ok(AuditPage { events, next })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

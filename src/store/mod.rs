@@ -15,7 +15,9 @@ use async_trait::async_trait;
 pub use self::redis::{RedisOptions, RedisStore, SCHEMA_VERSION};
 pub use memory::MemoryStore;
 
-use crate::domain::{Day, Key, KeyId, KeyState, Scope, ScopeId, Tenant};
+use crate::domain::{
+    Actor, AuditEvent, AuditId, AuditRecord, Day, Key, KeyId, KeyState, Scope, ScopeId, Tenant, millis,
+};
 
 /// What a store can fail with. Every variant means nothing was written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,6 +127,8 @@ pub struct KeyWrite<'a> {
     pub expected_version: Option<u64>,
     /// Scope ids of the key that the store must hold (its builtin scope ids excluded).
     pub stored_scopes: &'a [ScopeId],
+    /// The audit event recorded with the change, atomically.
+    pub audit: AuditWrite<'a>,
 }
 
 /// A delete of a scope, guarded by what the caller saw.
@@ -142,6 +146,77 @@ pub struct ScopeDelete<'a> {
     pub holders: &'a [(KeyId, u64)],
     /// The time of the change, recorded as the holders' `updated_at`.
     pub now: SystemTime,
+    /// The audit event recorded with the change, atomically.
+    pub audit: AuditWrite<'a>,
+}
+
+/// The audit event a change records, in the same atomic write: a refused change records
+/// nothing. The tenant's log then keeps only its newest `max_events` events.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditWrite<'a> {
+    /// What happened (its tenant is the log it goes to).
+    pub record: &'a AuditRecord,
+    /// How many events the tenant's log keeps (`audit.max_events_per_tenant`); at least 1.
+    pub max_events: usize,
+}
+
+/// Which audit events a listing returns: newest first, older than a cursor, with filters.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only events older than this one (the cursor of a previous page).
+    pub before: Option<AuditId>,
+    /// At most this many.
+    pub limit: usize,
+    /// Only events on this target id (a key id or a scope id).
+    pub target: Option<String>,
+    /// Only events by this actor.
+    pub actor: Option<Actor>,
+    /// Only events at or after this instant. Event times are kept in whole milliseconds, so
+    /// both bounds are compared in whole milliseconds (an event recorded at `since` matches).
+    pub since: Option<SystemTime>,
+    /// Only events at or before this instant (in whole milliseconds).
+    pub until: Option<SystemTime>,
+}
+
+/// A page of audit events and where the next one starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditPage {
+    /// Matching events, newest first.
+    pub events: Vec<AuditEvent>,
+    /// The cursor (`before`) of the next page; `None` when no older event can match. A store
+    /// that bounds its work per call may return fewer than `limit` events with a cursor.
+    pub next: Option<AuditId>,
+}
+
+/// Most log entries a store reads for one audit listing (filters are applied to what it
+/// reads); a listing that reaches it returns what it found and a cursor to go on from.
+pub const AUDIT_SCAN_MAX: usize = 10_000;
+
+impl AuditQuery {
+    /// Whether `event` passes the filters (not the cursor).
+    pub fn matches(&self, event: &AuditEvent) -> bool {
+        let r = &event.record;
+        self.target.as_deref().is_none_or(|t| r.target.id() == t)
+            && self.actor.as_ref().is_none_or(|a| r.actor == *a)
+            && self.since.is_none_or(|s| millis(r.at) >= millis(s))
+            && self.until.is_none_or(|u| millis(r.at) <= millis(u))
+    }
+
+    /// The newest id a matching event may have (from `before` and `until`); `None` if none
+    /// can match.
+    pub fn newest(&self) -> Option<AuditId> {
+        let before = match self.before {
+            Some(b) => b.prev()?,
+            None => AuditId::last_of(u64::MAX),
+        };
+        let until = self.until.map_or(AuditId::last_of(u64::MAX), |u| AuditId::last_of(millis(u)));
+        Some(before.min(until))
+    }
+
+    /// The oldest id a matching event may have (from `since`).
+    pub fn oldest(&self) -> AuditId {
+        AuditId { ms: self.since.map_or(0, millis), seq: 0 }
+    }
 }
 
 /// A record that changed: what every replica's cache must drop.
@@ -183,7 +258,9 @@ pub trait ChangeSink: Send + Sync + 'static {
     fn reset(&self);
 }
 
-/// Storage of keys and scopes. Every method is atomic; a failed call writes nothing.
+/// Storage of keys and scopes, and of the audit log of their changes. Every method is
+/// atomic; a failed call writes nothing. Every change takes the audit event that describes
+/// it and records it in the same atomic write.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The key with this id and its stored scopes, for a check (any tenant).
@@ -224,6 +301,7 @@ pub trait Store: Send + Sync + 'static {
         expected_version: Option<u64>,
         reserved_labels: &[String],
         max_scopes: usize,
+        audit: AuditWrite<'_>,
     ) -> Result<(), StoreError>;
 
     /// The keys holding a scope, by ascending id.
@@ -233,8 +311,11 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError>;
 
     /// Makes `key` the bootstrap admin key unless one was made before; returns the id of the
-    /// one made before, if any.
-    async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError>;
+    /// one made before, if any (and then records nothing).
+    async fn claim_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<Option<KeyId>, StoreError>;
+
+    /// A page of a tenant's audit events, newest first (see [`AuditQuery`]).
+    async fn list_audit(&self, tenant: &Tenant, query: &AuditQuery) -> Result<AuditPage, StoreError>;
 
     /// Adds usage: each delta's counts to its key's day, and its `last_used_at` when later
     /// than the one kept. Days older than `retention_days` (counted back from the newest day

@@ -18,8 +18,10 @@
 //! | `P:{system}:bootstrap` | string | the bootstrap admin key's id |
 //! | `P:{T}:used` | sorted set | key id -> its last use (microseconds since the epoch) |
 //! | `P:{T}:usage:<key id>:<YYYY-MM-DD>` | hash | `a` allowed, `d` denied checks that UTC day; expires with the retention |
+//! | `P:{T}:audit` | stream | the tenant's audit events (field `e`: JSON), newest `max_events` kept |
 //!
-//! Mutations are Lua scripts (`src/store/lua/`), atomic by construction. A check that misses
+//! Mutations are Lua scripts (`src/store/lua/`), atomic by construction; each one appends its
+//! audit event to the tenant's stream in the same script (`lua/audit.lua`). A check that misses
 //! every cache costs two round trips: the key's tenant, then one script returning the key and
 //! its scopes; the key -> tenant mapping never changes, so it is kept, and a key seen before
 //! costs one. Lists page through the sorted sets; nothing on a request path uses `KEYS` or
@@ -35,7 +37,7 @@ use std::{
 use async_trait::async_trait;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use redis::{
-    AsyncCommands, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, Value,
+    AsyncCommands, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
@@ -43,9 +45,13 @@ use redis::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta,
+    AUDIT_SCAN_MAX, AuditPage, AuditQuery, AuditWrite, Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite,
+    ScopeDelete, Store, StoreError, UsageDelta,
 };
-use crate::domain::{Day, Key, KeyId, KeyState, Pattern, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant};
+use crate::domain::{
+    AuditEvent, AuditId, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Pattern, Rules, Scope, ScopeId,
+    ScopeMode, SecretHash, Tenant, millis,
+};
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: &str = "1";
@@ -176,10 +182,13 @@ impl RedisStore {
             check_timeout: options.check_timeout,
             admin_timeout: options.admin_timeout,
             scripts: Arc::new(Scripts {
-                put_key: Script::new(include_str!("lua/put_key.lua")),
-                put_scope: Script::new(include_str!("lua/put_scope.lua")),
-                delete_scope: Script::new(include_str!("lua/delete_scope.lua")),
-                claim_bootstrap: Script::new(include_str!("lua/claim_bootstrap.lua")),
+                put_key: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/put_key.lua"))),
+                put_scope: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/put_scope.lua"))),
+                delete_scope: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/delete_scope.lua"))),
+                claim_bootstrap: Script::new(concat!(
+                    include_str!("lua/audit.lua"),
+                    include_str!("lua/claim_bootstrap.lua")
+                )),
                 credential: Script::new(include_str!("lua/credential.lua")),
                 record_usage: Script::new(include_str!("lua/record_usage.lua")),
             }),
@@ -517,6 +526,56 @@ fn decode_scope(tenant: &Tenant, id: &str, row: &[Option<String>]) -> Result<Opt
     }))
 }
 
+/// An audit event as stored in the stream (its tenant and time come from the stream key and id).
+#[derive(Serialize, Deserialize)]
+struct EventBody {
+    actor: String,
+    operation: String,
+    target_kind: String,
+    target: String,
+    changed: Vec<String>,
+    details: BTreeMap<String, String>,
+    request_id: String,
+}
+
+/// Appends the audit event's arguments (time, bound, body) before the deadline.
+fn audit_args(call: &mut ScriptInvocation<'_>, audit: AuditWrite<'_>) -> Result<(), StoreError> {
+    let r = audit.record;
+    let body = EventBody {
+        actor: r.actor.to_string(),
+        operation: r.operation.as_str().to_owned(),
+        target_kind: r.target.kind().to_owned(),
+        target: r.target.id().to_owned(),
+        changed: r.changed.clone(),
+        details: r.details.clone(),
+        request_id: r.request_id.to_string(),
+    };
+    let body = serde_json::to_string(&body).map_err(|e| corrupt("audit event", e))?;
+    call.arg(millis(r.at)).arg(audit.max_events.max(1)).arg(body);
+    Ok(())
+}
+
+fn decode_event(tenant: &Tenant, id: &str, fields: &[String]) -> Result<AuditEvent, StoreError> {
+    let what = format!("audit event `{id}`");
+    let id: AuditId = id.parse().map_err(|_| corrupt(&what, "id"))?;
+    let body = match fields {
+        [name, body] if name == "e" => body,
+        _ => return Err(corrupt(&what, "fields")),
+    };
+    let body: EventBody = serde_json::from_str(body).map_err(|e| corrupt(&what, e))?;
+    let record = AuditRecord {
+        tenant: tenant.clone(),
+        at: id.time(),
+        actor: body.actor.parse().map_err(|_| corrupt(&what, "actor"))?,
+        operation: body.operation.parse().map_err(|_| corrupt(&what, "operation"))?,
+        target: AuditTarget::from_parts(&body.target_kind, &body.target).ok_or_else(|| corrupt(&what, "target"))?,
+        changed: body.changed,
+        details: body.details,
+        request_id: body.request_id.parse().map_err(|_| corrupt(&what, "request id"))?,
+    };
+    Ok(AuditEvent::stored(id, record))
+}
+
 /// Turns a script's status reply into the store's answer.
 fn outcome(reply: &[String], what: impl Fn() -> String, expected: Option<u64>) -> Result<(), StoreError> {
     match reply.first().map(String::as_str) {
@@ -626,8 +685,9 @@ impl Store for RedisStore {
             .arg(instant_text(key.updated_at))
             .arg(encode_key(key)?)
             .arg(write.stored_scopes.len())
-            .arg(write.stored_scopes.iter().map(ScopeId::as_str).collect::<Vec<_>>())
-            .arg(self.deadline());
+            .arg(write.stored_scopes.iter().map(ScopeId::as_str).collect::<Vec<_>>());
+        audit_args(&mut call, write.audit)?;
+        call.arg(self.deadline());
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
         if reply.first().map(String::as_str) == Some("quota") {
             return Err(StoreError::QuotaReached { tenant: key.tenant.clone(), what: "keys", limit: max_keys });
@@ -661,6 +721,7 @@ impl Store for RedisStore {
         expected_version: Option<u64>,
         reserved_labels: &[String],
         max_scopes: usize,
+        audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
         let base = self.base(&scope.tenant);
         let mut call = self.scripts.put_scope.key(format!("{base}scopes"));
@@ -673,8 +734,9 @@ impl Store for RedisStore {
             .arg(scope.label.folded())
             .arg(encode_scope(scope)?)
             .arg(reserved_labels.len())
-            .arg(reserved_labels)
-            .arg(self.deadline());
+            .arg(reserved_labels);
+        audit_args(&mut call, audit)?;
+        call.arg(self.deadline());
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
         match reply.first().map(String::as_str) {
@@ -705,6 +767,7 @@ impl Store for RedisStore {
         for (key_id, version) in delete.holders {
             call.arg(key_id.as_str()).arg(*version);
         }
+        audit_args(&mut call, delete.audit)?;
         call.arg(self.deadline());
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
@@ -714,7 +777,7 @@ impl Store for RedisStore {
         }
     }
 
-    async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError> {
+    async fn claim_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<Option<KeyId>, StoreError> {
         let base = self.base(&key.tenant);
         let mut conn = self.conn.clone();
         self.map_tenant(&key.id, &key.tenant).await?;
@@ -724,8 +787,9 @@ impl Store for RedisStore {
             .arg(key.version)
             .arg(join_ids(&key.scope_ids))
             .arg(instant_text(key.updated_at))
-            .arg(encode_key(key)?)
-            .arg(self.deadline());
+            .arg(encode_key(key)?);
+        audit_args(&mut call, audit)?;
+        call.arg(self.deadline());
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
         match reply.first().map(String::as_str) {
             Some("existing") => {
@@ -788,6 +852,52 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    /// Reads the stream newest first from the query's bounds, in chunks, filtering in Rust;
+    /// reads at most [`AUDIT_SCAN_MAX`] entries per call.
+    async fn list_audit(&self, tenant: &Tenant, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let stream = format!("{}audit", self.base(tenant));
+        let Some(mut newest) = query.newest() else { return Ok(AuditPage::default()) };
+        let oldest = query.oldest();
+        let chunk = (query.limit + 1).clamp(16, 1000);
+        let mut events: Vec<AuditEvent> = Vec::new();
+        let mut scanned = 0;
+        while newest >= oldest {
+            let count = chunk.min(AUDIT_SCAN_MAX - scanned);
+            let mut conn = self.conn.clone();
+            let rows: Vec<(String, Vec<String>)> = self
+                .admin(
+                    redis::cmd("XREVRANGE")
+                        .arg(&stream)
+                        .arg(newest.to_string())
+                        .arg(oldest.to_string())
+                        .arg("COUNT")
+                        .arg(count)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            scanned += rows.len();
+            let mut last = None;
+            for (id, fields) in &rows {
+                let event = decode_event(tenant, id, fields)?;
+                last = Some(event.id);
+                if query.matches(&event) {
+                    if events.len() == query.limit {
+                        let next = events.last().map(|e| e.id);
+                        return Ok(AuditPage { events, next });
+                    }
+                    events.push(event);
+                }
+            }
+            let Some(last) = last.filter(|_| rows.len() == count) else { break };
+            if scanned >= AUDIT_SCAN_MAX {
+                return Ok(AuditPage { events, next: Some(last) });
+            }
+            let Some(prev) = last.prev() else { break };
+            newest = prev;
+        }
+        Ok(AuditPage { events, next: None })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

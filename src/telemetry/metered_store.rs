@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use super::Metrics;
 use crate::{
     domain::{Day, Key, KeyId, Scope, ScopeId, Tenant},
-    store::{Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta},
+    store::{
+        AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError,
+        UsageDelta,
+    },
 };
 
 /// A store whose calls are measured.
@@ -86,8 +89,9 @@ impl Store for MeteredStore {
         expected_version: Option<u64>,
         reserved_labels: &[String],
         max_scopes: usize,
+        audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
-        self.timed("put_scope", self.inner.put_scope(scope, expected_version, reserved_labels, max_scopes)).await
+        self.timed("put_scope", self.inner.put_scope(scope, expected_version, reserved_labels, max_scopes, audit)).await
     }
 
     async fn scope_holders(&self, tenant: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError> {
@@ -98,8 +102,8 @@ impl Store for MeteredStore {
         self.timed("delete_scope", self.inner.delete_scope(delete)).await
     }
 
-    async fn claim_bootstrap(&self, key: &Key) -> Result<Option<KeyId>, StoreError> {
-        self.timed("claim_bootstrap", self.inner.claim_bootstrap(key)).await
+    async fn claim_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<Option<KeyId>, StoreError> {
+        self.timed("claim_bootstrap", self.inner.claim_bootstrap(key, audit)).await
     }
 
     async fn record_usage(&self, batch: &[UsageDelta], retention_days: u32) -> Result<(), StoreError> {
@@ -114,6 +118,10 @@ impl Store for MeteredStore {
         last: Day,
     ) -> Result<Vec<DailyUsage>, StoreError> {
         self.timed("key_usage", self.inner.key_usage(tenant, id, first, last)).await
+    }
+
+    async fn list_audit(&self, tenant: &Tenant, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        self.timed("list_audit", self.inner.list_audit(tenant, query)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

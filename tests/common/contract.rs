@@ -4,14 +4,56 @@
 #![allow(dead_code, missing_docs)]
 
 use std::{
-    sync::Arc,
+    collections::BTreeMap,
+    sync::{Arc, LazyLock},
     time::{Duration, SystemTime},
 };
 
 use keyscope::{
-    domain::{Day, Key, KeyId, KeyState, Metadata, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant},
-    store::{DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta},
+    domain::{
+        Actor, AuditEvent, AuditId, AuditOperation, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Metadata,
+        RequestId, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant,
+    },
+    store::{
+        AuditPage, AuditQuery, AuditWrite, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta,
+    },
 };
+
+/// An audit event of tenant `t` at `ms` milliseconds after 2023-11-14, under request `request`.
+pub fn audit_record(t: &str, operation: AuditOperation, target: AuditTarget, request: &str, ms: u64) -> AuditRecord {
+    AuditRecord {
+        tenant: tenant(t),
+        at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms),
+        actor: Actor::Key(key_id(900)),
+        operation,
+        target,
+        changed: vec!["description".into(), "scope_ids".into()],
+        details: BTreeMap::from([("scope_ids".to_owned(), "s1,s2".to_owned())]),
+        request_id: request.parse::<RequestId>().expect("request id"),
+    }
+}
+
+static NOTED: LazyLock<AuditRecord> =
+    LazyLock::new(|| audit_record("acme", AuditOperation::UpdateKey, AuditTarget::Key(key_id(0)), "noted", 0));
+
+/// The audit event of a change whose event is not what a case checks.
+pub fn noted() -> AuditWrite<'static> {
+    AuditWrite { record: &NOTED, max_events: 1000 }
+}
+
+fn kept(record: &AuditRecord, max_events: usize) -> AuditWrite<'_> {
+    AuditWrite { record, max_events }
+}
+
+async fn audit_page(store: &dyn Store, t: &str, query: &AuditQuery) -> AuditPage {
+    store.list_audit(&tenant(t), query).await.expect("list audit")
+}
+
+/// The request ids of a tenant's whole log, newest first.
+async fn audit_requests(store: &dyn Store, t: &str) -> Vec<String> {
+    let all = AuditQuery { limit: 10_000, ..Default::default() };
+    audit_page(store, t, &all).await.events.iter().map(|e| e.record.request_id.to_string()).collect()
+}
 
 pub fn tenant(name: &str) -> Tenant {
     name.parse().expect("tenant")
@@ -60,12 +102,15 @@ pub fn key(t: &str, n: usize, scopes: &[&str]) -> Key {
 }
 
 pub async fn create_scope(store: &dyn Store, s: &Scope) {
-    store.put_scope(s, None, &[], 1000).await.expect("create scope");
+    store.put_scope(s, None, &[], 1000, noted()).await.expect("create scope");
 }
 
 pub async fn create_key(store: &dyn Store, k: &Key) {
     let stored = k.scope_ids.clone();
-    store.put_key(KeyWrite { key: k, expected_version: None, stored_scopes: &stored }, 1000).await.expect("create key");
+    store
+        .put_key(KeyWrite { key: k, expected_version: None, stored_scopes: &stored, audit: noted() }, 1000)
+        .await
+        .expect("create key");
 }
 
 fn query(limit: usize) -> KeyQuery {
@@ -91,28 +136,34 @@ pub async fn key_writes_are_guarded_by_version_and_write_nothing_when_refused(st
     let k = key("acme", 1, &["s1"]);
     create_key(&*store, &k).await;
     let stored = vec![scope_id("s1")];
-    let again = store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &stored }, 1000).await;
+    let again =
+        store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &stored, audit: noted() }, 1000).await;
     assert!(matches!(again, Err(StoreError::AlreadyExists(_))), "{again:?}");
     let mut changed = k.clone();
     changed.description = "changed".into();
     changed.version = 3;
-    let stale =
-        store.put_key(KeyWrite { key: &changed, expected_version: Some(2), stored_scopes: &stored }, 1000).await;
+    let stale = store
+        .put_key(KeyWrite { key: &changed, expected_version: Some(2), stored_scopes: &stored, audit: noted() }, 1000)
+        .await;
     assert!(matches!(stale, Err(StoreError::VersionConflict { expected: 2, found: 1, .. })), "{stale:?}");
     assert_eq!(store.get_key(&tenant("acme"), &k.id).await.expect("get").expect("present").description, "");
     changed.version = 2;
     store
-        .put_key(KeyWrite { key: &changed, expected_version: Some(1), stored_scopes: &stored }, 1000)
+        .put_key(KeyWrite { key: &changed, expected_version: Some(1), stored_scopes: &stored, audit: noted() }, 1000)
         .await
         .expect("update");
     assert_eq!(store.get_key(&tenant("acme"), &k.id).await.expect("get").expect("present").version, 2);
     let missing = key("acme", 7, &["s1"]);
-    let r = store.put_key(KeyWrite { key: &missing, expected_version: Some(1), stored_scopes: &stored }, 1000).await;
+    let r = store
+        .put_key(KeyWrite { key: &missing, expected_version: Some(1), stored_scopes: &stored, audit: noted() }, 1000)
+        .await;
     assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
     let mut other_tenant = changed.clone();
     other_tenant.tenant = tenant("globex");
     other_tenant.version = 3;
-    let r = store.put_key(KeyWrite { key: &other_tenant, expected_version: Some(2), stored_scopes: &[] }, 1000).await;
+    let r = store
+        .put_key(KeyWrite { key: &other_tenant, expected_version: Some(2), stored_scopes: &[], audit: noted() }, 1000)
+        .await;
     assert!(matches!(r, Err(StoreError::NotFound(_))), "a key cannot move tenants: {r:?}");
 }
 
@@ -120,7 +171,8 @@ pub async fn keys_naming_a_missing_scope_are_refused(store: Arc<dyn Store>) {
     create_scope(&*store, &scope("globex", "s1", "one")).await;
     let k = key("acme", 1, &["s1"]);
     let stored = vec![scope_id("s1")];
-    let r = store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &stored }, 1000).await;
+    let r =
+        store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &stored, audit: noted() }, 1000).await;
     assert!(matches!(r, Err(StoreError::ScopeMissing(ref id)) if *id == scope_id("s1")), "{r:?}");
     assert_eq!(store.get_key(&tenant("acme"), &k.id).await.expect("get"), None);
     assert!(store.scope_holders(&tenant("globex"), &scope_id("s1")).await.expect("holders").is_empty());
@@ -129,18 +181,21 @@ pub async fn keys_naming_a_missing_scope_are_refused(store: Arc<dyn Store>) {
 pub async fn tenant_quotas_are_enforced(store: Arc<dyn Store>) {
     for n in 0..2 {
         let k = key("acme", n, &[]);
-        store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &[] }, 2).await.expect("within quota");
+        store
+            .put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &[], audit: noted() }, 2)
+            .await
+            .expect("within quota");
     }
     let k = key("acme", 2, &[]);
-    let r = store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &[] }, 2).await;
+    let r = store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &[], audit: noted() }, 2).await;
     assert!(matches!(r, Err(StoreError::QuotaReached { what: "keys", limit: 2, .. })), "{r:?}");
     let other = key("globex", 3, &[]);
     store
-        .put_key(KeyWrite { key: &other, expected_version: None, stored_scopes: &[] }, 2)
+        .put_key(KeyWrite { key: &other, expected_version: None, stored_scopes: &[], audit: noted() }, 2)
         .await
         .expect("quota is per tenant");
-    store.put_scope(&scope("acme", "a", "a"), None, &[], 1).await.expect("first scope");
-    let r = store.put_scope(&scope("acme", "b", "b"), None, &[], 1).await;
+    store.put_scope(&scope("acme", "a", "a"), None, &[], 1, noted()).await.expect("first scope");
+    let r = store.put_scope(&scope("acme", "b", "b"), None, &[], 1, noted()).await;
     assert!(matches!(r, Err(StoreError::QuotaReached { what: "scopes", .. })), "{r:?}");
 }
 
@@ -172,7 +227,7 @@ pub async fn key_listing_pages_by_id_with_filters(store: Arc<dyn Store>) {
     disabled.version = 2;
     let stored = vec![scope_id("s1")];
     store
-        .put_key(KeyWrite { key: &disabled, expected_version: Some(1), stored_scopes: &stored }, 1000)
+        .put_key(KeyWrite { key: &disabled, expected_version: Some(1), stored_scopes: &stored, audit: noted() }, 1000)
         .await
         .expect("update");
     let by_state = KeyQuery { state: Some(KeyState::Disabled), ..query(10) };
@@ -197,7 +252,7 @@ pub async fn scope_index_follows_key_updates(store: Arc<dyn Store>) {
     moved.version = 2;
     let stored = vec![scope_id("s2")];
     store
-        .put_key(KeyWrite { key: &moved, expected_version: Some(1), stored_scopes: &stored }, 1000)
+        .put_key(KeyWrite { key: &moved, expected_version: Some(1), stored_scopes: &stored, audit: noted() }, 1000)
         .await
         .expect("update");
     assert!(store.scope_holders(&tenant("acme"), &scope_id("s1")).await.expect("holders").is_empty());
@@ -207,24 +262,24 @@ pub async fn scope_index_follows_key_updates(store: Arc<dyn Store>) {
 
 pub async fn scope_labels_are_unique_per_tenant_case_insensitively(store: Arc<dyn Store>) {
     create_scope(&*store, &scope("acme", "s1", "Website")).await;
-    let r = store.put_scope(&scope("acme", "s2", "WEBSITE"), None, &[], 1000).await;
+    let r = store.put_scope(&scope("acme", "s2", "WEBSITE"), None, &[], 1000, noted()).await;
     assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "{r:?}");
     create_scope(&*store, &scope("globex", "s2", "website")).await;
-    let r = store.put_scope(&scope("acme", "s3", "Admin"), None, &["admin".into()], 1000).await;
+    let r = store.put_scope(&scope("acme", "s3", "Admin"), None, &["admin".into()], 1000, noted()).await;
     assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "reserved labels are refused: {r:?}");
     let mut relabelled = scope("acme", "s1", "site");
     relabelled.version = 2;
-    store.put_scope(&relabelled, Some(1), &[], 1000).await.expect("relabel");
+    store.put_scope(&relabelled, Some(1), &[], 1000, noted()).await.expect("relabel");
     create_scope(&*store, &scope("acme", "s4", "website")).await;
-    let r = store.put_scope(&scope("acme", "s1", "x"), None, &[], 1000).await;
+    let r = store.put_scope(&scope("acme", "s1", "x"), None, &[], 1000, noted()).await;
     assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "ids are unique: {r:?}");
     let mut stale = scope("acme", "s1", "other");
     stale.version = 9;
-    let r = store.put_scope(&stale, Some(1), &[], 1000).await;
+    let r = store.put_scope(&stale, Some(1), &[], 1000, noted()).await;
     assert!(matches!(r, Err(StoreError::VersionConflict { expected: 1, found: 2, .. })), "{r:?}");
     let got = store.get_scope(&tenant("acme"), &scope_id("s1")).await.expect("get").expect("present");
     assert_eq!(got.label.as_str(), "site");
-    let r = store.put_scope(&scope("acme", "nope", "n"), Some(1), &[], 1000).await;
+    let r = store.put_scope(&scope("acme", "nope", "n"), Some(1), &[], 1000, noted()).await;
     assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
 }
 
@@ -254,7 +309,7 @@ pub async fn scope_delete_is_guarded_by_its_holders(store: Arc<dyn Store>) {
     let t = tenant("acme");
     let id = scope_id("s1");
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
-    let unused = ScopeDelete { tenant: &t, id: &id, expected_version: None, holders: &[], now };
+    let unused = ScopeDelete { tenant: &t, id: &id, expected_version: None, holders: &[], now, audit: noted() };
     assert!(matches!(store.delete_scope(unused).await, Err(StoreError::UsersChanged(_))));
     let stale_holder = [(key_id(1), 1), (key_id(2), 5)];
     let stale = ScopeDelete { holders: &stale_holder, ..unused };
@@ -280,10 +335,10 @@ pub async fn scope_delete_is_guarded_by_its_holders(store: Arc<dyn Store>) {
 
 pub async fn bootstrap_is_claimed_once(store: Arc<dyn Store>) {
     let first = key("system", 1, &[]);
-    assert_eq!(store.claim_bootstrap(&first).await.expect("claim"), None);
+    assert_eq!(store.claim_bootstrap(&first, noted()).await.expect("claim"), None);
     assert!(store.get_key(&tenant("system"), &first.id).await.expect("get").is_some());
     let second = key("system", 2, &[]);
-    assert_eq!(store.claim_bootstrap(&second).await.expect("claim"), Some(first.id.clone()));
+    assert_eq!(store.claim_bootstrap(&second, noted()).await.expect("claim"), Some(first.id.clone()));
     assert!(store.get_key(&tenant("system"), &second.id).await.expect("get").is_none());
 }
 
@@ -297,7 +352,9 @@ pub async fn concurrent_key_writes_never_leave_a_key_on_a_deleted_scope(store: A
         writers.push(tokio::spawn(async move {
             let k = key("acme", n, &["s1"]);
             let stored = vec![scope_id("s1")];
-            store.put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &stored }, 1000).await
+            store
+                .put_key(KeyWrite { key: &k, expected_version: None, stored_scopes: &stored, audit: noted() }, 1000)
+                .await
         }));
     }
     let deleter = {
@@ -319,6 +376,7 @@ pub async fn concurrent_key_writes_never_leave_a_key_on_a_deleted_scope(store: A
                     expected_version: None,
                     holders: &holders,
                     now: SystemTime::UNIX_EPOCH,
+                    audit: noted(),
                 };
                 match store.delete_scope(d).await {
                     Ok(()) => return,
@@ -405,7 +463,7 @@ pub async fn last_use_is_the_latest_and_never_changes_the_key_record(store: Arc<
     updated.description = "changed".into();
     updated.version = 2;
     store
-        .put_key(KeyWrite { key: &updated, expected_version: Some(1), stored_scopes: &[] }, 1000)
+        .put_key(KeyWrite { key: &updated, expected_version: Some(1), stored_scopes: &[], audit: noted() }, 1000)
         .await
         .expect("update");
     store.record_usage(&[delta("acme", 1, day, 1, 0, on(day, 60))], 90).await.expect("record");
@@ -448,6 +506,170 @@ pub async fn usage_older_than_the_retention_is_dropped(store: Arc<dyn Store>) {
     assert_eq!(got, vec![DailyUsage { day: kept, allowed: 2, denied: 0 }, DailyUsage { day, allowed: 1, denied: 0 }]);
 }
 
+pub async fn changes_record_their_audit_events_atomically(store: Arc<dyn Store>) {
+    let s1 = scope("acme", "s1", "one");
+    let on_s1 = AuditTarget::Scope(scope_id("s1"));
+    let created = audit_record("acme", AuditOperation::CreateScope, on_s1.clone(), "r1", 1);
+    store.put_scope(&s1, None, &[], 1000, kept(&created, 1000)).await.expect("create scope");
+    let k = key("acme", 1, &["s1"]);
+    let on_k = AuditTarget::Key(k.id.clone());
+    let mut key_created = audit_record("acme", AuditOperation::CreateKey, on_k.clone(), "r2", 2);
+    key_created.actor = Actor::Keyscope;
+    let stored = vec![scope_id("s1")];
+    let write = KeyWrite { key: &k, expected_version: None, stored_scopes: &stored, audit: kept(&key_created, 1000) };
+    store.put_key(write, 1000).await.expect("create key");
+    let t = tenant("acme");
+    let id = scope_id("s1");
+    let holders = [(k.id.clone(), 1)];
+    let deleted = audit_record("acme", AuditOperation::DeleteScope, on_s1.clone(), "r3", 3);
+    let delete = ScopeDelete {
+        tenant: &t,
+        id: &id,
+        expected_version: None,
+        holders: &holders,
+        now: SystemTime::UNIX_EPOCH,
+        audit: kept(&deleted, 1000),
+    };
+    store.delete_scope(delete).await.expect("delete");
+    let boot = audit_record("system", AuditOperation::CreateKey, AuditTarget::Key(key_id(5)), "r4", 4);
+    store.claim_bootstrap(&key("system", 5, &[]), kept(&boot, 1000)).await.expect("claim");
+
+    let page = audit_page(&*store, "acme", &AuditQuery { limit: 10, ..Default::default() }).await;
+    assert_eq!(page.next, None);
+    let got: Vec<&AuditRecord> = page.events.iter().map(|e| &e.record).collect();
+    assert_eq!(got, vec![&deleted, &key_created, &created], "every field round-trips, newest first");
+    assert!(page.events.windows(2).all(|w| w[0].id > w[1].id));
+    for event in &page.events {
+        assert_eq!(event.record.at, event.id.time());
+    }
+    assert_eq!(audit_requests(&*store, "system").await, ["r4"]);
+    assert!(audit_requests(&*store, "globex").await.is_empty(), "logs are per tenant");
+}
+
+pub async fn refused_changes_record_no_audit_event(store: Arc<dyn Store>) {
+    let refused = audit_record("acme", AuditOperation::UpdateKey, AuditTarget::Key(key_id(1)), "refused", 9);
+    let no = kept(&refused, 1000);
+    create_scope(&*store, &scope("acme", "s1", "one")).await;
+    let k = key("acme", 1, &["s1"]);
+    create_key(&*store, &k).await;
+    let before = audit_requests(&*store, "acme").await;
+    assert_eq!(before.len(), 2);
+    let stored = vec![scope_id("s1")];
+    let mut stale = k.clone();
+    stale.version = 5;
+    let r = store
+        .put_key(KeyWrite { key: &stale, expected_version: Some(4), stored_scopes: &stored, audit: no }, 1000)
+        .await;
+    assert!(matches!(r, Err(StoreError::VersionConflict { .. })), "{r:?}");
+    let r = store
+        .put_key(KeyWrite { key: &key("acme", 2, &[]), expected_version: None, stored_scopes: &[], audit: no }, 1)
+        .await;
+    assert!(matches!(r, Err(StoreError::QuotaReached { .. })), "{r:?}");
+    let missing = vec![scope_id("gone")];
+    let lost = key("acme", 3, &["gone"]);
+    let r =
+        store.put_key(KeyWrite { key: &lost, expected_version: None, stored_scopes: &missing, audit: no }, 1000).await;
+    assert!(matches!(r, Err(StoreError::ScopeMissing(_))), "{r:?}");
+    let r = store.put_scope(&scope("acme", "s2", "ONE"), None, &[], 1000, no).await;
+    assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "{r:?}");
+    let r = store.put_scope(&scope("acme", "s3", "three"), None, &[], 1, no).await;
+    assert!(matches!(r, Err(StoreError::QuotaReached { .. })), "{r:?}");
+    let t = tenant("acme");
+    let id = scope_id("s1");
+    let d = ScopeDelete {
+        tenant: &t,
+        id: &id,
+        expected_version: None,
+        holders: &[],
+        now: SystemTime::UNIX_EPOCH,
+        audit: no,
+    };
+    assert!(matches!(store.delete_scope(d).await, Err(StoreError::UsersChanged(_))));
+    store.claim_bootstrap(&key("acme", 7, &[]), noted()).await.expect("first claim");
+    let after_claim = audit_requests(&*store, "acme").await;
+    assert_eq!(store.claim_bootstrap(&key("acme", 8, &[]), no).await.expect("claim"), Some(key_id(7)));
+    assert_eq!(audit_requests(&*store, "acme").await, after_claim, "a refused change records nothing");
+    assert!(!after_claim.contains(&"refused".to_owned()));
+}
+
+pub async fn audit_log_keeps_only_the_newest_events(store: Arc<dyn Store>) {
+    for n in 0..7 {
+        let s = scope("acme", &format!("s{n}"), &format!("l{n}"));
+        let r =
+            audit_record("acme", AuditOperation::CreateScope, AuditTarget::Scope(s.id.clone()), &format!("r{n}"), n);
+        store.put_scope(&s, None, &[], 1000, kept(&r, 3)).await.expect("create");
+    }
+    assert_eq!(audit_requests(&*store, "acme").await, ["r6", "r5", "r4"]);
+    let other = audit_record("globex", AuditOperation::CreateScope, AuditTarget::Scope(scope_id("g")), "g", 0);
+    store.put_scope(&scope("globex", "g", "g"), None, &[], 1000, kept(&other, 3)).await.expect("create");
+    assert_eq!(audit_requests(&*store, "acme").await, ["r6", "r5", "r4"], "each tenant has its own bound");
+}
+
+pub async fn audit_listing_pages_newest_first_with_filters(store: Arc<dyn Store>) {
+    create_scope(&*store, &scope("acme", "s1", "one")).await;
+    let base = audit_requests(&*store, "acme").await.len();
+    assert_eq!(base, 1);
+    // Times: 10, 20, ..., 80 ms; the last one is stamped before its predecessor (a clock
+    // that stepped back) and still gets a newer id.
+    for n in 1..=8u64 {
+        let k = key("acme", n as usize, &[]);
+        let ms = if n == 8 { 15 } else { n * 10 };
+        let mut r =
+            audit_record("acme", AuditOperation::UpdateKey, AuditTarget::Key(k.id.clone()), &format!("r{n}"), ms);
+        r.target = AuditTarget::Key(key_id(if n % 2 == 0 { 2 } else { 1 }));
+        if n >= 5 {
+            r.actor = Actor::Keyscope;
+        }
+        let w = KeyWrite { key: &k, expected_version: None, stored_scopes: &[], audit: kept(&r, 1000) };
+        store.put_key(w, 1000).await.expect("create");
+    }
+    let mut pages = Vec::new();
+    let mut query = AuditQuery { limit: 3, ..Default::default() };
+    loop {
+        let page = audit_page(&*store, "acme", &query).await;
+        assert!(page.events.len() <= 3);
+        pages.push(page.events.iter().map(|e| e.record.request_id.to_string()).collect::<Vec<_>>());
+        match page.next {
+            Some(next) => query.before = Some(next),
+            None => break,
+        }
+    }
+    let all: Vec<String> = pages.concat();
+    assert_eq!(all, ["r8", "r7", "r6", "r5", "r4", "r3", "r2", "r1", "noted"]);
+    let ids = |page: AuditPage| page.events.iter().map(|e| e.record.request_id.to_string()).collect::<Vec<_>>();
+    let newest: AuditEvent =
+        audit_page(&*store, "acme", &AuditQuery { limit: 1, ..Default::default() }).await.events[0].clone();
+    let seventh =
+        audit_page(&*store, "acme", &AuditQuery { limit: 1, before: Some(newest.id), ..Default::default() }).await;
+    assert!(newest.id > seventh.events[0].id, "ids grow even when the clock steps back");
+    assert_eq!(newest.record.at, seventh.events[0].record.at, "its time is its predecessor's");
+
+    let by_target = AuditQuery { limit: 10, target: Some(key_id(2).to_string()), ..Default::default() };
+    assert_eq!(ids(audit_page(&*store, "acme", &by_target).await), ["r8", "r6", "r4", "r2"]);
+    let by_actor = AuditQuery { limit: 10, actor: Some(Actor::Keyscope), ..Default::default() };
+    assert_eq!(ids(audit_page(&*store, "acme", &by_actor).await), ["r8", "r7", "r6", "r5"]);
+    let both = AuditQuery { limit: 1, ..by_target.clone() };
+    let first = audit_page(&*store, "acme", &AuditQuery { actor: Some(Actor::Keyscope), ..both.clone() }).await;
+    assert_eq!(ids(first.clone()), ["r8"]);
+    let second = AuditQuery { before: first.next, actor: Some(Actor::Keyscope), ..both };
+    let second = audit_page(&*store, "acme", &second).await;
+    assert_eq!(ids(second.clone()), ["r6"]);
+    assert_eq!(second.next, None, "no older event matches");
+    let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms);
+    let window = AuditQuery { limit: 10, since: Some(at(20)), until: Some(at(50)), ..Default::default() };
+    assert_eq!(ids(audit_page(&*store, "acme", &window).await), ["r5", "r4", "r3", "r2"]);
+    let inside = AuditQuery {
+        limit: 10,
+        since: Some(at(20) + Duration::from_micros(1)),
+        until: Some(at(50) - Duration::from_micros(1)),
+        ..Default::default()
+    };
+    assert_eq!(ids(audit_page(&*store, "acme", &inside).await), ["r4", "r3", "r2"], "bounds are whole milliseconds");
+    let none = AuditQuery { limit: 10, before: Some(AuditId { ms: 0, seq: 0 }), ..Default::default() };
+    assert_eq!(audit_page(&*store, "acme", &none).await, AuditPage::default());
+    assert!(audit_page(&*store, "globex", &by_actor).await.events.is_empty());
+}
+
 /// Every contract case, by name; the macros below expand over this list.
 #[macro_export]
 macro_rules! contract_cases {
@@ -468,6 +690,10 @@ macro_rules! contract_cases {
             last_use_is_the_latest_and_never_changes_the_key_record,
             keys_unused_since_an_instant_are_listed_for_review,
             usage_older_than_the_retention_is_dropped,
+            changes_record_their_audit_events_atomically,
+            refused_changes_record_no_audit_event,
+            audit_log_keeps_only_the_newest_events,
+            audit_listing_pages_newest_first_with_filters,
         );
     };
 }

@@ -13,7 +13,8 @@ use keyscope::{
     domain::{Pepper, TokenFormat},
     grpc::ExtAuthzSettings,
     grpc::pb::{
-        self, checker_client::CheckerClient, key_admin_client::KeyAdminClient, scope_admin_client::ScopeAdminClient,
+        self, audit_log_client::AuditLogClient, checker_client::CheckerClient, key_admin_client::KeyAdminClient,
+        scope_admin_client::ScopeAdminClient,
     },
     server::ServeOptions,
     service::{Bootstrap, Builtins, Keyscope, ManualClock, Preset},
@@ -74,6 +75,7 @@ impl Interceptor for Bearer {
 
 pub type Keys = KeyAdminClient<InterceptedService<Channel, Bearer>>;
 pub type Scopes = ScopeAdminClient<InterceptedService<Channel, Bearer>>;
+pub type Audit = AuditLogClient<InterceptedService<Channel, Bearer>>;
 
 fn bearer(token: Option<&str>) -> Bearer {
     Bearer(token.map(|t| format!("Bearer {t}").parse().expect("ascii token")))
@@ -214,6 +216,16 @@ impl TestServer {
 
     pub fn scopes_as(&self, token: Option<&str>) -> Scopes {
         ScopeAdminClient::with_interceptor(self.channel.clone(), bearer(token))
+    }
+
+    /// AuditLog with the given bearer token.
+    pub fn audit_as(&self, token: Option<&str>) -> Audit {
+        AuditLogClient::with_interceptor(self.channel.clone(), bearer(token))
+    }
+
+    /// AuditLog as the `system` admin.
+    pub fn audit(&self) -> Audit {
+        self.audit_as(Some(&self.admin_token))
     }
 
     /// KeyAdmin as the `system` admin.

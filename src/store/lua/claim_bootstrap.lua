@@ -1,5 +1,6 @@
 -- Makes the key the bootstrap admin key unless one was made before (marker in the tenant).
 -- KEYS[1] tenant key set. ARGV: base, key id, version, scope ids, updated, body.
+-- Then the audit event's three ARGV (audit.lua).
 -- The last ARGV is the caller's deadline in microseconds: a write that reaches Redis after
 -- its caller gave up (a paused or overloaded Redis) is refused, so a timed-out call never
 -- applies later.
@@ -17,4 +18,5 @@ redis.call('ZADD', KEYS[1], 0, kid)
 for sid in string.gmatch(ARGV[4], '[^,]+') do redis.call('ZADD', base .. 'holders:' .. sid, 0, kid) end
 redis.call('SET', marker, kid)
 redis.call('PUBLISH', chan, 'k:' .. kid)
+audit(base)
 return {'ok'}

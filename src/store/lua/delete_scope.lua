@@ -4,6 +4,7 @@
 -- n holders, then key id and version for each holder.
 -- Every change is published on `<prefix>:changes` ("k:<key id>", "s:<tenant>:<scope id>"),
 -- atomically with it, so every replica's cache drops what changed.
+-- Then the audit event's three ARGV (audit.lua).
 -- The last ARGV is the caller's deadline in microseconds: a write that reaches Redis after
 -- its caller gave up (a paused or overloaded Redis) is refused, so a timed-out call never
 -- applies later.
@@ -42,4 +43,5 @@ if folded then redis.call('HDEL', base .. 'labels', folded) end
 redis.call('DEL', rec)
 redis.call('ZREM', KEYS[1], sid)
 redis.call('PUBLISH', chan, 's:' .. tenant .. ':' .. sid)
+audit(base)
 return {'ok'}

@@ -4,6 +4,7 @@
 -- new version, scope ids (comma-separated), updated, body, n stored scopes, stored scope ids...
 -- Every change is published on `<prefix>:changes` ("k:<key id>", "s:<tenant>:<scope id>"),
 -- atomically with it, so every replica's cache drops what changed.
+-- Then the audit event's three ARGV (audit.lua).
 -- The last ARGV is the caller's deadline in microseconds: a write that reaches Redis after
 -- its caller gave up (a paused or overloaded Redis) is refused, so a timed-out call never
 -- applies later.
@@ -32,4 +33,5 @@ for sid in string.gmatch(ARGV[6], '[^,]+') do redis.call('ZADD', base .. 'holder
 redis.call('ZADD', KEYS[1], 0, kid)
 redis.call('HSET', rec, 'v', ARGV[5], 'scopes', ARGV[6], 'updated', ARGV[7], 'body', ARGV[8])
 redis.call('PUBLISH', chan, 'k:' .. kid)
+audit(base)
 return {'ok'}

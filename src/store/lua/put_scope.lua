@@ -3,6 +3,7 @@
 -- new version, label, folded label, body, n reserved labels, reserved folded labels...
 -- Every change is published on `<prefix>:changes` ("k:<key id>", "s:<tenant>:<scope id>"),
 -- atomically with it, so every replica's cache drops what changed.
+-- Then the audit event's three ARGV (audit.lua).
 -- The last ARGV is the caller's deadline in microseconds: a write that reaches Redis after
 -- its caller gave up (a paused or overloaded Redis) is refused, so a timed-out call never
 -- applies later.
@@ -35,4 +36,5 @@ redis.call('HSET', labels, folded, sid)
 redis.call('ZADD', KEYS[1], 0, sid)
 redis.call('HSET', rec, 'v', ARGV[5], 'label', ARGV[6], 'folded', folded, 'body', ARGV[8])
 redis.call('PUBLISH', chan, 's:' .. tenant .. ':' .. sid)
+audit(base)
 return {'ok'}
