@@ -409,10 +409,23 @@ async fn binary(envs: &[(&str, &str)]) -> (process::Server, Channel, pb::CheckRe
     (server, channel, request)
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses, which may hold spaces).
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name; in
+    // clock ticks of 1/100 s on Linux.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 async fn traces(a: &Args) {
+    const ROUNDS: usize = 4;
     println!(
         "\n## traces: the keyscope binary with every check traced and exported over OTLP to a local \
-         receiver vs traces off (concurrency {}, {:?} each, alternating)\n",
+         receiver vs traces off (concurrency {}, {:?} each, {ROUNDS} alternating rounds)\n",
         a.concurrency, a.duration
     );
     let counter = SpanCounter::default();
@@ -435,26 +448,50 @@ async fn traces(a: &Args) {
     };
     run(&traced_channel, &traced_request, Duration::from_secs(1)).await;
     run(&plain_channel, &plain_request, Duration::from_secs(1)).await;
-    let mut on = Vec::new();
-    let mut off = Vec::new();
+    let mut rows = Vec::new();
     let spans_before = counter.0.load(Ordering::Relaxed);
-    for _ in 0..2 {
-        on.push(run(&traced_channel, &traced_request, a.duration).await);
-        off.push(run(&plain_channel, &plain_request, a.duration).await);
+    let (mut on_cpu, mut off_cpu) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..ROUNDS {
+        let cpu = cpu_time(traced.pid());
+        let on = run(&traced_channel, &traced_request, a.duration).await;
+        on_cpu += cpu_time(traced.pid()) - cpu;
+        let cpu = cpu_time(plain.pid());
+        let off = run(&plain_channel, &plain_request, a.duration).await;
+        off_cpu += cpu_time(plain.pid()) - cpu;
+        rows.push((on, off));
     }
     // Let the last batch arrive before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let spans = counter.0.load(Ordering::Relaxed) - spans_before;
     let metrics = process_metrics(&traced.http_addr).await;
     println!("{HEADER}");
-    for (i, (t, p)) in on.iter().zip(&off).enumerate() {
-        println!("{}", t.line(&format!("traces on (every check exported), round {}", i + 1)));
-        println!("{}", p.line(&format!("traces off, round {}", i + 1)));
+    for (i, (on, off)) in rows.iter().enumerate() {
+        println!("{}", on.line(&format!("traces on (every check exported), round {}", i + 1)));
+        println!("{}", off.line(&format!("traces off, round {}", i + 1)));
     }
-    let total = |r: &[Report]| r.iter().map(|r| r.latencies_us.len()).sum::<usize>() as f64;
-    let rate = |r: &[Report]| total(r) / r.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>();
-    println!("\nthroughput ratio traces on / off: {:.2}", rate(&on) / rate(&off));
-    println!("spans received by the collector during the measured rounds: {spans} (checks answered: {})", total(&on));
+    let mut ratios: Vec<f64> = rows.iter().map(|(on, off)| on.throughput() / off.throughput()).collect();
+    ratios.sort_by(f64::total_cmp);
+    let answered =
+        |pick: fn(&(Report, Report)) -> &Report| rows.iter().map(|r| pick(r).latencies_us.len()).sum::<usize>();
+    let (on_n, off_n) = (answered(|r| &r.0), answered(|r| &r.1));
+    let total_ratio = {
+        let rate = |pick: fn(&(Report, Report)) -> &Report| {
+            answered(pick) as f64 / rows.iter().map(|r| pick(r).elapsed.as_secs_f64()).sum::<f64>()
+        };
+        rate(|r| &r.0) / rate(|r| &r.1)
+    };
+    println!(
+        "\nthroughput ratio traces on / off: {total_ratio:.2} over all rounds; per round {}",
+        ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
+    );
+    let per_check = |cpu: Duration, n: usize| cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
+    println!(
+        "keyscope process CPU per check: traces on {:.1} us, off {:.1} us (ratio {:.2})",
+        per_check(on_cpu, on_n),
+        per_check(off_cpu, off_n),
+        per_check(off_cpu, off_n) / per_check(on_cpu, on_n)
+    );
+    println!("spans received by the collector during the measured rounds: {spans} (checks answered: {on_n})");
     println!("{metrics}");
     drop((traced, plain));
 }

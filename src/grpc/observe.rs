@@ -25,7 +25,7 @@ pub fn call_span(request: &http::Request<()>, admin_services: &[&str]) -> tracin
     let path = request.uri().path();
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
     if !admin_services.contains(&service) {
-        return tracing::info_span!("grpc", path = %path);
+        return tracing::debug_span!("grpc", path = %path);
     }
     let span = tracing::info_span!(
         target: SPAN_TARGET,

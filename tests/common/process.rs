@@ -290,6 +290,11 @@ impl Server {
         Captured { stdout: self.stdout.snapshot(), stderr: self.stderr.snapshot() }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
     /// Sends SIGTERM (graceful shutdown).
     pub fn terminate(&self) {
         let child = self.child.as_ref().expect("the server runs");
