@@ -29,7 +29,7 @@ use crate::{
         },
     },
     service::Keyscope,
-    telemetry::{MeteredStore, Metrics, SpanExport},
+    telemetry::{CheckTracer, MeteredStore, Metrics, SpanExport},
 };
 
 /// Why serving failed.
@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub metrics: Arc<Metrics>,
     /// The HTTP listener for `/metrics` and the probes, if any.
     pub http: Option<TcpListener>,
+    /// Starts the span of each check (off by default).
+    pub tracer: CheckTracer,
     /// After the shutdown future resolves: how long health reports NOT_SERVING while calls are
     /// still accepted, before draining.
     pub shutdown_delay: Duration,
@@ -103,7 +105,7 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let ServeOptions { ext_authz, metrics, http, shutdown_delay } = options;
+    let ServeOptions { ext_authz, metrics, http, tracer, shutdown_delay } = options;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health { reporter, ready: Arc::new(AtomicBool::new(false)) };
     let ready = core.store_ready().await;
@@ -127,11 +129,11 @@ pub async fn serve_with(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let checker = CheckerServer::new(CheckerService::new(core.clone(), metrics.clone()))
+    let checker = CheckerServer::new(CheckerService::new(core.clone(), metrics.clone(), tracer.clone()))
         .max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let keys =
         KeyAdminServer::new(KeyAdminService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
-    let envoy = AuthorizationServer::new(ExtAuthzService::new(core.clone(), ext_authz, metrics.clone()))
+    let envoy = AuthorizationServer::new(ExtAuthzService::new(core.clone(), ext_authz, metrics.clone(), tracer))
         .max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let audit =
         AuditLogServer::new(AuditLogService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
@@ -345,6 +347,7 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
         ext_authz: validated.ext_authz.clone(),
         metrics: built.metrics.clone(),
         http: Some(http),
+        tracer: spans.as_ref().map(|s| CheckTracer::new(s.tracer())).unwrap_or_default(),
         shutdown_delay: validated.shutdown_delay,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -2,7 +2,6 @@
 
 use std::{sync::Arc, time::Instant};
 
-use opentelemetry::context::FutureExt as _;
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -12,7 +11,7 @@ use super::{
 use crate::{
     domain::{InputError, Module, Tenant, limits, parse_field},
     service::{Keyscope, Presented},
-    telemetry::{CheckPath, Metrics, propagation},
+    telemetry::{CheckPath, CheckTracer, Metrics, metrics::code_name, propagation, spans},
 };
 
 /// The Checker service over the core.
@@ -20,12 +19,13 @@ use crate::{
 pub struct CheckerService {
     core: Arc<Keyscope>,
     metrics: Arc<Metrics>,
+    tracer: CheckTracer,
 }
 
 impl CheckerService {
-    /// The service over `core`, counting into `metrics`.
-    pub fn new(core: Arc<Keyscope>, metrics: Arc<Metrics>) -> Self {
-        CheckerService { core, metrics }
+    /// The service over `core`, counting into `metrics`, tracing with `tracer`.
+    pub fn new(core: Arc<Keyscope>, metrics: Arc<Metrics>, tracer: CheckTracer) -> Self {
+        CheckerService { core, metrics, tracer }
     }
 }
 
@@ -46,8 +46,9 @@ fn tenant(raw: &str) -> Result<Option<Tenant>, InputError> {
 impl pb::checker_server::Checker for CheckerService {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let started = Instant::now();
-        let parent = propagation::from_metadata(request.metadata());
-        let answer = self.answer(request.into_inner()).with_context(parent).await;
+        let trace = self.tracer.start("check", || propagation::from_metadata(request.metadata()));
+        let answer = spans::within(trace.as_ref(), self.answer(request.into_inner())).await;
+        spans::end(trace, answer.as_ref().err().map(|s| code_name(s.code())));
         self.metrics.check_time(CheckPath::Native, started.elapsed());
         match &answer {
             Ok(a) => self.metrics.check(CheckPath::Native, a.allowed, reason_label(a.reason)),
@@ -61,8 +62,9 @@ impl pb::checker_server::Checker for CheckerService {
         request: Request<pb::BatchCheckRequest>,
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
         let started = Instant::now();
-        let parent = propagation::from_metadata(request.metadata());
-        let answers = self.answer_batch(request.into_inner()).with_context(parent).await;
+        let trace = self.tracer.start("batch_check", || propagation::from_metadata(request.metadata()));
+        let answers = spans::within(trace.as_ref(), self.answer_batch(request.into_inner())).await;
+        spans::end(trace, answers.as_ref().err().map(|s| code_name(s.code())));
         self.metrics.check_time(CheckPath::Batch, started.elapsed());
         match &answers {
             Ok(a) => {

@@ -14,13 +14,13 @@ use envoy_types::{
     },
     pb::google::protobuf::{Struct, Value, value::Kind},
 };
-use opentelemetry::context::FutureExt as _;
+use opentelemetry::KeyValue;
 use tonic::{Request, Response, Status};
 
 use crate::{
     domain::Action,
     service::{CheckAnswer, Explain, HttpMapping, HttpRequestView, Keyscope, Mapped, Unmapped},
-    telemetry::{CheckPath, Metrics, propagation},
+    telemetry::{CheckPath, CheckTracer, Metrics, annotate, metrics::code_name, propagation, spans},
 };
 
 /// Names of the headers keyscope sets for the upstream on an allowed request.
@@ -62,12 +62,13 @@ pub struct ExtAuthzService {
     core: Arc<Keyscope>,
     settings: Arc<ExtAuthzSettings>,
     metrics: Arc<Metrics>,
+    tracer: CheckTracer,
 }
 
 impl ExtAuthzService {
-    /// The service over `core`, counting into `metrics`.
-    pub fn new(core: Arc<Keyscope>, settings: ExtAuthzSettings, metrics: Arc<Metrics>) -> Self {
-        ExtAuthzService { core, settings: Arc::new(settings), metrics }
+    /// The service over `core`, counting into `metrics`, tracing with `tracer`.
+    pub fn new(core: Arc<Keyscope>, settings: ExtAuthzSettings, metrics: Arc<Metrics>, tracer: CheckTracer) -> Self {
+        ExtAuthzService { core, settings: Arc::new(settings), metrics, tracer }
     }
 }
 
@@ -95,6 +96,11 @@ fn collect_headers(
 fn metadata(fields: &[(&str, &str)]) -> Struct {
     let text = |v: &str| Value { kind: Some(Kind::StringValue(v.to_owned())) };
     Struct { fields: fields.iter().map(|(k, v)| ((*k).to_owned(), text(v))).collect() }
+}
+
+/// The span attributes of a request answered before any check (no route, no credential...).
+fn decided(allowed: bool, reason: &'static str) -> Vec<KeyValue> {
+    vec![KeyValue::new("decision", if allowed { "allow" } else { "deny" }), KeyValue::new("reason", reason)]
 }
 
 /// 401 for credential problems, 403 for everything else.
@@ -219,7 +225,14 @@ impl Authorization for ExtAuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
         let (grpc_metadata, _, request) = request.into_parts();
-        let answer = self.answer(&grpc_metadata, &request).await;
+        let trace = self.tracer.start("check", || {
+            let http = request.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+            let empty = HashMap::new();
+            let headers = http.map_or(Cow::Borrowed(&empty), collect_headers);
+            propagation::from_ext_authz(&grpc_metadata, &headers)
+        });
+        let answer = spans::within(trace.as_ref(), self.answer(&request)).await;
+        spans::end(trace, answer.as_ref().err().map(|s| code_name(s.code())));
         self.metrics.check_time(CheckPath::ExtAuthz, started.elapsed());
         match &answer {
             Ok((allowed, reason, _)) => self.metrics.check(CheckPath::ExtAuthz, *allowed, reason),
@@ -231,14 +244,11 @@ impl Authorization for ExtAuthzService {
 
 impl ExtAuthzService {
     /// The answer to Envoy, whether it allows, and its reason.
-    async fn answer(
-        &self,
-        grpc_metadata: &tonic::metadata::MetadataMap,
-        request: &CheckRequest,
-    ) -> Result<(bool, &'static str, CheckResponse), Status> {
+    async fn answer(&self, request: &CheckRequest) -> Result<(bool, &'static str, CheckResponse), Status> {
         let attributes = request.attributes.as_ref();
         let Some(http) = attributes.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
             let reason = "NO_HTTP_ATTRIBUTES";
+            annotate(|| decided(false, reason));
             return Ok((false, reason, denied(reason, "the check request carries no HTTP request")));
         };
         let headers = collect_headers(http);
@@ -246,16 +256,17 @@ impl ExtAuthzService {
         let context = attributes.map_or(&empty, |a| &a.context_extensions);
         let view = HttpRequestView { method: &http.method, path: &http.path, headers: &headers, context };
         Ok(match self.settings.mapping.map(&view) {
-            Mapped::Unchecked => (true, "UNMAPPED_ALLOWED", self.allowed(&headers, None)),
-            Mapped::Refused(why) => (false, why.as_str(), denied(why.as_str(), unmapped_message(why))),
+            Mapped::Unchecked => {
+                annotate(|| decided(true, "UNMAPPED_ALLOWED"));
+                (true, "UNMAPPED_ALLOWED", self.allowed(&headers, None))
+            }
+            Mapped::Refused(why) => {
+                annotate(|| decided(false, why.as_str()));
+                (false, why.as_str(), denied(why.as_str(), unmapped_message(why)))
+            }
             Mapped::Check { presented, module, action, tenant } => {
                 // The message is only needed for a denial's body: an allowed check skips it.
-                let parent = propagation::from_ext_authz(grpc_metadata, &headers);
-                let answer = self
-                    .core
-                    .check(&presented, tenant.as_ref(), &module, action, Explain::Denials)
-                    .with_context(parent)
-                    .await?;
+                let answer = self.core.check(&presented, tenant.as_ref(), &module, action, Explain::Denials).await?;
                 let reason = answer.reason.as_str();
                 if answer.allowed() {
                     (true, reason, self.allowed(&headers, Some((&answer, module.as_str(), action))))

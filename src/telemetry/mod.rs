@@ -2,10 +2,12 @@
 //!
 //! - Logs: a `tracing` subscriber filtered by `RUST_LOG` (default `info`), as text or JSON lines
 //!   on stderr.
-//! - Traces ([`otlp`]): one OpenTelemetry span for every check (`check`, `batch_check`) and
-//!   every admin call (`admin`), exported over OTLP/gRPC through a bounded queue whose drops
-//!   are counted; the caller's W3C `traceparent` becomes the parent ([`propagation`]). Only
-//!   those spans reach the exporter, whatever `RUST_LOG` says, and none carries a credential.
+//! - Traces ([`otlp`]): one OpenTelemetry span for every check (`check`, `batch_check`: made
+//!   with the SDK directly, [`spans`]) and every admin call (from its `tracing` span through
+//!   the `tracing-opentelemetry` layer), exported over OTLP/gRPC through a bounded queue whose
+//!   drops are counted; the caller's W3C `traceparent` becomes the parent ([`propagation`]).
+//!   Only those spans reach the exporter, whatever `RUST_LOG` says, and none carries a
+//!   credential.
 //! - Metrics ([`metrics`]): Prometheus counters and histograms, served by [`crate::http`].
 //!
 //! What telemetry must not touch: the decision. An exporter that is slow or down never slows
@@ -15,16 +17,18 @@ pub mod metered_store;
 pub mod metrics;
 pub mod otlp;
 pub mod propagation;
+pub mod spans;
 
 use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn, fmt, prelude::*};
 
 pub use metered_store::MeteredStore;
 pub use metrics::{CheckPath, Metrics};
 pub use otlp::{SpanExport, TraceSettings};
+pub use spans::{CheckTracer, annotate};
 
 use crate::config::LogFormat;
 
-/// The `tracing` target of the spans exported to OpenTelemetry: checks and admin calls.
+/// The `tracing` target of the spans exported through the `tracing` layer: admin calls.
 pub const SPAN_TARGET: &str = "keyscope::span";
 
 /// Whether a callsite is one of the spans exported to OpenTelemetry (events never are).
@@ -33,7 +37,7 @@ fn exported(metadata: &tracing::Metadata<'_>) -> bool {
 }
 
 /// Installs the global subscriber: logs filtered by `RUST_LOG`, and with `traces`, the
-/// OpenTelemetry layer fed by the check and admin spans only (independent of `RUST_LOG`).
+/// OpenTelemetry layer fed by the admin spans only (independent of `RUST_LOG`).
 /// Returns `false` when a subscriber was installed before (tests): the first one stays.
 pub fn init(format: LogFormat, traces: Option<&SpanExport>) -> bool {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
