@@ -446,8 +446,10 @@ async fn traces(a: &Args) {
     let run = |channel: &Channel, request: &pb::CheckRequest, duration: Duration| {
         drive(channel.clone(), request.clone(), a.concurrency, duration, a.requests, None)
     };
-    run(&traced_channel, &traced_request, Duration::from_secs(1)).await;
-    run(&plain_channel, &plain_request, Duration::from_secs(1)).await;
+    // A longer warm-up than the other scenarios: the traced process's first seconds (the
+    // exporter's connection and buffers) are not its steady state.
+    run(&traced_channel, &traced_request, Duration::from_secs(3)).await;
+    run(&plain_channel, &plain_request, Duration::from_secs(3)).await;
     let mut rows = Vec::new();
     let spans_before = counter.0.load(Ordering::Relaxed);
     let (mut on_cpu, mut off_cpu) = (Duration::ZERO, Duration::ZERO);

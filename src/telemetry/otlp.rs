@@ -53,8 +53,9 @@ impl Default for TraceSettings {
             service_name: None,
             resource_attributes: BTreeMap::new(),
             sampling_ratio: None,
-            queue_size: 8192,
-            batch_size: 512,
+            queue_size: 16_384,
+            // Larger batches cost less per span to export (BENCHMARKS.md: 2048 vs 512).
+            batch_size: 2048,
             export_interval: Duration::from_millis(1000),
             export_timeout: Duration::from_millis(5000),
         }
