@@ -449,11 +449,21 @@ impl TelemetrySettings {
         let disabled = set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
             || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
         let Some((source, endpoint)) = endpoint.filter(|(_, e)| !e.is_empty()) else { return Ok(None) };
-        let uri_ok = endpoint
-            .parse::<tonic::transport::Uri>()
-            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty()));
-        if !uri_ok {
-            return Err(bad(source, format!("`{endpoint}` is not an http(s) URL like http://otel-collector:4317")));
+        // Switched off, an endpoint from the environment is not even looked at.
+        if disabled && source != "telemetry.otlp_endpoint" {
+            return Ok(None);
+        }
+        let uri = endpoint.parse::<tonic::transport::Uri>().ok().filter(|u| u.host().is_some_and(|h| !h.is_empty()));
+        match uri.as_ref().and_then(|u| u.scheme_str()) {
+            Some("http") => {}
+            // The exporter is built without TLS (that comes with TLS for the gRPC server).
+            Some("https") => {
+                return Err(bad(
+                    source,
+                    "https collectors are not supported yet: export to a collector over http:// (a sidecar or node agent)",
+                ));
+            }
+            _ => return Err(bad(source, format!("`{endpoint}` is not a URL like http://otel-collector:4317"))),
         }
         if let Some(name) = &self.service_name {
             if name.is_empty() || name.len() > 255 {
@@ -679,8 +689,9 @@ impl Settings {
         if server.shutdown_grace_ms == 0 || server.shutdown_grace_ms > 3_600_000 {
             return Err(bad("server.shutdown_grace_ms", "must be between 1 and 3600000"));
         }
-        if server.shutdown_delay_ms >= server.shutdown_grace_ms {
-            return Err(bad("server.shutdown_delay_ms", "must be less than server.shutdown_grace_ms"));
+        // The last fifth of the grace period is kept for flushing usage and spans.
+        if server.shutdown_delay_ms.saturating_mul(5) >= server.shutdown_grace_ms.saturating_mul(4) {
+            return Err(bad("server.shutdown_delay_ms", "must be less than 80% of server.shutdown_grace_ms"));
         }
         let audit_max_events = self.audit.max_events_per_tenant;
         if !AUDIT_MAX_EVENTS_RANGE.contains(&audit_max_events) {
@@ -763,6 +774,13 @@ mod tests {
         assert_eq!(t.validate(env).ok().flatten().map(|s| s.endpoint).as_deref(), Some("http://mine:4317"));
         let off = |name: &str| (name == "OTEL_SDK_DISABLED").then(|| "true".to_owned());
         assert_eq!(t.validate(off).ok(), Some(None), "OTEL_SDK_DISABLED wins");
+        // Switched off, a bad endpoint from the environment does not stop the start.
+        let off_and_bad = |name: &str| match name {
+            "OTEL_TRACES_EXPORTER" => Some("none".to_owned()),
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("https://collector:4317".to_owned()),
+            _ => None,
+        };
+        assert_eq!(TelemetrySettings::default().validate(off_and_bad).ok(), Some(None));
     }
 
     #[test]
@@ -774,6 +792,7 @@ mod tests {
             t.validate(none).err().map(|e| e.to_string()).unwrap_or_default()
         };
         assert!(with(|t| t.otlp_endpoint = Some("c:4317".into())).contains("telemetry.otlp_endpoint"));
+        assert!(with(|t| t.otlp_endpoint = Some("https://c:4317".into())).contains("not supported yet"));
         assert!(with(|t| t.sampling_ratio = Some(1.5)).contains("telemetry.sampling_ratio"));
         assert!(with(|t| t.queue_size = 0).contains("telemetry.queue_size"));
         assert!(with(|t| t.batch_size = t.queue_size + 1).contains("telemetry.batch_size"));
@@ -784,6 +803,11 @@ mod tests {
         let mut s = Settings::default();
         s.server.shutdown_delay_ms = s.server.shutdown_grace_ms;
         assert!(s.validate().err().is_some_and(|e| e.to_string().contains("server.shutdown_delay_ms")));
+        // The last fifth of the grace period is for flushing.
+        s.server.shutdown_delay_ms = s.server.shutdown_grace_ms / 5 * 4;
+        assert!(s.validate().err().is_some_and(|e| e.to_string().contains("80%")));
+        s.server.shutdown_delay_ms -= 1;
+        assert!(s.validate().is_ok());
     }
 
     #[test]

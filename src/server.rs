@@ -21,8 +21,8 @@ use tonic_health::ServingStatus;
 use crate::{
     domain::limits,
     grpc::{
-        AuditLogService, CheckerService, Edge, ExtAuthzService, ExtAuthzSettings, KeyAdminService, ScopeAdminService,
-        bearer_interceptor, call_span,
+        AdminMethods, AuditLogService, CheckerService, Edge, ExtAuthzService, ExtAuthzSettings, KeyAdminService,
+        ScopeAdminService, bearer_interceptor, call_span,
         pb::{
             self, audit_log_server::AuditLogServer, checker_server::CheckerServer, key_admin_server::KeyAdminServer,
             scope_admin_server::ScopeAdminServer,
@@ -106,6 +106,16 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let ServeOptions { ext_authz, metrics, http, tracer, shutdown_delay } = options;
+    // Everything that can fail comes before any task is spawned.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health { reporter, ready: Arc::new(AtomicBool::new(false)) };
     let ready = core.store_ready().await;
@@ -120,15 +130,6 @@ pub async fn serve_with(
         }))
     });
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-
     let checker = CheckerServer::new(CheckerService::new(core.clone(), metrics.clone(), tracer.clone()))
         .max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let keys =
@@ -139,13 +140,18 @@ pub async fn serve_with(
         AuditLogServer::new(AuditLogService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let scopes =
         ScopeAdminServer::new(ScopeAdminService::new(core)).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
-    let admin_keys = Edge::admin(InterceptedService::new(keys, bearer_interceptor), metrics.clone());
-    let admin_scopes = Edge::admin(InterceptedService::new(scopes, bearer_interceptor), metrics.clone());
-    let admin_audit = Edge::admin(InterceptedService::new(audit, bearer_interceptor), metrics.clone());
+    let methods = Arc::new(AdminMethods::new(pb::FILE_DESCRIPTOR_SET, &ADMIN_SERVICES));
+    let (admin_keys, admin_scopes, admin_audit) = (
+        Edge::admin(InterceptedService::new(keys, bearer_interceptor), metrics.clone(), methods.clone()),
+        Edge::admin(InterceptedService::new(scopes, bearer_interceptor), metrics.clone(), methods.clone()),
+        Edge::admin(InterceptedService::new(audit, bearer_interceptor), metrics.clone(), methods.clone()),
+    );
 
     let drained = async move {
         shutdown.await;
+        // Wait for the task: a `set(true)` under way must not land after the `set(false)`.
         readiness.abort();
+        let _ = readiness.await;
         health.set(false).await;
         if !shutdown_delay.is_zero() {
             tracing::info!(
@@ -158,7 +164,7 @@ pub async fn serve_with(
     };
 
     let served = Server::builder()
-        .trace_fn(|request| call_span(request, &ADMIN_SERVICES))
+        .trace_fn(move |request| call_span(request, &methods))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -367,7 +373,8 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
             let deadline = tokio::time::Instant::now() + validated.shutdown_grace;
             tracing::info!(grace_ms = validated.shutdown_grace.as_millis() as u64, "shutdown signal received");
             let _ = stop.send(true);
-            // What is left of the grace period after draining goes to flushing.
+            // The last fifth of the grace period is kept for flushing (config ensures the delay
+            // ends before it).
             let drain_until = deadline - validated.shutdown_grace / 5;
             match tokio::time::timeout_at(drain_until, &mut serving).await {
                 Ok(served) => served?,
@@ -376,23 +383,31 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
             deadline
         }
     };
-    // The flusher stopped at the signal (finishing a flush under way); the checks drained since
-    // are counted in one last flush.
+    // The flusher stopped at the signal (finishing a flush under way, within the grace
+    // period); the checks drained since are counted in one last flush, while the buffered
+    // spans go out at the same time: a Redis that is down must not cost the spans their turn.
     let _ = stop.send(true);
-    let _ = flusher.await;
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    if tokio::time::timeout(left, final_usage_flush(&core, &built.metrics)).await.is_err() {
-        tracing::warn!(
-            pending = core.pending_usage(),
-            "the grace period ended before key usage was flushed; it is lost"
-        );
+    let mut flusher = flusher;
+    if tokio::time::timeout_at(deadline, &mut flusher).await.is_err() {
+        flusher.abort();
     }
-    if let Some(spans) = &spans {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if !spans.flush(left).await {
-            tracing::warn!("not every span could be exported before the grace period ended");
+    let usage = async {
+        if tokio::time::timeout_at(deadline, final_usage_flush(&core, &built.metrics)).await.is_err() {
+            tracing::warn!(
+                pending = core.pending_usage(),
+                "the grace period ended before key usage was flushed; it is lost"
+            );
         }
-    }
+    };
+    let traces = async {
+        if let Some(spans) = &spans {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !spans.flush(left).await {
+                tracing::warn!("not every span could be exported before the grace period ended");
+            }
+        }
+    };
+    tokio::join!(usage, traces);
     tracing::info!("keyscope stopped");
     Ok(())
 }

@@ -87,6 +87,18 @@ async fn counters_follow_known_traffic() {
     let not_admin = server.keys_as(Some(&token)).get_key(pb::GetKeyRequest { tenant: ACME.into(), id: key.id }).await;
     assert_eq!(not_admin.map(|_| ()).map_err(|s| s.code()), Err(tonic::Code::PermissionDenied));
 
+    // A method the service does not have: counted, but not under its name.
+    let mut grpc = tonic::client::Grpc::new(server.channel());
+    grpc.ready().await.expect("ready");
+    let unknown = grpc
+        .unary(
+            tonic::Request::new(pb::GetKeyRequest::default()),
+            "/keyscope.v1.KeyAdmin/NoSuchMethod".parse().expect("path"),
+            tonic_prost::ProstCodec::<pb::GetKeyRequest, pb::Key>::default(),
+        )
+        .await;
+    assert_eq!(unknown.map(|_| ()).map_err(|s| s.code()), Err(tonic::Code::Unimplemented));
+
     let text = metrics(&addr).await;
     let checks = "keyscope_checks_total";
     for (path, decision, reason, expected) in [
@@ -112,6 +124,8 @@ async fn counters_follow_known_traffic() {
     assert_eq!(count(&text, admin, &[("method", "CreateKey"), ("code", "OK")]), 1.0);
     assert_eq!(count(&text, admin, &[("method", "GetKey"), ("code", "UNAUTHENTICATED")]), 1.0);
     assert_eq!(count(&text, admin, &[("method", "GetKey"), ("code", "PERMISSION_DENIED")]), 1.0);
+    assert_eq!(count(&text, admin, &[("method", "unknown"), ("code", "UNIMPLEMENTED")]), 1.0);
+    assert!(!text.contains("NoSuchMethod"), "a caller's method name is no label");
     assert_eq!(sample(&text, "keyscope_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
 }
 

@@ -9,6 +9,8 @@
 mod process;
 #[path = "common/redis_server.rs"]
 mod redis_server;
+#[path = "common/scrape.rs"]
+mod scrape;
 
 use std::{
     sync::{
@@ -83,7 +85,7 @@ async fn sigterm_under_load_answers_every_accepted_check_and_flushes_spans() {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{collector}"))
         // Long enough that only the shutdown flushes the last spans.
         .env("KEYSCOPE__TELEMETRY__EXPORT_INTERVAL_MS", "60000")
-        .env("KEYSCOPE__SERVER__SHUTDOWN_DELAY_MS", "300")
+        .env("KEYSCOPE__SERVER__SHUTDOWN_DELAY_MS", "1500")
         .env("KEYSCOPE__SERVER__SHUTDOWN_GRACE_MS", "10000")
         .start();
     let url = server.url();
@@ -143,6 +145,29 @@ async fn sigterm_under_load_answers_every_accepted_check_and_flushes_spans() {
     }
     sigterm_sent.store(true, Ordering::SeqCst);
     server.terminate();
+    // During the delay: NOT_SERVING on both probes, and checks still answered.
+    let http = server.http_addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scrape::get(&http, "/readyz").await.0 != 503 {
+        assert!(Instant::now() < deadline, "/readyz never said 503 after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(url.clone()).expect("uri").connect().await.expect("connect"),
+    );
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health answers during the delay")
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+    let before = outcome.answered.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while outcome.answered.load(Ordering::SeqCst) == before {
+        assert!(Instant::now() < deadline, "no check answered while NOT_SERVING");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let status = tokio::task::spawn_blocking(move || {
         let status = server.wait_exit(Duration::from_secs(15));
         (status, server.output())
@@ -159,6 +184,7 @@ async fn sigterm_under_load_answers_every_accepted_check_and_flushes_spans() {
     let answered = outcome.answered.load(Ordering::SeqCst);
     let refused = outcome.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert!(outcome.answered_after_sigterm.load(Ordering::SeqCst) > 0, "checks were taken during the delay");
+    assert!(!output.all().contains("grace period ended"), "everything finished within the grace period");
     // Every accepted check was answered and its span exported before the exit; a check cut
     // off mid-way would have a span but no answer.
     assert_eq!(receiver.0.load(Ordering::SeqCst), answered, "check spans vs answered checks");

@@ -11,8 +11,11 @@ use super::{
 use crate::{
     domain::{InputError, Module, Tenant, limits, parse_field},
     service::{Keyscope, Presented},
-    telemetry::{CheckPath, CheckTracer, Metrics, metrics::code_name, propagation, spans},
+    telemetry::{CheckPath, CheckTracer, Metrics, propagation, spans},
 };
+
+/// The service name in spans.
+const SERVICE: &str = "keyscope.v1.Checker";
 
 /// The Checker service over the core.
 #[derive(Debug, Clone)]
@@ -46,9 +49,9 @@ fn tenant(raw: &str) -> Result<Option<Tenant>, InputError> {
 impl pb::checker_server::Checker for CheckerService {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let started = Instant::now();
-        let trace = self.tracer.start("check", || propagation::from_metadata(request.metadata()));
+        let trace = self.tracer.start("check", (SERVICE, "Check"), || propagation::from_metadata(request.metadata()));
         let answer = spans::within(trace.as_ref(), self.answer(request.into_inner())).await;
-        spans::end(trace, answer.as_ref().err().map(|s| code_name(s.code())));
+        spans::end(trace, answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         self.metrics.check_time(CheckPath::Native, started.elapsed());
         match &answer {
             Ok(a) => self.metrics.check(CheckPath::Native, a.allowed, reason_label(a.reason)),
@@ -62,9 +65,11 @@ impl pb::checker_server::Checker for CheckerService {
         request: Request<pb::BatchCheckRequest>,
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
         let started = Instant::now();
-        let trace = self.tracer.start("batch_check", || propagation::from_metadata(request.metadata()));
+        let trace = self
+            .tracer
+            .start("batch_check", (SERVICE, "BatchCheck"), || propagation::from_metadata(request.metadata()));
         let answers = spans::within(trace.as_ref(), self.answer_batch(request.into_inner())).await;
-        spans::end(trace, answers.as_ref().err().map(|s| code_name(s.code())));
+        spans::end(trace, answers.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         self.metrics.check_time(CheckPath::Batch, started.elapsed());
         match &answers {
             Ok(a) => {

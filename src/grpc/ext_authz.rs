@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     domain::Action,
     service::{CheckAnswer, Explain, HttpMapping, HttpRequestView, Keyscope, Mapped, Unmapped},
-    telemetry::{CheckPath, CheckTracer, Metrics, annotate, metrics::code_name, propagation, spans},
+    telemetry::{CheckPath, CheckTracer, Metrics, annotate, propagation, spans},
 };
 
 /// Names of the headers keyscope sets for the upstream on an allowed request.
@@ -225,14 +225,14 @@ impl Authorization for ExtAuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
         let (grpc_metadata, _, request) = request.into_parts();
-        let trace = self.tracer.start("check", || {
+        let trace = self.tracer.start("check", ("envoy.service.auth.v3.Authorization", "Check"), || {
             let http = request.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
             let empty = HashMap::new();
             let headers = http.map_or(Cow::Borrowed(&empty), collect_headers);
             propagation::from_ext_authz(&grpc_metadata, &headers)
         });
         let answer = spans::within(trace.as_ref(), self.answer(&request)).await;
-        spans::end(trace, answer.as_ref().err().map(|s| code_name(s.code())));
+        spans::end(trace, answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         self.metrics.check_time(CheckPath::ExtAuthz, started.elapsed());
         match &answer {
             Ok((allowed, reason, _)) => self.metrics.check(CheckPath::ExtAuthz, *allowed, reason),

@@ -17,7 +17,7 @@ pub use auth::{AdminToken, REQUEST_ID_HEADER, bearer_interceptor};
 pub use checker::CheckerService;
 pub use ext_authz::{ExtAuthzService, ExtAuthzSettings, IdentityHeaders};
 pub use key_admin::KeyAdminService;
-pub use observe::{Edge, call_span};
+pub use observe::{AdminMethods, Edge, call_span};
 pub use scope_admin::ScopeAdminService;
 
 /// The generated protobuf messages, clients and servers of `keyscope.v1`.

@@ -2,11 +2,14 @@
 //! caller's `traceparent`), and [`Edge`], the wrapper of every keyscope service.
 
 use std::{
+    collections::{HashMap, HashSet},
     future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
+
+use prost::Message as _;
 
 use tonic::{
     Code,
@@ -18,19 +21,53 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use super::status::oversize_is_exhausted;
 use crate::telemetry::{Metrics, SPAN_TARGET, propagation};
 
-/// The span a gRPC call runs in: for an admin service (`admin_services`: their names) the
-/// exported `admin` span, joined to the caller's trace; for every other call a `grpc` span
-/// that only logs see (a check makes its own exported span).
-pub fn call_span(request: &http::Request<()>, admin_services: &[&str]) -> tracing::Span {
-    let path = request.uri().path();
-    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
-    if !admin_services.contains(&service) {
-        return tracing::debug_span!("grpc", path = %path);
+/// The methods of the admin services, read from the compiled descriptors: only these names
+/// become span names and metric labels, so a caller cannot invent new ones.
+#[derive(Debug, Default)]
+pub struct AdminMethods {
+    /// Service name -> its method names.
+    services: HashMap<String, HashSet<String>>,
+}
+
+impl AdminMethods {
+    /// The methods of `services` (full names, e.g. `keyscope.v1.KeyAdmin`) found in the
+    /// encoded descriptor set `descriptors`.
+    pub fn new(descriptors: &[u8], services: &[&str]) -> Self {
+        let mut known: HashMap<String, HashSet<String>> = HashMap::new();
+        let set = prost_types::FileDescriptorSet::decode(descriptors).unwrap_or_default();
+        for file in &set.file {
+            for service in &file.service {
+                let name = format!("{}.{}", file.package(), service.name());
+                if services.contains(&name.as_str()) {
+                    let methods = service.method.iter().map(|m| m.name().to_owned()).collect();
+                    known.insert(name, methods);
+                }
+            }
+        }
+        AdminMethods { services: known }
     }
+
+    /// For a request path `/<service>/<method>` of an admin service: the service and the
+    /// method (`unknown` for a method it does not have); `None` for any other service.
+    pub fn resolve<'p>(&self, path: &'p str) -> Option<(&'p str, &'p str)> {
+        let (service, method) = path.trim_start_matches('/').split_once('/')?;
+        let methods = self.services.get(service)?;
+        Some((service, if methods.contains(method) { method } else { "unknown" }))
+    }
+}
+
+/// The span a gRPC call runs in: for an admin service the exported admin span, named after
+/// its method and joined to the caller's trace; for every other call a `grpc` span that only
+/// logs see (a check makes its own exported span).
+pub fn call_span(request: &http::Request<()>, admin: &AdminMethods) -> tracing::Span {
+    let path = request.uri().path();
+    let Some((service, method)) = admin.resolve(path) else {
+        return tracing::debug_span!("grpc", path = %path);
+    };
     let span = tracing::info_span!(
         target: SPAN_TARGET,
         "admin",
-        otel.name = %path.trim_start_matches('/'),
+        otel.name = %format_args!("{service}/{method}"),
         otel.kind = "server",
         rpc.system = "grpc",
         rpc.service = %service,
@@ -51,7 +88,7 @@ pub fn call_span(request: &http::Request<()>, admin_services: &[&str]) -> tracin
 #[derive(Debug, Clone)]
 pub struct Edge<S> {
     inner: S,
-    admin: Option<Arc<Metrics>>,
+    admin: Option<(Arc<Metrics>, Arc<AdminMethods>)>,
 }
 
 impl<S> Edge<S> {
@@ -60,9 +97,9 @@ impl<S> Edge<S> {
         Edge { inner, admin: None }
     }
 
-    /// An admin service, counted into `metrics`.
-    pub fn admin(inner: S, metrics: Arc<Metrics>) -> Self {
-        Edge { inner, admin: Some(metrics) }
+    /// An admin service, counted into `metrics` by its `methods`.
+    pub fn admin(inner: S, metrics: Arc<Metrics>, methods: Arc<AdminMethods>) -> Self {
+        Edge { inner, admin: Some((metrics, methods)) }
     }
 }
 
@@ -84,10 +121,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let admin = self
-            .admin
-            .as_ref()
-            .map(|metrics| (metrics.clone(), request.uri().path().rsplit('/').next().unwrap_or_default().to_owned()));
+        let admin = self.admin.as_ref().map(|(metrics, methods)| {
+            let method = methods.resolve(request.uri().path()).map_or("unknown", |(_, m)| m).to_owned();
+            (metrics.clone(), method)
+        });
         let call = self.inner.call(request);
         Box::pin(async move {
             let mut response = call.await?;
@@ -111,18 +148,7 @@ fn record_admin_call(metrics: &Metrics, method: &str, headers: &http::HeaderMap)
     metrics.admin_call(method, code);
     let span = tracing::Span::current();
     span.record("rpc.grpc.status_code", code as i32);
-    // OpenTelemetry's gRPC conventions: on a server, only these codes are errors of the
-    // server; the rest are the caller's (bad input, no permission...).
-    let server_error = matches!(
-        code,
-        Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Unimplemented
-            | Code::Internal
-            | Code::Unavailable
-            | Code::DataLoss
-    );
-    if server_error {
+    if crate::telemetry::spans::is_server_error(code) {
         span.record("otel.status_code", "error");
     }
 }

@@ -137,8 +137,16 @@ impl SpanExport {
         let mut resource = Resource::builder();
         if let Some(name) = &settings.service_name {
             resource = resource.with_service_name(name.clone());
-        } else if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty()) {
-            resource = resource.with_service_name("keyscope");
+        } else {
+            // Named by neither OTEL_SERVICE_NAME nor OTEL_RESOURCE_ATTRIBUTES: the SDK says
+            // `unknown_service`; keyscope is a better default.
+            let detected = Resource::builder().build();
+            let named = detected
+                .get(&opentelemetry::Key::from_static_str("service.name"))
+                .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+            if !named {
+                resource = resource.with_service_name("keyscope");
+            }
         }
         let resource = resource
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))

@@ -25,12 +25,26 @@ impl CheckTracer {
         CheckTracer(Some(tracer))
     }
 
-    /// A server span named `name`, child of the context `parent` reads (the caller's
-    /// `traceparent`); `None` when traces are off, without calling `parent`.
-    pub fn start(&self, name: &'static str, parent: impl FnOnce() -> Context) -> Option<Context> {
+    /// A server span named `name` for the gRPC method `service`/`method`, child of the context
+    /// `parent` reads (the caller's `traceparent`); `None` when traces are off, without calling
+    /// `parent`.
+    pub fn start(
+        &self,
+        name: &'static str,
+        (service, method): (&'static str, &'static str),
+        parent: impl FnOnce() -> Context,
+    ) -> Option<Context> {
         let tracer = self.0.as_ref()?;
         let parent = parent();
-        let span = tracer.span_builder(name).with_kind(SpanKind::Server).start_with_context(tracer, &parent);
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", service),
+                KeyValue::new("rpc.method", method),
+            ])
+            .start_with_context(tracer, &parent);
         Some(parent.with_span(span))
     }
 }
@@ -43,15 +57,30 @@ pub async fn within<F: Future>(trace: Option<&Context>, call: F) -> F::Output {
     }
 }
 
-/// Ends the span of `trace`; `error` (a gRPC code name) when no answer could be given.
-pub fn end(trace: Option<Context>, error: Option<&'static str>) {
+/// Ends the span of `trace` with the call's gRPC status code.
+pub fn end(trace: Option<Context>, code: tonic::Code) {
     let Some(cx) = trace else { return };
     let span = cx.span();
-    if let Some(code) = error {
-        span.set_attribute(KeyValue::new("rpc.grpc.status_code", code));
-        span.set_status(Status::error(code));
+    span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+    if is_server_error(code) {
+        span.set_status(Status::error(super::metrics::code_name(code)));
     }
     span.end();
+}
+
+/// OpenTelemetry's gRPC conventions: on a server, only these codes are errors of the server;
+/// the others are the caller's (bad input, no permission...).
+pub fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 /// Adds attributes to the active check span; `attributes` is called only when one records.
