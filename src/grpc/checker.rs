@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     domain::{InputError, Module, Tenant, limits, parse_field},
-    service::{Keyscope, Presented},
+    service::{CheckAnswer, Keyscope, Presented},
     telemetry::{CheckPath, CheckTracer, Metrics, propagation, spans},
 };
 
@@ -54,10 +54,10 @@ impl pb::checker_server::Checker for CheckerService {
         spans::end(trace, answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         self.metrics.check_time(CheckPath::Native, started.elapsed());
         match &answer {
-            Ok(a) => self.metrics.check(CheckPath::Native, a.allowed, reason_label(a.reason)),
+            Ok(a) => self.metrics.check(CheckPath::Native, a.allowed(), a.reason.as_str()),
             Err(status) => self.metrics.check_failed(CheckPath::Native, status.code()),
         }
-        answer.map(Response::new)
+        answer.map(|a| Response::new(convert::answer_to_pb(a)))
     }
 
     async fn batch_check(
@@ -72,25 +72,22 @@ impl pb::checker_server::Checker for CheckerService {
         spans::end(trace, answers.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         self.metrics.check_time(CheckPath::Batch, started.elapsed());
         match &answers {
-            Ok(a) => {
-                for item in &a.results {
-                    self.metrics.check(CheckPath::Batch, item.allowed, reason_label(item.reason));
+            Ok(answers) => {
+                for a in answers {
+                    self.metrics.check(CheckPath::Batch, a.allowed(), a.reason.as_str());
                 }
             }
             Err(status) => self.metrics.check_failed(CheckPath::Batch, status.code()),
         }
-        answers.map(Response::new)
+        answers.map(|a| {
+            let results = a.into_iter().map(convert::answer_to_pb).collect();
+            Response::new(pb::BatchCheckResponse { results })
+        })
     }
 }
 
-/// The `reason` label of a response's reason: the name without the enum prefix (`OK`,
-/// `NOT_GRANTED`), as ext_authz reports it too.
-fn reason_label(reason: i32) -> &'static str {
-    pb::Reason::try_from(reason).map_or("UNSPECIFIED", |r| r.as_str_name().trim_start_matches("REASON_"))
-}
-
 impl CheckerService {
-    async fn answer(&self, request: pb::CheckRequest) -> Result<pb::CheckResponse, Status> {
+    async fn answer(&self, request: pb::CheckRequest) -> Result<CheckAnswer, Status> {
         let pb::CheckRequest { credential, tenant: raw_tenant, module, action, explain } = request;
         let module: Module = convert::required("module", &module)?;
         let action = convert::action("action", action)?;
@@ -99,11 +96,10 @@ impl CheckerService {
             check_request::Credential::Token(token) => Presented::Token(token),
             check_request::Credential::KeyPair(p) => pair(p),
         };
-        let answer = self.core.check(&presented, tenant.as_ref(), &module, action, explain).await?;
-        Ok(convert::answer_to_pb(answer))
+        Ok(self.core.check(&presented, tenant.as_ref(), &module, action, explain).await?)
     }
 
-    async fn answer_batch(&self, request: pb::BatchCheckRequest) -> Result<pb::BatchCheckResponse, Status> {
+    async fn answer_batch(&self, request: pb::BatchCheckRequest) -> Result<Vec<CheckAnswer>, Status> {
         let pb::BatchCheckRequest { credential, tenant: raw_tenant, items, explain } = request;
         if items.is_empty() {
             return Err(InputError::invalid("items", "at least one item is required").into());
@@ -122,8 +118,6 @@ impl CheckerService {
             batch_check_request::Credential::Token(token) => Presented::Token(token),
             batch_check_request::Credential::KeyPair(p) => pair(p),
         };
-        let answers = self.core.batch_check(&presented, tenant.as_ref(), &items, explain).await?;
-        let results = answers.into_iter().map(convert::answer_to_pb).collect();
-        Ok(pb::BatchCheckResponse { results })
+        Ok(self.core.batch_check(&presented, tenant.as_ref(), &items, explain).await?)
     }
 }

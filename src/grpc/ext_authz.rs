@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::Action,
-    service::{CheckAnswer, Explain, HttpMapping, HttpRequestView, Keyscope, Mapped, Unmapped},
+    service::{CheckAnswer, Explain, HttpMapping, HttpRequestView, Keyscope, Mapped, Unmapped, decision_name},
     telemetry::{CheckPath, CheckTracer, Metrics, annotate, propagation, spans},
 };
 
@@ -100,7 +100,7 @@ fn metadata(fields: &[(&str, &str)]) -> Struct {
 
 /// The span attributes of a request answered before any check (no route, no credential...).
 fn decided(allowed: bool, reason: &'static str) -> Vec<KeyValue> {
-    vec![KeyValue::new("decision", if allowed { "allow" } else { "deny" }), KeyValue::new("reason", reason)]
+    vec![KeyValue::new("decision", decision_name(allowed)), KeyValue::new("reason", reason)]
 }
 
 /// 401 for credential problems, 403 for everything else.

@@ -81,6 +81,16 @@ impl CheckAnswer {
     pub fn allowed(&self) -> bool {
         self.reason == Reason::Ok
     }
+
+    /// `allow` or `deny`, as logs, spans and metrics name it.
+    pub fn decision(&self) -> &'static str {
+        decision_name(self.allowed())
+    }
+}
+
+/// `allow` or `deny`: how logs, spans and metrics name a decision.
+pub fn decision_name(allowed: bool) -> &'static str {
+    if allowed { "allow" } else { "deny" }
 }
 
 /// A key whose secret is verified, with its scopes resolved.
@@ -260,7 +270,7 @@ impl Keyscope {
             attributes.extend([
                 KeyValue::new("module", module.as_str().to_owned()),
                 KeyValue::new("action", action.as_str()),
-                KeyValue::new("decision", if answer.allowed() { "allow" } else { "deny" }),
+                KeyValue::new("decision", answer.decision()),
                 KeyValue::new("reason", answer.reason.as_str()),
             ]);
             attributes
@@ -288,16 +298,15 @@ impl Keyscope {
             cache_hit = Empty,
         );
         let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
-        let answers: Vec<CheckAnswer> = match &resolved {
+        let (credential, answers): (Reason, Vec<CheckAnswer>) = match &resolved {
             Resolved::Refused { reason, key_id, .. } => {
-                span.record("credential", reason.as_str());
-                items.iter().map(|_| refused(*reason, key_id.clone(), explain)).collect()
+                (*reason, items.iter().map(|_| refused(*reason, key_id.clone(), explain)).collect())
             }
             Resolved::Holder(holder) => {
-                span.record("credential", Reason::Ok.as_str());
-                items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect()
+                (Reason::Ok, items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect())
             }
         };
+        span.record("credential", credential.as_str());
         if let Some(first) = answers.first() {
             record_identity(&span, first);
         }
@@ -306,14 +315,10 @@ impl Keyscope {
         span.record("allowed", allowed);
         annotate(|| {
             let mut attributes = answers.first().map(identity).unwrap_or_default();
-            let credential = match &resolved {
-                Resolved::Refused { reason, .. } => reason.as_str(),
-                Resolved::Holder(_) => Reason::Ok.as_str(),
-            };
             attributes.extend([
                 KeyValue::new("items", items.len() as i64),
                 KeyValue::new("allowed", allowed as i64),
-                KeyValue::new("credential", credential),
+                KeyValue::new("credential", credential.as_str()),
             ]);
             attributes
         });
@@ -336,7 +341,7 @@ fn identity(answer: &CheckAnswer) -> Vec<KeyValue> {
 
 fn record(span: &tracing::Span, answer: &CheckAnswer) {
     record_identity(span, answer);
-    span.record("decision", if answer.allowed() { "allow" } else { "deny" });
+    span.record("decision", answer.decision());
     span.record("reason", answer.reason.as_str());
 }
 
