@@ -228,11 +228,10 @@ struct Replica {
 
 async fn replica(url: &str, prefix: &str, cached: bool) -> Replica {
     let options = RedisOptions {
-        url: url.to_owned(),
-        cluster: false,
         prefix: prefix.to_owned(),
         check_timeout: Duration::from_millis(500),
         admin_timeout: Duration::from_secs(5),
+        ..RedisOptions::new(url)
     };
     let redis = RedisStore::connect(options).await.expect("redis");
     let (store, cache): (Arc<dyn Store>, _) = if cached {

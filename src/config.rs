@@ -12,8 +12,9 @@ use crate::{
     grpc::{ExtAuthzSettings, IdentityHeaders},
     service::{Builtins, Preset, Quotas, UsageSettings},
     service::{HttpMapping, Route, default_methods},
-    store::RedisOptions,
+    store::{RedisOptions, RedisTls},
     telemetry::TraceSettings,
+    tls::{self, ClientAuth, LoadedTls, ServerTlsFiles, TlsError},
 };
 
 /// A configured secret: shown as `[redacted]`.
@@ -81,6 +82,76 @@ pub struct ServerSettings {
     /// After SIGTERM, the longest keyscope takes to exit (the delay, draining in-flight calls,
     /// flushing usage and spans), in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// `server.tls.*`: TLS (and mutual TLS) on the gRPC port.
+    pub tls: ServerTlsSettings,
+}
+
+/// `server.tls.*`: TLS on the gRPC port, on when `cert_file` and `key_file` are set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    /// The server's certificate chain, leaf first (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// CAs that sign client certificates (PEM).
+    pub client_ca_file: Option<PathBuf>,
+    /// `none`, `optional` or `required`: whether clients present a certificate.
+    pub client_auth: ClientAuth,
+    /// How often the files are read again (renewed certificates need no restart), in
+    /// milliseconds.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for ServerTlsSettings {
+    fn default() -> Self {
+        ServerTlsSettings {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            client_auth: ClientAuth::None,
+            reload_interval_ms: 60_000,
+        }
+    }
+}
+
+impl ServerTlsSettings {
+    /// The files, or `None` when TLS is off; the files are read once here so that a bad one
+    /// stops the start.
+    fn validate(&self) -> Result<Option<(ServerTlsFiles, LoadedTls)>, ConfigError> {
+        let (cert_file, key_file) = match (&self.cert_file, &self.key_file) {
+            (None, None) => {
+                if self.client_ca_file.is_some() || self.client_auth != ClientAuth::None {
+                    return Err(bad(
+                        "server.tls.cert_file",
+                        "client certificates need TLS: set cert_file and key_file",
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(_), None) => return Err(bad("server.tls.key_file", "is required with server.tls.cert_file")),
+            (None, Some(_)) => return Err(bad("server.tls.cert_file", "is required with server.tls.key_file")),
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        };
+        if self.client_auth == ClientAuth::None && self.client_ca_file.is_some() {
+            return Err(bad(
+                "server.tls.client_auth",
+                "is `none` but client_ca_file is set: choose `optional` or `required`",
+            ));
+        }
+        if !(1_000..=86_400_000).contains(&self.reload_interval_ms) {
+            return Err(bad("server.tls.reload_interval_ms", "must be between 1000 and 86400000"));
+        }
+        let files = ServerTlsFiles {
+            cert_file,
+            key_file,
+            client_ca_file: self.client_ca_file.clone(),
+            client_auth: self.client_auth,
+            reload_interval: std::time::Duration::from_millis(self.reload_interval_ms),
+        };
+        let loaded = files.load().map_err(|e| ConfigError(e.to_string()))?;
+        Ok(Some((files, loaded)))
+    }
 }
 
 impl Default for ServerSettings {
@@ -90,6 +161,7 @@ impl Default for ServerSettings {
             http_addr: "127.0.0.1:9464".into(),
             shutdown_delay_ms: 0,
             shutdown_grace_ms: 25_000,
+            tls: ServerTlsSettings::default(),
         }
     }
 }
@@ -130,6 +202,59 @@ pub struct RedisSettings {
     pub check_timeout_ms: u64,
     /// Longest wait for Redis on admin calls and at start, in milliseconds.
     pub admin_timeout_ms: u64,
+    /// ACL user, instead of the URL's.
+    pub username: Option<String>,
+    /// Password, instead of the URL's (so the URL can live in a ConfigMap); redacted.
+    pub password: Option<SecretString>,
+    /// `store.redis.tls.*`: for `rediss://` URLs.
+    pub tls: RedisTlsSettings,
+}
+
+/// `store.redis.tls.*`: the CA to trust instead of the system's, and a client certificate
+/// (for Redis's `tls-auth-clients`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisTlsSettings {
+    /// CA certificates that sign Redis's certificate (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// keyscope's client certificate (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisTlsSettings {
+    fn validate(&self, url: &str) -> Result<RedisTls, ConfigError> {
+        let wants_tls = self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
+        if wants_tls && url.split(',').any(|node| !node.trim().starts_with("rediss://")) {
+            return Err(bad("store.redis.tls", "is set, so store.redis.url must use rediss://"));
+        }
+        let read_checked =
+            |key: &'static str,
+             path: &PathBuf,
+             check: fn(&'static str, &std::path::Path, &[u8]) -> Result<(), TlsError>| {
+                let pem = tls::read_pem(key, path).map_err(|e| ConfigError(e.to_string()))?;
+                check(key, path, &pem).map_err(|e| ConfigError(e.to_string()))?;
+                Ok::<_, ConfigError>(pem)
+            };
+        let certs = |key, path: &std::path::Path, pem: &[u8]| tls::certificates(key, path, pem).map(drop);
+        let key_pem = |key, path: &std::path::Path, pem: &[u8]| tls::private_key(key, path, pem).map(drop);
+        let ca = self.ca_file.as_ref().map(|p| read_checked("store.redis.tls.ca_file", p, certs)).transpose()?;
+        let client = match (&self.cert_file, &self.key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((
+                read_checked("store.redis.tls.cert_file", cert, certs)?,
+                read_checked("store.redis.tls.key_file", key, key_pem)?,
+            )),
+            (Some(_), None) => {
+                return Err(bad("store.redis.tls.key_file", "is required with store.redis.tls.cert_file"));
+            }
+            (None, Some(_)) => {
+                return Err(bad("store.redis.tls.cert_file", "is required with store.redis.tls.key_file"));
+            }
+        };
+        Ok(RedisTls { ca_pem: ca, client_pem: client })
+    }
 }
 
 impl Default for RedisSettings {
@@ -140,6 +265,9 @@ impl Default for RedisSettings {
             prefix: "keyscope".into(),
             check_timeout_ms: 100,
             admin_timeout_ms: 2000,
+            username: None,
+            password: None,
+            tls: RedisTlsSettings::default(),
         }
     }
 }
@@ -401,8 +529,11 @@ impl ExtAuthzConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetrySettings {
-    /// OTLP/gRPC collector endpoint, e.g. `http://otel-collector:4317`.
+    /// OTLP/gRPC collector endpoint, e.g. `http://otel-collector:4317` (or `https://`).
     pub otlp_endpoint: Option<String>,
+    /// CA certificates that sign an `https://` collector's certificate (PEM); none: the
+    /// system's.
+    pub otlp_ca_file: Option<PathBuf>,
     /// `service.name` of the spans (default `keyscope`).
     pub service_name: Option<String>,
     /// More resource attributes, e.g. `deployment.environment: prod`.
@@ -425,6 +556,7 @@ impl Default for TelemetrySettings {
         let d = TraceSettings::default();
         TelemetrySettings {
             otlp_endpoint: None,
+            otlp_ca_file: None,
             service_name: None,
             resource_attributes: std::collections::BTreeMap::new(),
             sampling_ratio: None,
@@ -454,17 +586,30 @@ impl TelemetrySettings {
             return Ok(None);
         }
         let uri = endpoint.parse::<tonic::transport::Uri>().ok().filter(|u| u.host().is_some_and(|h| !h.is_empty()));
-        match uri.as_ref().and_then(|u| u.scheme_str()) {
-            Some("http") => {}
-            // The exporter is built without TLS (that comes with TLS for the gRPC server).
-            Some("https") => {
-                return Err(bad(
-                    source,
-                    "https collectors are not supported yet: export to a collector over http:// (a sidecar or node agent)",
-                ));
-            }
+        let https = match uri.as_ref().and_then(|u| u.scheme_str()) {
+            Some("http") => false,
+            Some("https") => true,
             _ => return Err(bad(source, format!("`{endpoint}` is not a URL like http://otel-collector:4317"))),
-        }
+        };
+        let ca_file = match &self.otlp_ca_file {
+            Some(path) => Some(("telemetry.otlp_ca_file", path.clone())),
+            None => set("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+                .map(|p| ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", PathBuf::from(p)))
+                .or_else(|| {
+                    set("OTEL_EXPORTER_OTLP_CERTIFICATE").map(|p| ("OTEL_EXPORTER_OTLP_CERTIFICATE", p.into()))
+                }),
+        };
+        let ca_pem = match ca_file {
+            Some((key, _)) if !https => {
+                return Err(bad(key, "is set but the collector is not https://"));
+            }
+            Some((key, path)) => {
+                let pem = tls::read_pem(key, &path).map_err(|e| ConfigError(e.to_string()))?;
+                tls::certificates(key, &path, &pem).map_err(|e| ConfigError(e.to_string()))?;
+                Some(pem)
+            }
+            None => None,
+        };
         if let Some(name) = &self.service_name {
             if name.is_empty() || name.len() > 255 {
                 return Err(bad("telemetry.service_name", "must be 1 to 255 bytes"));
@@ -497,6 +642,7 @@ impl TelemetrySettings {
         }
         Ok(Some(TraceSettings {
             endpoint,
+            ca_pem,
             service_name: self.service_name.clone(),
             resource_attributes: self.resource_attributes.clone(),
             sampling_ratio: self.sampling_ratio,
@@ -547,6 +693,8 @@ pub struct Validated {
     pub shutdown_delay: std::time::Duration,
     /// After SIGTERM: the longest time to exit.
     pub shutdown_grace: std::time::Duration,
+    /// TLS on the gRPC port, when configured: the files and what was read from them.
+    pub tls: Option<(ServerTlsFiles, LoadedTls)>,
     /// Span export, when traces are on.
     pub traces: Option<TraceSettings>,
     /// Token format.
@@ -599,7 +747,17 @@ impl RedisSettings {
         if self.admin_timeout_ms == 0 || self.admin_timeout_ms > 600_000 {
             return Err(bad("store.redis.admin_timeout_ms", "must be between 1 and 600000"));
         }
+        if self.username.as_ref().is_some_and(|u| u.is_empty() || u.len() > 256) {
+            return Err(bad("store.redis.username", "must be 1 to 256 bytes"));
+        }
+        if self.password.as_ref().is_some_and(|p| p.expose().is_empty() || p.expose().len() > 4096) {
+            return Err(bad("store.redis.password", "must be 1 to 4096 bytes"));
+        }
+        let tls = self.tls.validate(url)?;
         Ok(RedisOptions {
+            username: self.username.clone(),
+            password: self.password.as_ref().map(|p| p.expose().to_owned()),
+            tls,
             url: url.to_owned(),
             cluster: self.cluster,
             prefix: self.prefix.clone(),
@@ -702,6 +860,7 @@ impl Settings {
             http_addr,
             shutdown_delay: std::time::Duration::from_millis(server.shutdown_delay_ms),
             shutdown_grace: std::time::Duration::from_millis(server.shutdown_grace_ms),
+            tls: server.tls.validate()?,
             traces,
             tokens,
             pepper,
@@ -792,7 +951,16 @@ mod tests {
             t.validate(none).err().map(|e| e.to_string()).unwrap_or_default()
         };
         assert!(with(|t| t.otlp_endpoint = Some("c:4317".into())).contains("telemetry.otlp_endpoint"));
-        assert!(with(|t| t.otlp_endpoint = Some("https://c:4317".into())).contains("not supported yet"));
+        assert!(with(|t| t.otlp_endpoint = Some("ftp://c:4317".into())).contains("telemetry.otlp_endpoint"));
+        assert!(with(|t| t.otlp_ca_file = Some("/no/such/ca.crt".into())).contains("telemetry.otlp_ca_file"));
+        let https = TelemetrySettings { otlp_endpoint: Some("https://c:4317".into()), ..Default::default() };
+        assert!(
+            https.validate(none).is_ok_and(|t| t.is_some_and(|t| t.ca_pem.is_none())),
+            "https with the system's CAs"
+        );
+        let missing_ca = |name: &str| (name == "OTEL_EXPORTER_OTLP_CERTIFICATE").then(|| "/no/such/ca.crt".to_owned());
+        let e = https.validate(missing_ca).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read"), "{e}");
         assert!(with(|t| t.sampling_ratio = Some(1.5)).contains("telemetry.sampling_ratio"));
         assert!(with(|t| t.queue_size = 0).contains("telemetry.queue_size"));
         assert!(with(|t| t.batch_size = t.queue_size + 1).contains("telemetry.batch_size"));

@@ -30,6 +30,7 @@ use crate::{
     },
     service::Keyscope,
     telemetry::{CheckTracer, MeteredStore, Metrics, SpanExport},
+    tls::{LoadedTls, ServerTlsFiles},
 };
 
 /// Why serving failed.
@@ -57,6 +58,8 @@ pub struct ServeOptions {
     /// After the shutdown future resolves: how long health reports NOT_SERVING while calls are
     /// still accepted, before draining.
     pub shutdown_delay: Duration,
+    /// TLS on the gRPC port: the files (reloaded when they change) and their first reading.
+    pub tls: Option<(ServerTlsFiles, LoadedTls)>,
 }
 
 /// Serves keyscope's gRPC API on `listener` until `shutdown` resolves, then drains in-flight
@@ -105,7 +108,7 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let ServeOptions { ext_authz, metrics, http, tracer, shutdown_delay } = options;
+    let ServeOptions { ext_authz, metrics, http, tracer, shutdown_delay, tls } = options;
     // Everything that can fail comes before any task is spawned.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -163,7 +166,7 @@ pub async fn serve_with(
         tracing::info!("shutting down: draining in-flight calls");
     };
 
-    let served = Server::builder()
+    let router = Server::builder()
         .trace_fn(move |request| call_span(request, &methods))
         .add_service(health_service)
         .add_service(reflection)
@@ -172,11 +175,23 @@ pub async fn serve_with(
         .add_service(envoy)
         .add_service(admin_keys)
         .add_service(admin_scopes)
-        .add_service(admin_audit)
+        .add_service(admin_audit);
+    let served = match tls {
         // Checks are small request/response pairs: without TCP_NODELAY, Nagle's algorithm and
         // delayed ACKs add tens of milliseconds to some of them.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drained)
-        .await;
+        None => {
+            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drained).await
+        }
+        Some((files, loaded)) => {
+            let (incoming, acceptor) = crate::tls::incoming(listener, files, loaded, metrics.clone());
+            let drained = async move {
+                drained.await;
+                // Stop accepting (this closes the listener) while in-flight calls drain.
+                acceptor.abort();
+            };
+            router.serve_with_incoming_shutdown(incoming, drained).await
+        }
+    };
     // The probes and metrics stay up while gRPC drains, then stop with it.
     let _ = http_stop.send(());
     if let Some(task) = http_task {
@@ -347,7 +362,15 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
     let http_local = http.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
     announce(outcome, settings.bootstrap.token_file.as_deref()).await?;
     let store = if validated.redis.is_some() { "redis" } else { "memory" };
-    tracing::info!(addr = %local, http_addr = %http_local, store, traces = spans.is_some(), "keyscope serving gRPC");
+    let tls = match &validated.tls {
+        None => "off",
+        Some((files, _)) => match files.client_auth {
+            crate::tls::ClientAuth::None => "on",
+            crate::tls::ClientAuth::Optional => "on, client certificates optional",
+            crate::tls::ClientAuth::Required => "on, client certificates required",
+        },
+    };
+    tracing::info!(addr = %local, http_addr = %http_local, store, tls, traces = spans.is_some(), "keyscope serving gRPC");
 
     let options = ServeOptions {
         ext_authz: validated.ext_authz.clone(),
@@ -355,6 +378,7 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
         http: Some(http),
         tracer: spans.as_ref().map(|s| CheckTracer::new(s.tracer())).unwrap_or_default(),
         shutdown_delay: validated.shutdown_delay,
+        tls: validated.tls.clone(),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let flusher =

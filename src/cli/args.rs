@@ -17,9 +17,26 @@ pub struct Cli {
     /// Print JSON instead of human-readable text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// TLS for an `https://` server.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How client commands reach an `https://` server.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// CA certificates (PEM) that sign the server's certificate (default: the system's).
+    #[arg(long, global = true, env = "KEYSCOPE_TLS_CA_FILE", value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for a server that asks for one (mutual TLS).
+    #[arg(long, global = true, env = "KEYSCOPE_TLS_CERT_FILE", value_name = "FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "KEYSCOPE_TLS_KEY_FILE", value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// Top-level commands.

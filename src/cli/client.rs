@@ -4,8 +4,10 @@ use tonic::{
     Request, Status,
     metadata::MetadataValue,
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
+
+use super::args::TlsArgs;
 
 use crate::grpc::pb::{
     audit_log_client::AuditLogClient, checker_client::CheckerClient, key_admin_client::KeyAdminClient,
@@ -67,6 +69,22 @@ impl Interceptor for Bearer {
     }
 }
 
+/// The TLS settings of a client: the given CA or the system's, and a client certificate.
+fn client_tls(args: &TlsArgs) -> Result<ClientTlsConfig, CliError> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| CliError::Usage(format!("{flag}: cannot read `{}`: {e}", path.display())))
+    };
+    let tls = ClientTlsConfig::new();
+    let mut tls = match &args.tls_ca_file {
+        Some(path) => tls.ca_certificate(Certificate::from_pem(read("--tls-ca-file", path)?)),
+        None => tls.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+        tls = tls.identity(Identity::from_pem(read("--tls-cert-file", cert)?, read("--tls-key-file", key)?));
+    }
+    Ok(tls)
+}
+
 /// A connection to keyscope.
 pub struct Connection {
     channel: Channel,
@@ -74,10 +92,16 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to `server`, sending `token` (if any) on admin calls.
-    pub async fn open(server: &str, token: Option<&str>) -> Result<Self, CliError> {
+    /// Connects to `server` (over TLS when it is `https://`), sending `token` (if any) on admin
+    /// calls.
+    pub async fn open(server: &str, tls: &TlsArgs, token: Option<&str>) -> Result<Self, CliError> {
         let connect_error = |reason: String| CliError::Connect { server: server.to_owned(), reason };
-        let endpoint = Endpoint::from_shared(server.to_owned()).map_err(|e| connect_error(e.to_string()))?;
+        let mut endpoint = Endpoint::from_shared(server.to_owned()).map_err(|e| connect_error(e.to_string()))?;
+        if server.starts_with("https://") {
+            endpoint = endpoint.tls_config(client_tls(tls)?).map_err(|e| connect_error(source_chain(&e)))?;
+        } else if tls.tls_ca_file.is_some() || tls.tls_cert_file.is_some() {
+            return Err(CliError::Usage("--tls-ca-file and --tls-cert-file need an https:// --server".into()));
+        }
         let channel = endpoint
             .connect_timeout(std::time::Duration::from_secs(5))
             .connect()

@@ -58,24 +58,24 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> Result<Output, CliError> {
-    let Cli { server, token, json: _, command } = cli;
+    let Cli { server, token, json: _, tls, command } = cli;
     match command {
         Command::Serve { .. } => Err(CliError::Usage("`serve` is not a client command".into())),
         Command::Token(TokenCommand::New { prefix }) => new_token(&prefix),
         Command::Check(args) => {
-            let conn = Connection::open(&server, None).await?;
+            let conn = Connection::open(&server, &tls, None).await?;
             check(&conn, args, token).await
         }
         Command::Key(cmd) => {
-            let conn = Connection::open(&server, token.as_deref()).await?;
+            let conn = Connection::open(&server, &tls, token.as_deref()).await?;
             key(&conn, cmd).await
         }
         Command::Scope(cmd) => {
-            let conn = Connection::open(&server, token.as_deref()).await?;
+            let conn = Connection::open(&server, &tls, token.as_deref()).await?;
             scope(&conn, cmd).await
         }
         Command::Audit(args) => {
-            let conn = Connection::open(&server, token.as_deref()).await?;
+            let conn = Connection::open(&server, &tls, token.as_deref()).await?;
             audit(&conn, args).await
         }
     }

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::SystemTime};
 
 use async_trait::async_trait;
 
-pub use self::redis::{RedisOptions, RedisStore, SCHEMA_VERSION};
+pub use self::redis::{RedisOptions, RedisStore, RedisTls, SCHEMA_VERSION};
 pub use memory::MemoryStore;
 
 use crate::domain::{

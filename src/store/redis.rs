@@ -37,7 +37,8 @@ use std::{
 use async_trait::async_trait;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use redis::{
-    AsyncCommands, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value,
+    AsyncCommands, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script,
+    ScriptInvocation, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
@@ -70,6 +71,75 @@ pub struct RedisOptions {
     pub check_timeout: Duration,
     /// Longest wait for Redis on admin calls and start-up.
     pub admin_timeout: Duration,
+    /// ACL user, instead of the URL's.
+    pub username: Option<String>,
+    /// Password, instead of the URL's.
+    pub password: Option<String>,
+    /// TLS material for `rediss://` URLs (none: the system's CAs, no client certificate).
+    pub tls: RedisTls,
+}
+
+/// TLS material for `rediss://`, as PEM.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// CA certificates to trust instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate and its key, for Redis's `tls-auth-clients`.
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RedisTls {
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.ca_pem.is_none() && self.client_pem.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .client_pem
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+            root_cert: self.ca_pem.clone(),
+        })
+    }
+}
+
+impl RedisOptions {
+    /// Options for `url` with the defaults of `store.redis.*`: standalone, prefix `keyscope`,
+    /// no credentials or TLS material beyond the URL's.
+    pub fn new(url: impl Into<String>) -> RedisOptions {
+        RedisOptions {
+            url: url.into(),
+            cluster: false,
+            prefix: "keyscope".into(),
+            check_timeout: Duration::from_millis(100),
+            admin_timeout: Duration::from_millis(2000),
+            username: None,
+            password: None,
+            tls: RedisTls::default(),
+        }
+    }
+
+    /// The seed URLs (one unless a cluster).
+    fn nodes(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    }
+
+    /// A client of one node, with the configured credentials and TLS material.
+    fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
+        let mut info = url.into_connection_info()?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        info = info.set_redis_settings(settings);
+        match self.tls.certificates() {
+            Some(certs) => redis::Client::build_with_tls(info, certs),
+            None => redis::Client::open(info),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -80,6 +150,10 @@ impl std::fmt::Debug for RedisOptions {
             .field("prefix", &self.prefix)
             .field("check_timeout", &self.check_timeout)
             .field("admin_timeout", &self.admin_timeout)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("tls_ca", &self.tls.ca_pem.is_some())
+            .field("tls_client_cert", &self.tls.client_pem.is_some())
             .finish()
     }
 }
@@ -134,7 +208,7 @@ pub struct RedisStore {
     conn: Conn,
     /// Nodes to follow the change feed on, tried in turn (on a cluster, any node sees every
     /// PUBLISH).
-    pubsub_urls: Arc<[String]>,
+    pubsub_nodes: Arc<[redis::Client]>,
     /// Redis's clock minus ours, in microseconds, measured at connect: write deadlines are
     /// given in Redis's time.
     clock_offset_us: i64,
@@ -168,11 +242,15 @@ impl RedisStore {
         let conn = tokio::time::timeout(options.admin_timeout, Self::open(&options))
             .await
             .map_err(|_| StoreError::Unavailable("redis: timed out connecting".into()))??;
-        let pubsub_urls: Arc<[String]> =
-            options.url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        let pubsub_nodes: Arc<[redis::Client]> = options
+            .nodes()
+            .into_iter()
+            .map(|url| options.client(url))
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)?;
         let mut store = RedisStore {
             conn,
-            pubsub_urls,
+            pubsub_nodes,
             clock_offset_us: 0,
             tenants: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
@@ -199,16 +277,24 @@ impl RedisStore {
     }
 
     async fn open(options: &RedisOptions) -> Result<Conn, StoreError> {
+        crate::tls::install_default_provider();
         if options.cluster {
-            let nodes: Vec<&str> = options.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-            let client = ClusterClientBuilder::new(nodes)
+            let mut builder = ClusterClientBuilder::new(options.nodes())
                 .connection_timeout(options.admin_timeout)
-                .response_timeout(options.admin_timeout)
-                .build()
-                .map_err(unavailable)?;
+                .response_timeout(options.admin_timeout);
+            if let Some(user) = &options.username {
+                builder = builder.username(user);
+            }
+            if let Some(password) = &options.password {
+                builder = builder.password(password);
+            }
+            if let Some(certs) = options.tls.certificates() {
+                builder = builder.certs(certs);
+            }
+            let client = builder.build().map_err(unavailable)?;
             return Ok(Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?));
         }
-        let client = redis::Client::open(options.url.as_str()).map_err(unavailable)?;
+        let client = options.client(&options.url).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.admin_timeout))
             .set_response_timeout(Some(options.admin_timeout))
@@ -921,10 +1007,10 @@ impl RedisStore {
     /// only if the first subscription fails.
     pub async fn follow_changes(&self, sink: Arc<dyn ChangeSink>) -> Result<tokio::task::JoinHandle<()>, StoreError> {
         let channel = self.changes_channel();
-        let urls = self.pubsub_urls.clone();
+        let nodes = self.pubsub_nodes.clone();
         let limit = self.admin_timeout;
-        let first = urls.first().cloned().unwrap_or_default();
-        let mut subscribed = Some(Self::subscribe(&first, &channel, limit).await?);
+        let first = nodes.first().ok_or_else(|| StoreError::Unavailable("redis: no node to subscribe on".into()))?;
+        let mut subscribed = Some(Self::subscribe(first, &channel, limit).await?);
         Ok(tokio::spawn(async move {
             let mut backoff = Duration::from_millis(50);
             let mut node = 0usize;
@@ -935,8 +1021,7 @@ impl RedisStore {
                         // Try the seed nodes in turn, so one dead cluster node cannot keep
                         // the feed down.
                         node = node.wrapping_add(1);
-                        let url = urls.get(node % urls.len().max(1)).cloned().unwrap_or_default();
-                        Self::subscribe(&url, &channel, limit).await
+                        Self::subscribe(&nodes[node % nodes.len()], &channel, limit).await
                     }
                 };
                 match attempt {
@@ -963,8 +1048,11 @@ impl RedisStore {
         }))
     }
 
-    async fn subscribe(url: &str, channel: &str, limit: Duration) -> Result<redis::aio::PubSub, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+    async fn subscribe(
+        client: &redis::Client,
+        channel: &str,
+        limit: Duration,
+    ) -> Result<redis::aio::PubSub, StoreError> {
         let call = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(channel).await?;

@@ -11,6 +11,8 @@
 //! | `keyscope_store_call_duration_seconds` | histogram | `op` |
 //! | `keyscope_admin_calls_total` | counter | `method`, `code` |
 //! | `keyscope_usage_flushes_total` | counter | `result` (ok, error) |
+//! | `keyscope_tls_handshake_failures_total` | counter | (gRPC port: no or untrusted client certificate, bad client) |
+//! | `keyscope_tls_reloads_total` | counter | `result` (ok: changed files in use; error: kept the last good ones) |
 //! | `keyscope_trace_spans_exported_total`, `_dropped_total`, `_failed_total` | counter | |
 //! | `keyscope_build_info` | info | `version` |
 //!
@@ -108,6 +110,8 @@ pub struct Metrics {
     store_seconds: Timings<OpLabels>,
     admin_calls: Family<AdminLabels, Counter>,
     usage_flushes: Family<ResultLabels, Counter>,
+    tls_handshake_failures: Counter,
+    tls_reloads: Family<ResultLabels, Counter>,
     sources: Arc<Sources>,
 }
 
@@ -163,6 +167,18 @@ impl Metrics {
             "Writes of the key usage counts to the store, by result",
             usage_flushes.clone(),
         );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the gRPC port that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Changed TLS files on the gRPC port, by whether they were taken into use",
+            tls_reloads.clone(),
+        );
         registry.register(
             "build",
             "The keyscope build",
@@ -179,6 +195,8 @@ impl Metrics {
             store_seconds,
             admin_calls,
             usage_flushes,
+            tls_handshake_failures,
+            tls_reloads,
             sources,
         }
     }
@@ -229,6 +247,16 @@ impl Metrics {
     /// Counts one flush of the key usage counts.
     pub fn usage_flush(&self, ok: bool) {
         self.usage_flushes.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
+    }
+
+    /// Counts one failed TLS handshake on the gRPC port.
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
+    }
+
+    /// Counts one change of the gRPC port's TLS files: taken into use, or refused.
+    pub fn tls_reload(&self, ok: bool) {
+        self.tls_reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
     }
 
     /// Everything, as OpenMetrics text.

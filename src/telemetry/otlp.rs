@@ -16,7 +16,7 @@ use std::{
 };
 
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::{
     Resource,
     error::{OTelSdkError, OTelSdkResult},
@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 pub struct TraceSettings {
     /// OTLP/gRPC endpoint, e.g. `http://otel-collector:4317`.
     pub endpoint: String,
+    /// For an `https://` endpoint: CAs to trust instead of the system's (PEM).
+    pub ca_pem: Option<Vec<u8>>,
     /// `service.name`; `None`: `OTEL_SERVICE_NAME`, else `keyscope`.
     pub service_name: Option<String>,
     /// Extra resource attributes (over `OTEL_RESOURCE_ATTRIBUTES`).
@@ -50,6 +52,7 @@ impl Default for TraceSettings {
     fn default() -> Self {
         TraceSettings {
             endpoint: String::new(),
+            ca_pem: None,
             service_name: None,
             resource_attributes: BTreeMap::new(),
             sampling_ratio: None,
@@ -120,12 +123,19 @@ impl SpanExport {
     /// Builds the OTLP exporter (it connects lazily: a collector that is down at start is no
     /// error) and starts the export task on the current tokio runtime.
     pub fn start(settings: &TraceSettings) -> Result<SpanExport, TraceSetupError> {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let mut builder = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(settings.endpoint.clone())
-            .with_timeout(settings.export_timeout)
-            .build()
-            .map_err(|e| TraceSetupError(e.to_string()))?;
+            .with_timeout(settings.export_timeout);
+        if settings.endpoint.starts_with("https://") {
+            // tonic trusts no CA unless told which.
+            let tls = tonic::transport::ClientTlsConfig::new();
+            builder = builder.with_tls_config(match &settings.ca_pem {
+                Some(pem) => tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                None => tls.with_native_roots(),
+            });
+        }
+        let exporter = builder.build().map_err(|e| TraceSetupError(e.to_string()))?;
         Ok(Self::with_exporter(settings, exporter))
     }
 

@@ -130,11 +130,11 @@ impl TestServer {
         admin_token: Option<&str>,
     ) -> TestServer {
         let options = RedisOptions {
-            url: url.to_owned(),
             cluster,
             prefix: prefix.to_owned(),
             check_timeout: Duration::from_millis(300),
             admin_timeout: Duration::from_millis(1500),
+            ..RedisOptions::new(url)
         };
         let redis = RedisStore::connect(options).await.expect("connect to the test redis");
         let metrics = Arc::new(Metrics::new());

@@ -177,6 +177,20 @@ impl ServerOptions {
         self
     }
 
+    /// Runs `keyscope serve` expecting it to stop by itself (a start that fails) within
+    /// `timeout`: its exit code and everything it printed.
+    pub fn run_to_exit(self, timeout: Duration) -> (Option<i32>, String) {
+        let mut cmd = command();
+        cmd.arg("serve").args(&self.args);
+        for (name, value) in &self.envs {
+            cmd.env(name, value);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn keyscope serve");
+        let (status, stdout, stderr) = wait_with_deadline(child, timeout, &["serve".to_owned()]);
+        (status.code(), format!("{stdout}{stderr}"))
+    }
+
     /// Starts the server and waits (up to [`DEADLINE`]) until it serves.
     pub fn start(self) -> Server {
         Server::start(self)

@@ -25,8 +25,13 @@ fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
-fn cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output().ok()?;
+fn cli(port: u16, tls: &[String], args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(tls)
+        .args(args)
+        .output()
+        .ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
@@ -35,6 +40,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// For a TLS-only server: the `redis-cli` TLS arguments (empty: plain TCP).
+    cli_tls: Vec<String>,
     child: Option<Child>,
 }
 
@@ -47,8 +54,56 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server =
-            RedisServer { port: free_port(), dir, extra: extra.iter().map(|s| s.to_string()).collect(), child: None };
+        let mut server = RedisServer {
+            port: free_port(),
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            cli_tls: Vec::new(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server that speaks only TLS, with its certificate and key, trusting `ca` for
+    /// client certificates; `clients_need_certs` is Redis's `tls-auth-clients`. `cli_cert` is
+    /// the client certificate and key `redis-cli` uses to see that it is up.
+    pub fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+        clients_need_certs: bool,
+        cli_cert: (&std::path::Path, &std::path::Path),
+        extra: &[&str],
+    ) -> RedisServer {
+        let path = |p: &std::path::Path| p.display().to_string();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut args = vec![
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(cert),
+            "--tls-key-file".to_owned(),
+            path(key),
+            "--tls-ca-cert-file".to_owned(),
+            path(ca),
+            "--tls-auth-clients".to_owned(),
+            if clients_need_certs { "yes" } else { "no" }.to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let cli_tls = vec![
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            path(ca),
+            "--cert".to_owned(),
+            path(cli_cert.0),
+            "--key".to_owned(),
+            path(cli_cert.1),
+        ];
+        let mut server = RedisServer { port, dir, extra: args, cli_tls, child: None };
         server.spawn();
         server
     }
@@ -56,6 +111,7 @@ impl RedisServer {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // Later arguments win: a TLS server's `--port 0` turns plain TCP off.
             .args(["--dir", &self.dir.path().display().to_string()])
             .args(&self.extra)
             .stdout(Stdio::null())
@@ -65,10 +121,10 @@ impl RedisServer {
                 panic!("cannot start redis-server ({e}); install it, e.g. `apt-get install redis-server`")
             });
         self.child = Some(child);
-        let port = self.port;
+        let (port, tls) = (self.port, self.cli_tls.clone());
         wait_until("redis-server to answer PING", Duration::from_secs(10), || {
             // A server with a password answers NOAUTH: it is up all the same.
-            cli(port, &["PING"]).is_some_and(|r| r == "PONG" || r.contains("NOAUTH"))
+            cli(port, &tls, &["PING"]).is_some_and(|r| r == "PONG" || r.contains("NOAUTH"))
         });
     }
 
@@ -107,7 +163,7 @@ impl RedisServer {
     }
 
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        cli(self.port, args)
+        cli(self.port, &self.cli_tls, args)
     }
 }
 
@@ -163,11 +219,11 @@ pub fn fresh_prefix() -> String {
 
 pub fn options(url: String, cluster: bool) -> RedisOptions {
     RedisOptions {
-        url,
         cluster,
         prefix: fresh_prefix(),
         check_timeout: Duration::from_millis(500),
         admin_timeout: Duration::from_secs(2),
+        ..RedisOptions::new(url)
     }
 }
 
