@@ -7,6 +7,8 @@
 // Tests fail by panicking.
 #![allow(clippy::panic)]
 
+#[path = "common/certs.rs"]
+mod certs;
 #[path = "common/process.rs"]
 mod process;
 #[path = "common/redis_server.rs"]
@@ -67,12 +69,23 @@ impl TraceService for Receiver {
 impl Receiver {
     /// Serves on a free port until the returned task is aborted.
     async fn start() -> (Receiver, SocketAddr, tokio::task::JoinHandle<()>) {
+        Self::start_with(None).await
+    }
+
+    /// Serves over TLS with this certificate, or in plaintext.
+    async fn start_with(tls: Option<&certs::Leaf>) -> (Receiver, SocketAddr, tokio::task::JoinHandle<()>) {
         let receiver = Receiver::default();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let service = TraceServiceServer::new(receiver.clone());
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(leaf) = tls {
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(leaf.identity()))
+                .expect("receiver TLS");
+        }
         let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .add_service(service)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
@@ -406,4 +419,46 @@ async fn the_standard_sampler_variables_apply_and_a_sampled_caller_is_followed()
     let checks = receiver.wait_for("check", 1).await;
     assert_eq!(checks.len(), 1, "only the check whose caller sampled its trace is exported");
     assert_eq!(hex(&checks[0].trace_id), trace);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_collector_that_the_configured_ca_signed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = certs::Ca::new("collector CA");
+    let ca_file = certs::write(dir.path(), "ca.crt", &ca.pem);
+    let other_ca_file = certs::write(dir.path(), "other.crt", &certs::Ca::new("other CA").pem);
+    let redis = RedisServer::start();
+    let (receiver, addr, _task) = Receiver::start_with(Some(&ca.server())).await;
+    let endpoint = format!("https://localhost:{}", addr.port());
+    let run_checks = async |server: &Server| {
+        let channel = channel(server).await;
+        let created = read_only_key(&mut KeyAdminClient::new(channel.clone()), server.admin_token()).await;
+        let mut checker = CheckerClient::new(channel);
+        for _ in 0..5 {
+            checker.check(check(&created.token, "courses", pb::Action::Read)).await.expect("check");
+        }
+    };
+
+    let trusted = keyscope(&redis, &endpoint, &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca_file.display().to_string())]);
+    run_checks(&trusted).await;
+    assert_eq!(receiver.wait_for("check", 5).await.len(), 5, "the checks' spans arrive over TLS");
+    drop(trusted);
+
+    // A collector whose certificate the configured CA did not sign gets nothing.
+    let before = receiver.spans().len();
+    let untrusted =
+        keyscope(&redis, &endpoint, &[("KEYSCOPE__TELEMETRY__OTLP_CA_FILE", &other_ca_file.display().to_string())]);
+    run_checks(&untrusted).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = scrape::metrics(&untrusted.http_addr).await;
+        let lost = scrape::count(&metrics, "keyscope_trace_spans_failed_total", &[])
+            + scrape::count(&metrics, "keyscope_trace_spans_dropped_total", &[]);
+        if lost >= 5.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the spans sent to an untrusted collector were not counted as lost");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(receiver.spans().len(), before, "nothing reached the collector over an untrusted connection");
 }
