@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve { config } => runtime.block_on(async {
+        Command::Serve { config, check_config } => runtime.block_on(async {
             let settings = match Settings::load(config.as_deref()) {
                 Ok(s) => s,
                 Err(e) => {
@@ -28,6 +28,18 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            if check_config {
+                return match settings.validate() {
+                    Ok(_) => {
+                        println!("config: ok");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             match server::run(settings).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -311,3 +311,30 @@ fn the_default_server_prints_its_token_once() {
     assert_eq!(captured.stdout.iter().filter(|l| l.contains(&token)).count(), 1, "printed once");
     assert!(!captured.stderr.iter().any(|l| l.contains(&token)), "never logged");
 }
+
+#[test]
+fn check_config_validates_without_serving() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let good = write(
+        dir.path(),
+        "good.yaml",
+        "server:\n  grpc_addr: 0.0.0.0:50051\nstore:\n  kind: redis\n  redis:\n    url: redis://redis.invalid:6379\nlog:\n  format: json\n",
+    );
+    // Valid settings: `config: ok`, exit 0, nothing started (Redis is not even looked up).
+    let run = Cli::new()
+        .args(["serve", "--check-config", "--config", &good])
+        .env("KEYSCOPE__STORE__REDIS__PASSWORD", "pw-from-a-secret")
+        .env("KEYSCOPE__SECURITY__PEPPER", "a-pepper-long-enough-for-keys")
+        .run_within(QUICKLY);
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert_eq!(run.stdout.trim(), "config: ok", "{}", run.describe());
+    assert!(!run.stdout.contains("pw-from-a-secret") && !run.stderr.contains("pw-from-a-secret"));
+    // Invalid: the same one line as a start would print, exit 1.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "server:\n  tls:\n    cert_file: /no/such/tls.crt\n    key_file: /no/such/tls.key\n",
+    );
+    let line = refused(&["--check-config", "--config", &bad], &[], "server.tls.cert_file");
+    assert!(line.contains("cannot read `/no/such/tls.crt`"), "{line}");
+}

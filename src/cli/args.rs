@@ -47,6 +47,10 @@ pub enum Command {
         /// YAML config file (defaults, then this file, then KEYSCOPE__SECTION__KEY variables).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Only check the settings (and read the TLS files they name), then exit: 0 and
+        /// `config: ok`, or 1 and the error.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Make tokens offline.
     #[command(subcommand)]
