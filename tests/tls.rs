@@ -21,7 +21,7 @@ use std::{
 
 use certs::{Ca, Leaf};
 use process::{Cli, Server, ServerOptions};
-use redis_server::{RedisServer, fresh_prefix};
+use redis_server::{RedisCluster, RedisServer, fresh_prefix};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -416,4 +416,55 @@ async fn redis_over_tls_with_a_client_certificate_and_a_separate_password() {
         assert!(out.1.contains("store: "), "{what}: {}", out.1);
         assert!(!out.1.contains(password), "{what}: the password was printed");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new("cluster CA");
+    let ca_file = certs::write(dir.path(), "ca.crt", &ca.pem);
+    let (node_cert, node_key) = ca.peer().write(dir.path(), "node");
+    let (client_cert, client_key) = ca.client("keyscope").write(dir.path(), "client");
+    let password = "cluster-password-that-must-not-leak";
+    let cluster = RedisCluster::start_tls(
+        &node_cert,
+        &node_key,
+        &ca_file,
+        (&client_cert, &client_key),
+        &["--requirepass", password, "--masterauth", password],
+    );
+    let seeds: Vec<String> = cluster.nodes.iter().map(|n| format!("rediss://127.0.0.1:{}", n.port)).collect();
+    let path = |p: &Path| p.display().to_string();
+    let server = ServerOptions::default()
+        .env("KEYSCOPE__STORE__KIND", "redis")
+        .env("KEYSCOPE__STORE__REDIS__CLUSTER", "true")
+        .env("KEYSCOPE__STORE__REDIS__URL", &seeds.join(","))
+        .env("KEYSCOPE__STORE__REDIS__PREFIX", &fresh_prefix())
+        .env("KEYSCOPE__STORE__REDIS__PASSWORD", password)
+        .env("KEYSCOPE__STORE__REDIS__TLS__CA_FILE", &path(&ca_file))
+        .env("KEYSCOPE__STORE__REDIS__TLS__CERT_FILE", &path(&client_cert))
+        .env("KEYSCOPE__STORE__REDIS__TLS__KEY_FILE", &path(&client_key))
+        .start();
+    let admin = server.admin_token().to_owned();
+    // Tenants hash to different slots, so these writes land on different masters.
+    for tenant in ["acme", "globex", "initech", "umbrella"] {
+        let scope = server
+            .cli_with_token(&admin)
+            .args(["--json", "scope", "create", "--tenant", tenant, "--label", "reader", "--read", "courses"])
+            .run()
+            .success()
+            .json();
+        let scope_id = scope["id"].as_str().expect("scope id").to_owned();
+        let key = server
+            .cli_with_token(&admin)
+            .args(["--json", "key", "create", "--tenant", tenant, "--scope", &scope_id])
+            .run()
+            .success()
+            .json();
+        let token = key["token"].as_str().expect("token");
+        let run = server.cli_anonymous().args(["check", "courses", "read", "--credential", token]).run();
+        assert!(run.success().stdout.starts_with("allowed (OK)"));
+    }
+    let output = server.stop();
+    assert!(!output.all().contains(password), "the Redis password was logged");
 }

@@ -37,17 +37,31 @@ impl Ca {
         self.leaf("localhost", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A certificate for a server that is also a client of its peers (a Redis Cluster node
+    /// on its TLS cluster bus), for `localhost` and 127.0.0.1.
+    pub fn peer(&self) -> Leaf {
+        self.leaf_with(
+            "localhost",
+            &["localhost", "127.0.0.1"],
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        )
+    }
+
     /// A client certificate named `name`.
     pub fn client(&self, name: &str) -> Leaf {
         self.leaf(name, &[name], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     fn leaf(&self, name: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+        self.leaf_with(name, sans, vec![usage])
+    }
+
+    fn leaf_with(&self, name: &str, sans: &[&str], usages: Vec<ExtendedKeyUsagePurpose>) -> Leaf {
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign the leaf");
         Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() }

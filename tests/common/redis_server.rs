@@ -182,13 +182,38 @@ pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
+const CLUSTER_ARGS: [&str; 4] = ["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"];
+
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]))
-            .collect();
+        Self::create((0..3).map(|_| RedisServer::start_with(&CLUSTER_ARGS)).collect())
+    }
+
+    /// Three masters that speak only TLS (clients and the cluster bus), as
+    /// [`RedisServer::start_tls`] with `extra` arguments.
+    pub fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+        cli_cert: (&std::path::Path, &std::path::Path),
+        extra: &[&str],
+    ) -> RedisCluster {
+        let mut args: Vec<&str> = CLUSTER_ARGS.to_vec();
+        args.extend(["--tls-cluster", "yes"]);
+        args.extend(extra);
+        Self::create((0..3).map(|_| RedisServer::start_tls(cert, key, ca, true, cli_cert, &args)).collect())
+    }
+
+    fn create(nodes: Vec<RedisServer>) -> RedisCluster {
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let out = Command::new("redis-cli")
+        let mut auth: Vec<String> = nodes[0].cli_tls.clone();
+        if let Some(i) = nodes[0].extra.iter().position(|a| a == "--requirepass") {
+            auth.extend(["-a".to_owned(), nodes[0].extra[i + 1].clone(), "--no-auth-warning".to_owned()]);
+        }
+        // Bounded: `--cluster create` waits for ever for nodes that cannot join.
+        let out = Command::new("timeout")
+            .args(["60", "redis-cli"])
+            .args(&auth)
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -198,7 +223,7 @@ impl RedisCluster {
         assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
         for node in &nodes {
             wait_until("the cluster to be ok", Duration::from_secs(30), || {
-                node.cli(&["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok"))
+                cli(node.port, &auth, &["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok"))
             });
         }
         RedisCluster { nodes }
