@@ -140,6 +140,16 @@ that depends on the configuration includes this, so a bad combination fails the 
 {{- if regexMatch "://[^/@,]*:[^/@,]*@" $url }}
 {{- fail (printf "%s holds a password (`:...@`), which would land in a ConfigMap: leave it out of the URL and set the `redis.password` value (kept in a Secret) or use existingSecret" $name) }}
 {{- end }}
+{{- /* Never echo a URL: it may hold a credential. */}}
+{{- range $i, $node := splitList "," $url }}
+{{- if and $url (not (regexMatch "^rediss?://[^ ]+$" (trim $node))) }}
+{{- fail (printf "%s: entry %d must start with redis:// or rediss://" $name $i) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- /* The bootstrap token's shape, checked without echoing it. */}}
+{{- if and $v.bootstrapAdminToken (not (regexMatch "^[a-z0-9]{1,16}_[A-Za-z0-9]{20}_[A-Za-z0-9]{28}$" $v.bootstrapAdminToken)) }}
+{{- fail "bootstrapAdminToken is not a keyscope token (<prefix>_<20-character key id>_<28 characters>): make one with `keyscope token new`" }}
 {{- end }}
 {{- /* The keys the chart manages. */}}
 {{- $server := dict "grpc_addr" "0.0.0.0:50051" "http_addr" "0.0.0.0:9464" }}
