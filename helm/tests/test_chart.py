@@ -1087,14 +1087,22 @@ class Guide(unittest.TestCase):
         else:
             yield list(prefix)
 
+    def keyscope_helm_commands(self):
+        """helm install/upgrade/template commands of the keyscope chart in the fenced blocks,
+        backslash continuations joined (other charts' commands, e.g. Redis's, are skipped)."""
+        for _, body in self.blocks:
+            for command in re.sub(r"\\\n", " ", body).splitlines():
+                if re.search(r"\bhelm (install|upgrade|template)\b", command) and "helm/keyscope" in command:
+                    yield command
+
     def test_set_flags_name_existing_values(self):
         found = 0
-        for _, body in self.blocks:
-            for m in re.finditer(r"--set(?:-string|-file|-json)?[ =]([A-Za-z][\w.\[\]-]*?)=", body):
+        for command in self.keyscope_helm_commands():
+            for m in re.finditer(r"--set(?:-string|-file|-json)?[ =]([A-Za-z][\w.\[\]-]*?)=", command):
                 found += 1
                 path = re.sub(r"\[\d+\]", "", m.group(1)).split(".")
                 self.assertTrue(self.known(path), f"docs/deploy.md: --set {m.group(1)}: no such value in values.yaml")
-        self.assertGreater(found, 5, "docs/deploy.md: expected --set examples")
+        self.assertGreater(found, 5, "docs/deploy.md: expected --set examples on keyscope's chart")
 
     def test_values_snippets_exist_and_render(self):
         snippets = [body for lang, body in self.blocks if lang == "yaml" and re.match(r"#.*values.*\.yaml", body)]
@@ -1115,34 +1123,126 @@ class Guide(unittest.TestCase):
         self.assertTrue(self.known(["podAnnotations", "x"]))
 
     def test_metrics_named_exist(self):
+        """Every keyscope_* metric the guide names is registered in src/telemetry/metrics.rs
+        (registry prefix `keyscope`, counters get `_total`, histograms `_seconds_bucket`...)."""
         metrics_src = (ROOT / "src" / "telemetry" / "metrics.rs").read_text(encoding="utf-8")
-        for name in set(re.findall(r"\b(keyscope_[a-z_]+)", self.text)):
-            base = re.sub(r"_(bucket|count|sum|total)$", "", name)
-            self.assertTrue(
-                name in metrics_src or base in metrics_src or base.replace("keyscope_", "", 1) in metrics_src,
-                f"docs/deploy.md names metric {name}, which src/telemetry/metrics.rs does not have",
-            )
+        self.assertIn('Registry::with_prefix("keyscope")', metrics_src)
+        monitoring = self.text.split("## 10. What to monitor", 1)
+        self.assertEqual(len(monitoring), 2, "docs/deploy.md: no section `## 10. What to monitor`")
+        names = set(re.findall(r"\b(keyscope_[a-z_]+)", monitoring[1]))
+        self.assertGreater(len(names), 8, "docs/deploy.md: expected the metrics to monitor")
+        for name in sorted(names):
+            base = re.sub(r"^keyscope_", "", name)
+            base = re.sub(r"_(bucket|count|sum|total|info)$", "", base)
+            base = re.sub(r"_seconds$", "", base)
+            self.assertIn(f'"{base}"', metrics_src, f"docs/deploy.md names metric {name}, which src/telemetry/metrics.rs does not register")
 
     def test_cli_commands_exist(self):
+        """The keyscope commands and flags in the guide's code blocks exist in src/cli/args.rs."""
         args = (ROOT / "src" / "cli" / "args.rs").read_text(encoding="utf-8")
-        subcommands = {
-            "key": re.search(r"pub enum KeyCommand \{(.*?)\n\}", args, re.S).group(1),
-            "scope": re.search(r"pub enum ScopeCommand \{(.*?)\n\}", args, re.S).group(1),
-            "token": re.search(r"pub enum TokenCommand \{(.*?)\n\}", args, re.S).group(1),
+        enums = {
+            name: re.search(rf"pub enum {enum} \{{(.*?)\n\}}", args, re.S).group(1)
+            for name, enum in (("", "Command"), ("key", "KeyCommand"), ("scope", "ScopeCommand"), ("token", "TokenCommand"))
         }
+        # Field names (clap's long flags, `_` as `-`) and explicit `long = "..."` names.
+        flags = set(re.findall(r"^\s*(?:pub )?([a-z_]+): ", args, re.M)) | set(re.findall(r'long = "([\w-]+)"', args))
+        flags = {f.replace("_", "-") for f in flags}
         found = 0
-        for _, body in self.blocks:
-            for m in re.finditer(r"\bkeyscope (key|scope|token) ([a-z]+)", body):
+        for lang, body in self.blocks:
+            if lang != "sh":
+                continue
+            for line in re.sub(r"\\\n", " ", body).splitlines():
+                # A keyscope command line: `keyscope ...`, maybe after VAR=value assignments.
+                m = re.match(r"^\s*(?:[A-Z_]+=\S+\s+)*keyscope\s+(.*)$", line)
+                if not m:
+                    continue
+                call = m.group(1)
+                words = [w for w in re.findall(r"(?<![=\w-])([a-z][a-z-]*)(?=\s|$)", re.sub(r"--[\w-]+(?:[ =](?!-)\S+)?", " ", call))]
+                self.assertTrue(words, f"docs/deploy.md: no command in `{line.strip()}`")
+                top = words[0]
+                self.assertTrue(re.search(rf"\n    {top.capitalize()}\b", enums[""]), f"docs/deploy.md: `keyscope {top}` is not a CLI command")
+                if top in ("key", "scope", "token"):
+                    self.assertGreater(len(words), 1, f"docs/deploy.md: `keyscope {top}` without a subcommand")
+                    self.assertTrue(re.search(rf"\n    {words[1].capitalize()}\b", enums[top]), f"docs/deploy.md: `keyscope {top} {words[1]}` is not a CLI command")
+                for flag in re.findall(r"(?<!\S)--([a-z][\w-]*)", call):
+                    self.assertIn(flag, flags, f"docs/deploy.md: `keyscope ... --{flag}` is not a CLI flag")
                 found += 1
-                variant = m.group(2).capitalize()
-                self.assertRegex(subcommands[m.group(1)], rf"\n    {variant}\b", f"docs/deploy.md: `keyscope {m.group(1)} {m.group(2)}` is not a CLI command")
-        self.assertGreater(found, 3)
+        self.assertGreater(found, 4, "docs/deploy.md: expected keyscope CLI commands")
+
+    def snippets(self, marker: str) -> list[tuple[str, str]]:
+        """Fenced yaml blocks whose first line is `# <marker>: <what>`, as (what, body)."""
+        out = []
+        for lang, body in self.blocks:
+            m = re.match(rf"# {marker}: (.*)\n", body)
+            if lang == "yaml" and m:
+                out.append((m.group(1), body))
+        return out
+
+    def test_envoy_snippets_are_valid_envoy_config(self):
+        """The Envoy snippets parse as Envoy's own protos (PyPI xds-protos, as
+        examples/envoy/check_bootstrap.py does)."""
+        try:
+            from google.protobuf import json_format
+            import envoy.config.cluster.v3.cluster_pb2 as cluster_pb2
+            import envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 as hcm_pb2
+            import envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2  # noqa: F401
+            import envoy.extensions.transport_sockets.tls.v3.tls_pb2  # noqa: F401
+            import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
+        except ImportError as e:
+            self.fail(f"Envoy's protos are needed to check docs/deploy.md ({e}): python3 -m pip install xds-protos")
+        messages = {"Cluster": cluster_pb2.Cluster, "HttpFilter": hcm_pb2.HttpFilter}
+        snippets = self.snippets("envoy")
+        self.assertGreaterEqual(len(snippets), 3)
+        for what, body in snippets:
+            kind = what.split()[0]
+            self.assertIn(kind, messages, f"docs/deploy.md: unknown Envoy snippet kind `{what}`")
+            try:
+                json_format.ParseDict(json.loads(json.dumps(yaml.safe_load(body))), messages[kind](), ignore_unknown_fields=False)
+            except json_format.ParseError as e:
+                self.fail(f"docs/deploy.md: Envoy snippet `{what}` is not a valid {kind}: {e}")
+            text = yaml.safe_dump(yaml.safe_load(body))
+            if kind == "Cluster":
+                self.assertIn("http2_protocol_options", text, f"{what}: keyscope needs HTTP/2")
+                self.assertIn("port_value: 50051", text)
+
+    def test_kubernetes_snippets(self):
+        snippets = self.snippets("kubernetes")
+        self.assertGreaterEqual(len(snippets), 2)
+        for what, body in snippets:
+            obj = yaml.safe_load(body)
+            if obj["apiVersion"] == "cert-manager.io/v1":
+                self.assertEqual(obj["kind"], "Certificate", what)
+                self.assertEqual(obj["spec"]["secretName"], "keyscope-grpc-tls", f"{what}: the Secret the TLS values name")
+                self.assertIn("keyscope.auth.svc", obj["spec"]["dnsNames"])
+            else:
+                validate_object(f"docs/deploy.md: {what}", obj)
+            if obj["kind"] == "Service":
+                # The headless Service must select keyscope's pods as the chart labels them.
+                labels = keyscope_deployment()["spec"]["template"]["metadata"]["labels"]
+                for k, v in obj["spec"]["selector"].items():
+                    self.assertEqual(labels.get(k), "ks" if v == "keyscope" and k.endswith("instance") else v, f"{what}: selector {k}")
+        tls_values = [yaml.safe_load(b) for lang, b in self.blocks if lang == "yaml" and b.startswith("# keyscope-tls-values.yaml")]
+        self.assertEqual(len(tls_values), 1)
+        self.assertEqual(tls_values[0]["tls"]["secretName"], "keyscope-grpc-tls")
+
+    def test_prometheus_rules(self):
+        snippets = self.snippets("prometheus")
+        self.assertEqual(len(snippets), 1)
+        rules = yaml.safe_load(snippets[0][1])["groups"][0]["rules"]
+        self.assertGreaterEqual(len(rules), 6)
+        for rule in rules:
+            self.assertEqual(set(rule) - {"alert", "expr", "for", "labels", "annotations"}, set(), rule.get("alert"))
+            self.assertTrue(rule.get("alert") and rule.get("expr"), rule)
+            self.assertEqual(rule["expr"].count("("), rule["expr"].count(")"), f"{rule['alert']}: unbalanced parentheses")
 
 
 def main() -> int:
     started = time.monotonic()
     os.chdir(ROOT)
-    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
+    module = sys.modules[__name__]
+    loader = unittest.defaultTestLoader
+    # Optional arguments name test classes or methods, e.g. `Probes` or `Secrets.test_secret_guards`.
+    suite = loader.loadTestsFromNames(sys.argv[1:], module) if sys.argv[1:] else loader.loadTestsFromModule(module)
     result = unittest.TextTestRunner(verbosity=1 if os.environ.get("CI") else 2).run(suite)
     failed = len(result.failures) + len(result.errors)
     print(f"chart tests took {time.monotonic() - started:.1f} s")
