@@ -1135,7 +1135,7 @@ class Guide(unittest.TestCase):
             base = re.sub(r"^keyscope_", "", name)
             base = re.sub(r"_(bucket|count|sum|total|info)$", "", base)
             base = re.sub(r"_seconds$", "", base)
-            self.assertIn(f'"{base}"', metrics_src, f"docs/deploy.md names metric {name}, which src/telemetry/metrics.rs does not register")
+            self.assertTrue(f'"{base}"' in metrics_src, f"docs/deploy.md names metric {name}, which src/telemetry/metrics.rs does not register (as \"{base}\")")
 
     def test_cli_commands_exist(self):
         """The keyscope commands and flags in the guide's code blocks exist in src/cli/args.rs."""
@@ -1165,7 +1165,7 @@ class Guide(unittest.TestCase):
                     self.assertGreater(len(words), 1, f"docs/deploy.md: `keyscope {top}` without a subcommand")
                     self.assertTrue(re.search(rf"\n    {words[1].capitalize()}\b", enums[top]), f"docs/deploy.md: `keyscope {top} {words[1]}` is not a CLI command")
                 for flag in re.findall(r"(?<!\S)--([a-z][\w-]*)", call):
-                    self.assertIn(flag, flags, f"docs/deploy.md: `keyscope ... --{flag}` is not a CLI flag")
+                    self.assertTrue(flag in flags, f"docs/deploy.md: `keyscope ... --{flag}` is not a flag in src/cli/args.rs")
                 found += 1
         self.assertGreater(found, 4, "docs/deploy.md: expected keyscope CLI commands")
 
