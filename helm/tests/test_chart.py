@@ -1116,6 +1116,16 @@ class Guide(unittest.TestCase):
             except helm.HelmError as e:
                 self.fail(f"docs/deploy.md: a values snippet does not render: {e}\n{body}")
 
+    def test_inline_values_exist(self):
+        """Values named in the guide's prose (`redis.url`, `config.cache.ttl_ms`...) exist too."""
+        found = 0
+        for token in re.findall(r"`([a-z][A-Za-z]*(?:\.[A-Za-z_]\w*)+)`", self.text):
+            if token.split(".")[0] not in DEFAULT_VALUES or re.search(r"\.(crt|key|yaml|json|md|rs|rdb|txt)$", token):
+                continue
+            found += 1
+            self.assertTrue(self.known(token.split(".")), f"docs/deploy.md names `{token}`, which is not a value of the chart")
+        self.assertGreater(found, 10, "docs/deploy.md: expected values named in the text")
+
     def test_known_rejects_unknown(self):
         self.assertFalse(self.known(["redis", "passwd"]))
         self.assertFalse(self.known(["config", "cache", "ttl"]))
