@@ -1104,6 +1104,36 @@ class Guide(unittest.TestCase):
                 self.assertTrue(self.known(path), f"docs/deploy.md: --set {m.group(1)}: no such value in values.yaml")
         self.assertGreater(found, 5, "docs/deploy.md: expected --set examples on keyscope's chart")
 
+    def test_helm_commands_render(self):
+        """Each keyscope helm command in the guide, with its -f files (the guide's snippets of that
+        name) and --set flags parsed by Helm's own parser, renders."""
+        import shlex
+
+        files = {m.group(1): yaml.safe_load(body) for lang, body in self.blocks
+                 if lang == "yaml" and (m := re.match(r"# ([\w.-]+\.yaml)\n", body))}
+        commands = list(self.keyscope_helm_commands())
+        self.assertGreaterEqual(len(commands), 5, "docs/deploy.md: expected helm commands for keyscope's chart")
+        for command in commands:
+            words = shlex.split(command)
+            values: dict = {}
+            i = 0
+            while i < len(words):
+                word, arg = words[i], words[i + 1] if i + 1 < len(words) else ""
+                if word in ("-f", "--values"):
+                    self.assertIn(arg, files, f"docs/deploy.md: `{command}` names {arg}, which the guide does not show")
+                    values = merge(values, files[arg])
+                elif word == "--set":
+                    values = merge(values, helm.parse_set_string(arg))
+                elif word == "--set-json":
+                    values = merge(values, helm.parse_set_json(arg))
+                elif word.startswith("--set"):
+                    self.fail(f"docs/deploy.md: `{word}` is not handled by this test")
+                i += 1
+            try:
+                render(values)
+            except helm.HelmError as e:
+                self.fail(f"docs/deploy.md: `{command}` does not render: {e}")
+
     def test_values_snippets_exist_and_render(self):
         snippets = [body for lang, body in self.blocks if lang == "yaml" and re.match(r"#.*values.*\.yaml", body)]
         self.assertGreaterEqual(len(snippets), 3, "docs/deploy.md: expected values snippets (```yaml starting with `# ...values...yaml`)")
