@@ -1122,10 +1122,12 @@ class Guide(unittest.TestCase):
                 if word in ("-f", "--values"):
                     self.assertIn(arg, files, f"docs/deploy.md: `{command}` names {arg}, which the guide does not show")
                     values = merge(values, files[arg])
-                elif word == "--set":
-                    values = merge(values, helm.parse_set_string(arg))
-                elif word == "--set-json":
-                    values = merge(values, helm.parse_set_json(arg))
+                elif word in ("--set", "--set-json"):
+                    parse = helm.parse_set_string if word == "--set" else helm.parse_set_json
+                    try:
+                        values = merge(values, parse(arg))
+                    except helm.HelmError as e:
+                        self.fail(f"docs/deploy.md: `{word} {arg}`: Helm cannot parse it: {e}")
                 elif word.startswith("--set"):
                     self.fail(f"docs/deploy.md: `{word}` is not handled by this test")
                 i += 1
