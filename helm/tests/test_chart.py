@@ -816,6 +816,21 @@ class Config(unittest.TestCase):
                     self.assertNotIn(secret, err, "a failure must not echo a secret")
 
 
+class TokenFormat(unittest.TestCase):
+    def test_chart_token_check_matches_src(self):
+        """The chart's bootstrapAdminToken check has the lengths of src/domain (key id, secret,
+        checksum), so a token from `keyscope token new` is accepted."""
+        ids = (ROOT / "src" / "domain" / "ids.rs").read_text(encoding="utf-8")
+        token = (ROOT / "src" / "domain" / "token.rs").read_text(encoding="utf-8")
+        id_len = int(re.search(r"impl KeyId \{.*?pub const LEN: usize = (\d+);", ids, re.S).group(1))
+        tail = sum(int(re.search(rf"pub const {c}: usize = (\d+);", token).group(1)) for c in ("SECRET_LEN", "CHECKSUM_LEN"))
+        helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+        self.assertIn(f"^[a-z0-9]{{1,16}}_[A-Za-z0-9]{{{id_len}}}_[A-Za-z0-9]{{{tail}}}$", helpers)
+        good = "ks_" + "A" * id_len + "_" + "b" * tail
+        render({"bootstrapAdminToken": good})
+        self.assertIn("bootstrapAdminToken", render_error({"bootstrapAdminToken": good + "x"}))
+
+
 class Schema(unittest.TestCase):
     def test_typos_and_bad_types_fail(self):
         cases = [
