@@ -14,7 +14,8 @@ arithmetic, the rendered keyscope configuration, and that bad values fail the re
 
 TODO(lead): the rendered config.yaml is checked here by key names against src/config.rs (a
 regex parse), not by keyscope itself. A cargo test that renders the chart's ConfigMap (or reads
-a copy of it) and runs `Settings::load` + `validate` on it would prove keyscope accepts it.
+a copy of it, e.g. written by this script) and runs `keyscope serve --check-config --config FILE`
+(with TLS files at the chart's paths) would prove keyscope accepts it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ KUBE_VERSIONS = ["1.27.0", "1.33.0"]
 CONFIG_PATH = "/etc/keyscope/config.yaml"
 GRPC_PORT, HTTP_PORT = 50051, 9464
 
+# CLI flags and metrics of the lead's TLS work on main, accepted in docs/deploy.md although
+# src/ on this branch may not have them yet.
+PENDING_CLI_FLAGS = {"tls-ca-file", "tls-cert-file", "tls-key-file"}
+PENDING_METRICS = {"tls_reloads", "tls_handshake_failures"}
+
 # The config keys the lead engineer is adding on main in parallel (TLS, the Redis password):
 # accepted here although src/config.rs on this branch may not have them yet.
 PENDING_CONFIG_KEYS = {
@@ -63,6 +69,8 @@ PENDING_CONFIG_KEYS = {
     "server.tls.key_file",
     "server.tls.client_ca_file",
     "server.tls.client_auth",
+    "server.tls.reload_interval_ms",
+    "store.redis.username",
     "store.redis.password",
     "store.redis.tls",
     "store.redis.tls.ca_file",
@@ -186,6 +194,7 @@ REDIS_TLS_CLUSTER = {
     "redis": {
         "url": "rediss://redis-0.redis.svc:6380,rediss://redis-1.redis.svc:6381",
         "cluster": True,
+        "username": "keyscope",
         "password": "REDISPW-cluster-secret-9876",
         "tls": {"enabled": True, "secretName": "redis-ca"},
     },
@@ -771,6 +780,15 @@ class Config(unittest.TestCase):
                     [redis["tls"][k] for k in ("ca_file", "cert_file", "key_file")] + [config["telemetry"]["otlp_ca_file"]]:
             self.assertTrue(any(path.startswith(m.rstrip("/") + "/") for m in mounts), f"{path} is in the config but not mounted")
 
+    def test_redis_cluster_over_tls(self):
+        redis = rendered_config(REDIS_TLS_CLUSTER)["store"]["redis"]
+        self.assertEqual(redis, {
+            "url": REDIS_TLS_CLUSTER["redis"]["url"], "cluster": True, "username": "keyscope",
+            "tls": {"ca_file": "/etc/keyscope/redis-tls/ca.crt"},
+        })
+        env = env_of(keyscope_container(REDIS_TLS_CLUSTER))
+        self.assertEqual(env["KEYSCOPE__STORE__REDIS__PASSWORD"]["valueFrom"]["secretKeyRef"]["key"], "redis-password")
+
     def test_tls_client_auth_none_needs_no_ca(self):
         config = rendered_config({"tls": {"enabled": True, "secretName": "x", "clientAuth": "none"}})
         self.assertEqual(set(config["server"]["tls"]), {"cert_file", "key_file", "client_auth"})
@@ -1192,7 +1210,7 @@ class Guide(unittest.TestCase):
             base = re.sub(r"^keyscope_", "", name)
             base = re.sub(r"_(bucket|count|sum|total|info)$", "", base)
             base = re.sub(r"_seconds$", "", base)
-            self.assertTrue(f'"{base}"' in metrics_src, f"docs/deploy.md names metric {name}, which src/telemetry/metrics.rs does not register (as \"{base}\")")
+            self.assertTrue(f'"{base}"' in metrics_src or base in PENDING_METRICS, f"docs/deploy.md names metric {name}, which src/telemetry/metrics.rs does not register (as \"{base}\")")
 
     def test_cli_commands_exist(self):
         """The keyscope commands and flags in the guide's code blocks exist in src/cli/args.rs."""
@@ -1222,7 +1240,7 @@ class Guide(unittest.TestCase):
                     self.assertGreater(len(words), 1, f"docs/deploy.md: `keyscope {top}` without a subcommand")
                     self.assertTrue(re.search(rf"\n    {words[1].capitalize()}\b", enums[top]), f"docs/deploy.md: `keyscope {top} {words[1]}` is not a CLI command")
                 for flag in re.findall(r"(?<!\S)--([a-z][\w-]*)", call):
-                    self.assertTrue(flag in flags, f"docs/deploy.md: `keyscope ... --{flag}` is not a flag in src/cli/args.rs")
+                    self.assertTrue(flag in flags or flag in PENDING_CLI_FLAGS, f"docs/deploy.md: `keyscope ... --{flag}` is not a flag in src/cli/args.rs")
                 found += 1
         self.assertGreater(found, 4, "docs/deploy.md: expected keyscope CLI commands")
 

@@ -174,6 +174,9 @@ that depends on the configuration includes this, so a bad combination fails the 
 {{- if $url }}
 {{- $_ := set $redis "url" $url }}
 {{- end }}
+{{- if and $v.redis.username (not $v.redis.evaluation.enabled) }}
+{{- $_ := set $redis "username" $v.redis.username }}
+{{- end }}
 {{- if $v.redis.tls.enabled }}
 {{- if not $v.redis.tls.secretName }}
 {{- fail "redis.tls.enabled needs redis.tls.secretName (a Secret with ca.crt, and tls.crt/tls.key when redis.tls.clientCert)" }}
