@@ -151,8 +151,14 @@ impl ServerTlsFiles {
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-            TlsError::new("server.tls.key_file", format!("does not match server.tls.cert_file or is unusable: {e}"))
+        let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
+            rustls::Error::InvalidCertificate(_) => TlsError::new(
+                "server.tls.cert_file",
+                format!("`{}` is not a usable certificate (X.509 v3 needed): {e}", self.cert_file.display()),
+            ),
+            _ => {
+                TlsError::new("server.tls.key_file", format!("does not match server.tls.cert_file or is unusable: {e}"))
+            }
         })?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))

@@ -12,10 +12,11 @@ the schemas do not have, against a schema written here), and checks what matters
 secrets only in the Secret, secretKeyRefs, security contexts, ports, the graceful-shutdown
 arithmetic, the rendered keyscope configuration, and that bad values fail the render.
 
-TODO(lead): the rendered config.yaml is checked here by key names against src/config.rs (a
-regex parse), not by keyscope itself. A cargo test that renders the chart's ConfigMap (or reads
-a copy of it, e.g. written by this script) and runs `keyscope serve --check-config --config FILE`
-(with TLS files at the chart's paths) would prove keyscope accepts it.
+keyscope itself then checks what the chart would run: for every combination, the rendered
+config.yaml with the Deployment's environment (secret values filled in from the test's values)
+goes through `keyscope serve --check-config`, with test certificates (made with `openssl`)
+where the chart mounts TLS files. The binary is $KEYSCOPE_BIN (`cargo test` sets it: see
+tests/chart.rs), else target/debug/keyscope; without one these tests fail, never skip.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import fnmatch
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 import unittest
 from pathlib import Path
@@ -56,28 +59,6 @@ KUBE_VERSIONS = ["1.27.0", "1.33.0"]
 CONFIG_PATH = "/etc/keyscope/config.yaml"
 GRPC_PORT, HTTP_PORT = 50051, 9464
 
-# CLI flags and metrics of the lead's TLS work on main, accepted in docs/deploy.md although
-# src/ on this branch may not have them yet.
-PENDING_CLI_FLAGS = {"tls-ca-file", "tls-cert-file", "tls-key-file"}
-PENDING_METRICS = {"tls_reloads", "tls_handshake_failures"}
-
-# The config keys the lead engineer is adding on main in parallel (TLS, the Redis password):
-# accepted here although src/config.rs on this branch may not have them yet.
-PENDING_CONFIG_KEYS = {
-    "server.tls",
-    "server.tls.cert_file",
-    "server.tls.key_file",
-    "server.tls.client_ca_file",
-    "server.tls.client_auth",
-    "server.tls.reload_interval_ms",
-    "store.redis.username",
-    "store.redis.password",
-    "store.redis.tls",
-    "store.redis.tls.ca_file",
-    "store.redis.tls.cert_file",
-    "store.redis.tls.key_file",
-    "telemetry.otlp_ca_file",
-}
 
 
 def load_yaml(path: Path):
@@ -340,14 +321,13 @@ def rust_struct_of(type_text: str) -> str | None:
 
 
 def config_key_problems(config: dict, struct: str = "Settings", prefix: str = "") -> list[str]:
-    """Keys of a keyscope config that src/config.rs does not have (pending keys excepted)."""
+    """Keys of a keyscope config that src/config.rs does not have."""
     problems = []
     fields = RUST_STRUCTS[struct]
     for key, value in config.items():
         path = f"{prefix}{key}"
         if key not in fields:
-            if path not in PENDING_CONFIG_KEYS:
-                problems.append(path)
+            problems.append(path)
             continue
         nested = rust_struct_of(fields[key])
         if nested and isinstance(value, dict):
@@ -458,8 +438,7 @@ class Chart_(unittest.TestCase):
             props = set(schema.get("properties", {}))
             fields = set(RUST_STRUCTS[struct])
             for key in sorted(props - fields):
-                if f"{path}{key}" not in PENDING_CONFIG_KEYS:
-                    problems.append(f"config.{path}{key}: in values.schema.json, not in src/config.rs {struct}")
+                problems.append(f"config.{path}{key}: in values.schema.json, not in src/config.rs {struct}")
             for key in sorted(fields - props):
                 problems.append(f"config.{path}{key}: in src/config.rs {struct}, missing from values.schema.json (add it)")
             for key in sorted(props & fields):
@@ -1210,7 +1189,7 @@ class Guide(unittest.TestCase):
             base = re.sub(r"^keyscope_", "", name)
             base = re.sub(r"_(bucket|count|sum|total|info)$", "", base)
             base = re.sub(r"_seconds$", "", base)
-            self.assertTrue(f'"{base}"' in metrics_src or base in PENDING_METRICS, f"docs/deploy.md names metric {name}, which src/telemetry/metrics.rs does not register (as \"{base}\")")
+            self.assertTrue(f'"{base}"' in metrics_src, f"docs/deploy.md names metric {name}, which src/telemetry/metrics.rs does not register (as \"{base}\")")
 
     def test_cli_commands_exist(self):
         """The keyscope commands and flags in the guide's code blocks exist in src/cli/args.rs."""
@@ -1240,7 +1219,7 @@ class Guide(unittest.TestCase):
                     self.assertGreater(len(words), 1, f"docs/deploy.md: `keyscope {top}` without a subcommand")
                     self.assertTrue(re.search(rf"\n    {words[1].capitalize()}\b", enums[top]), f"docs/deploy.md: `keyscope {top} {words[1]}` is not a CLI command")
                 for flag in re.findall(r"(?<!\S)--([a-z][\w-]*)", call):
-                    self.assertTrue(flag in flags or flag in PENDING_CLI_FLAGS, f"docs/deploy.md: `keyscope ... --{flag}` is not a flag in src/cli/args.rs")
+                    self.assertTrue(flag in flags, f"docs/deploy.md: `keyscope ... --{flag}` is not a flag in src/cli/args.rs")
                 found += 1
         self.assertGreater(found, 4, "docs/deploy.md: expected keyscope CLI commands")
 
@@ -1309,6 +1288,110 @@ class Guide(unittest.TestCase):
             self.assertEqual(set(rule) - {"alert", "expr", "for", "labels", "annotations"}, set(), rule.get("alert"))
             self.assertTrue(rule.get("alert") and rule.get("expr"), rule)
             self.assertEqual(rule["expr"].count("("), rule["expr"].count(")"), f"{rule['alert']}: unbalanced parentheses")
+
+
+def keyscope_bin() -> Path:
+    path = Path(os.environ.get("KEYSCOPE_BIN") or ROOT / "target" / "debug" / "keyscope")
+    if not path.is_file():
+        raise AssertionError(
+            f"no keyscope binary at {path}: run the chart tests through `cargo test --test chart`, "
+            "or `cargo build` first, or set KEYSCOPE_BIN"
+        )
+    return path
+
+
+def make_tls_files(directory: Path) -> dict[str, Path]:
+    """A CA and a certificate it signs for localhost, as PEM files; by chart file name."""
+    def openssl(*args: str) -> None:
+        try:
+            done = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+        except FileNotFoundError as missing:
+            raise AssertionError("openssl is needed to make test certificates (apt-get install openssl)") from missing
+        if done.returncode != 0:
+            raise AssertionError(f"openssl {' '.join(args)} failed: {done.stderr}")
+
+    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
+    key, csr, crt = directory / "tls.key", directory / "tls.csr", directory / "tls.crt"
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", str(ca_key), "-out", str(ca_crt), "-days", "1", "-subj", "/CN=chart test CA")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost")
+    # X.509 v3 (rustls takes no v1 certificate): copy the request's extensions.
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-copy_extensions", "copy", "-out", str(crt), "-days", "1")
+    return {"ca.crt": ca_crt, "tls.crt": crt, "tls.key": key}
+
+
+def run_check_config(values: dict | None, workdir: Path) -> subprocess.CompletedProcess:
+    """`keyscope serve --check-config` on what the chart renders for `values`: the ConfigMap's
+    config.yaml, with every path under /etc/keyscope/ moved into `workdir` (test certificates
+    in place of the mounted Secrets' files), and the container's environment."""
+    tls_files = make_tls_files(workdir)
+    text = only(values, "ConfigMap")["data"]["config.yaml"]
+
+    def local(match: re.Match) -> str:
+        target = workdir / match.group(1).replace("/", "_")
+        name = Path(match.group(1)).name
+        if name not in tls_files:
+            raise AssertionError(f"config.yaml names /etc/keyscope/{match.group(1)}, which the test cannot provide")
+        target.write_bytes(tls_files[name].read_bytes())
+        return str(target)
+
+    text = re.sub(r"/etc/keyscope/([A-Za-z0-9._/-]+)", local, text)
+    config = workdir / "config.yaml"
+    config.write_text(text)
+    container = keyscope_container(values)
+    secret_objs = [o for _, o in objects(values) if o["kind"] == "Secret"]
+    secret_data = {}
+    for secret in secret_objs:
+        for key, value in (secret.get("data") or {}).items():
+            secret_data[(secret["metadata"]["name"], key)] = base64.b64decode(value).decode()
+        for key, value in (secret.get("stringData") or {}).items():
+            secret_data[(secret["metadata"]["name"], key)] = value
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYSCOPE", "OTEL_"))}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "secretKeyRef" in item.get("valueFrom", {}):
+            ref = item["valueFrom"]["secretKeyRef"]
+            found = secret_data.get((ref["name"], ref["key"]))
+            if found is None:
+                if ref.get("optional"):
+                    continue
+                # An existingSecret: stand in a well-formed value.
+                found = {"pepper": "existing-secret-pepper-0123456789", "redis-password": "pw"}.get(ref["key"])
+            if found is None:
+                raise AssertionError(f"{item['name']}: secret {ref} has no test value")
+            env[item["name"]] = found
+    args = container.get("args", [])
+    if args[:1] != ["serve"] or "--config" not in args:
+        raise AssertionError(f"keyscope container args {args}: expected serve --config FILE")
+    return subprocess.run(
+        [str(keyscope_bin()), "serve", "--check-config", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+
+
+class KeyscopeAcceptsTheConfig(unittest.TestCase):
+    """keyscope itself accepts the configuration the chart renders."""
+
+    def test_every_combination(self):
+        for name, values in COMBINATIONS.items():
+            with self.subTest(combination=name), tempfile.TemporaryDirectory() as workdir:
+                done = run_check_config(values, Path(workdir))
+                self.assertEqual(
+                    (done.returncode, done.stdout.strip()), (0, "config: ok"),
+                    f"{name}: keyscope refused the chart's config: {done.stderr.strip()}",
+                )
+
+    def test_a_bad_setting_is_refused(self):
+        # The check is real: a value keyscope rejects fails it.
+        values = merge(ALL_ON_VALUES, {"config": {"cache": {"ttl_ms": 1000, "negative_ttl_ms": 5000}}})
+        with tempfile.TemporaryDirectory() as workdir:
+            done = run_check_config(values, Path(workdir))
+        self.assertEqual(done.returncode, 1, done.stdout)
+        self.assertIn("cache.negative_ttl_ms", done.stderr)
 
 
 def main() -> int:
