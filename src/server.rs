@@ -90,6 +90,9 @@ impl Health {
     }
 }
 
+/// The gRPC health service name that reports liveness, not readiness.
+pub const LIVENESS: &str = "liveness";
+
 /// The keyscope services health reports on.
 const SERVICES: [&str; 4] = [
     <CheckerServer<CheckerService> as tonic::server::NamedService>::NAME,
@@ -120,6 +123,9 @@ pub async fn serve_with(
         .build_v1alpha()?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    // For liveness probes: SERVING while the process serves, whatever the store does (a
+    // restart would not bring Redis back, only empty the cache).
+    reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
     let health = Health { reporter, ready: Arc::new(AtomicBool::new(false)) };
     let ready = core.store_ready().await;
     health.set(ready).await;

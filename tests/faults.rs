@@ -63,6 +63,8 @@ async fn assert_degraded(server: &TestServer, cached: &str, uncached: &str) {
         .await;
     assert_eq!(create.expect_err("admin calls fail").code(), Code::Unavailable);
     eventually("readiness NOT_SERVING", WITHIN, || async { !server.serving().await }).await;
+    // Liveness does not follow the store: restarting replicas would only lose their caches.
+    assert!(server.health_of("liveness").await, "gRPC health `liveness` stays SERVING while Redis is down");
     // The HTTP probe and the metrics say the same.
     let addr = server.http_addr.to_string();
     assert_eq!(scrape::get(&addr, "/readyz").await.0, 503);

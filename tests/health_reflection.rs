@@ -16,7 +16,7 @@ use tonic_reflection::pb::v1::{
 async fn health_reports_every_service_serving() {
     let server = TestServer::start().await;
     let mut health = HealthClient::new(server.channel());
-    for service in ["", "keyscope.v1.Checker", "keyscope.v1.KeyAdmin", "keyscope.v1.ScopeAdmin"] {
+    for service in ["", "liveness", "keyscope.v1.Checker", "keyscope.v1.KeyAdmin", "keyscope.v1.ScopeAdmin"] {
         let response = health
             .check(HealthCheckRequest { service: service.into() })
             .await

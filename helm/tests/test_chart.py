@@ -516,8 +516,12 @@ class Probes(unittest.TestCase):
             self.assertIn(probe, c, f"Deployment: container keyscope has no {probe}")
             self.assertEqual(c[probe].get("grpc"), {"port": GRPC_PORT, "service": ""}, f"{probe} must be a native gRPC probe on {GRPC_PORT}, service \"\"")
             self.assertNotIn("httpGet", c[probe])
-        # Liveness never follows Redis (gRPC health "" is NOT_SERVING while Redis is down).
-        self.assertEqual(c["livenessProbe"].get("httpGet"), {"path": "/livez", "port": "http"})
+        # Liveness never follows Redis (gRPC health "" is NOT_SERVING while Redis is down):
+        # keyscope's health service "liveness" is SERVING while the process serves.
+        self.assertEqual(c["livenessProbe"].get("grpc"), {"port": GRPC_PORT, "service": "liveness"}, "liveness: native gRPC, service liveness")
+        self.assertNotIn("httpGet", c["livenessProbe"])
+        server_rs = (ROOT / "src" / "server.rs").read_text()
+        self.assertIn('pub const LIVENESS: &str = "liveness";', server_rs, "src/server.rs must report health service `liveness`")
 
     def test_http_probes_with_tls(self):
         for values in (TLS_ON, ALL_ON_VALUES):

@@ -284,9 +284,14 @@ impl TestServer {
 
     /// The gRPC health status of the whole server.
     pub async fn serving(&self) -> bool {
+        self.health_of("").await
+    }
+
+    /// Whether gRPC health reports `service` SERVING.
+    pub async fn health_of(&self, service: &str) -> bool {
         use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
         let response =
-            HealthClient::new(self.channel.clone()).check(HealthCheckRequest { service: String::new() }).await;
+            HealthClient::new(self.channel.clone()).check(HealthCheckRequest { service: service.into() }).await;
         response.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
     }
 
