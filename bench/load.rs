@@ -304,6 +304,7 @@ fn check_request(token: &str) -> pb::CheckRequest {
         module: "courses".into(),
         action: pb::Action::Read.into(),
         explain: false,
+        source_address: Default::default(),
     }
 }
 
@@ -627,6 +628,10 @@ async fn populate(store: &RedisStore, n: usize, pepper: &Pepper) -> Vec<keyscope
                     updated_at: now,
                     last_used_at: None,
                     secret_hash: pepper.hash(id, &token.secret),
+                    previous_secret: None,
+                    rotated_at: None,
+                    allowed_cidrs: Vec::new(),
+                    rate_limit: None,
                 };
                 let record = keyscope::domain::AuditRecord {
                     tenant: key.tenant.clone(),

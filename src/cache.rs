@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use moka::sync::Cache as Moka;
 
 use crate::{
-    domain::{Day, Key, KeyId, Scope, ScopeId, Tenant},
+    domain::{Day, Key, KeyId, Scope, ScopeId, Tenant, TenantPolicy},
     store::{
         AuditPage, AuditQuery, AuditWrite, Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete,
         Store, StoreError, UsageDelta,
@@ -349,5 +349,19 @@ impl Store for CachedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.store.ping().await
+    }
+
+    // Policies are read by admin calls only, never by a check: not cached.
+    async fn get_tenant_policy(&self, tenant: &Tenant) -> Result<Option<TenantPolicy>, StoreError> {
+        self.store.get_tenant_policy(tenant).await
+    }
+
+    async fn put_tenant_policy(
+        &self,
+        policy: &TenantPolicy,
+        expected_version: u64,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        self.store.put_tenant_policy(policy, expected_version, audit).await
     }
 }

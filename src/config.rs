@@ -10,7 +10,7 @@ use crate::{
     cache::CacheSettings,
     domain::{Pepper, TokenFormat},
     grpc::{ExtAuthzSettings, IdentityHeaders},
-    service::{Builtins, Preset, Quotas, UsageSettings},
+    service::{Builtins, Preset, Quotas, RateLimiterSettings, UsageSettings},
     service::{HttpMapping, Route, default_methods},
     store::{RedisOptions, RedisTls},
     telemetry::TraceSettings,
@@ -66,6 +66,47 @@ pub struct Settings {
     pub log: LogSettings,
     /// Traces (OpenTelemetry, OTLP/gRPC).
     pub telemetry: TelemetrySettings,
+    /// Per-key rate limits: each replica's buckets.
+    pub rate_limit: RateLimitConfig,
+}
+
+/// `rate_limit.*`: how each replica keeps the per-key rate-limit buckets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// The part of every key's rate and burst each replica allows, more than 0 and at most 1
+    /// (1: each replica allows the whole limit; `1/N` for N replicas sharing the load evenly).
+    pub replica_share: f64,
+    /// Most keys with a bucket at once on a replica (1 to 10000000).
+    pub max_keys: u64,
+    /// A bucket unused this long is dropped and starts full again (1000 to 86400000).
+    pub idle_ttl_ms: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        let d = RateLimiterSettings::default();
+        RateLimitConfig { replica_share: d.share, max_keys: d.max_keys, idle_ttl_ms: d.idle_ttl.as_millis() as u64 }
+    }
+}
+
+impl RateLimitConfig {
+    fn validate(&self) -> Result<RateLimiterSettings, ConfigError> {
+        if !(self.replica_share > 0.0 && self.replica_share <= 1.0) {
+            return Err(bad("rate_limit.replica_share", "must be more than 0 and at most 1"));
+        }
+        if !(1..=10_000_000).contains(&self.max_keys) {
+            return Err(bad("rate_limit.max_keys", "must be between 1 and 10000000"));
+        }
+        if !(1_000..=86_400_000).contains(&self.idle_ttl_ms) {
+            return Err(bad("rate_limit.idle_ttl_ms", "must be between 1000 and 86400000"));
+        }
+        Ok(RateLimiterSettings {
+            share: self.replica_share,
+            max_keys: self.max_keys,
+            idle_ttl: std::time::Duration::from_millis(self.idle_ttl_ms),
+        })
+    }
 }
 
 /// `server.*`
@@ -306,12 +347,19 @@ pub struct LimitSettings {
     pub max_keys_per_tenant: usize,
     /// Most stored scopes per tenant.
     pub max_scopes_per_tenant: usize,
+    /// The maximum key lifetime of tenants with no stored policy (humantime, e.g. `90d`);
+    /// unset: none.
+    pub max_key_lifetime: Option<String>,
 }
 
 impl Default for LimitSettings {
     fn default() -> Self {
         let q = Quotas::default();
-        LimitSettings { max_keys_per_tenant: q.max_keys_per_tenant, max_scopes_per_tenant: q.max_scopes_per_tenant }
+        LimitSettings {
+            max_keys_per_tenant: q.max_keys_per_tenant,
+            max_scopes_per_tenant: q.max_scopes_per_tenant,
+            max_key_lifetime: None,
+        }
     }
 }
 
@@ -408,6 +456,9 @@ pub struct ExtAuthzConfig {
     pub identity_headers: IdentityHeaderConfig,
     /// Remove `authorization` and the API-key header before the request goes upstream.
     pub strip_credential: bool,
+    /// 0: a check's source address is the request's source as Envoy reports it; N (up to
+    /// 16): the Nth address from the right of `x-forwarded-for`.
+    pub trusted_proxy_hops: u32,
 }
 
 impl Default for ExtAuthzConfig {
@@ -419,6 +470,7 @@ impl Default for ExtAuthzConfig {
             methods: None,
             identity_headers: IdentityHeaderConfig::default(),
             strip_credential: false,
+            trusted_proxy_hops: 0,
         }
     }
 }
@@ -517,6 +569,7 @@ impl ExtAuthzConfig {
                 owner: i.owner.to_ascii_lowercase(),
             },
             strip_credential: self.strip_credential,
+            trusted_proxy_hops: self.trusted_proxy_hops,
         })
     }
 }
@@ -717,6 +770,10 @@ pub struct Validated {
     pub usage: UsageSettings,
     /// How many audit events each tenant keeps.
     pub audit_max_events: usize,
+    /// The default maximum key lifetime (`limits.max_key_lifetime`).
+    pub max_key_lifetime: Option<std::time::Duration>,
+    /// The rate limiter's settings (`rate_limit.*`).
+    pub rate_limiter: RateLimiterSettings,
 }
 
 impl RedisSettings {
@@ -841,6 +898,22 @@ impl Settings {
             negative_ttl: std::time::Duration::from_millis(c.negative_ttl_ms),
         };
         let ext_authz = self.ext_authz.validate()?;
+        if ext_authz.trusted_proxy_hops > 16 {
+            return Err(bad("ext_authz.trusted_proxy_hops", "must be between 0 and 16"));
+        }
+        let max_key_lifetime = match &self.limits.max_key_lifetime {
+            None => None,
+            Some(raw) => {
+                let d = humantime::parse_duration(raw).map_err(|e| {
+                    bad("limits.max_key_lifetime", format!("`{raw}` is not a duration like `90d`: {e}"))
+                })?;
+                Some(
+                    crate::domain::validate_max_key_lifetime("limits.max_key_lifetime", d)
+                        .map_err(|_| bad("limits.max_key_lifetime", "must be 1 second to 100 years"))?,
+                )
+            }
+        };
+        let rate_limiter = self.rate_limit.validate()?;
         let usage = self.usage.validate()?;
         let traces = self.telemetry.validate(|name| std::env::var(name).ok())?;
         let server = &self.server;
@@ -872,6 +945,8 @@ impl Settings {
             quotas,
             usage,
             audit_max_events,
+            max_key_lifetime,
+            rate_limiter,
         })
     }
 }
@@ -885,6 +960,33 @@ mod tests {
         let v = Settings::default().validate().expect("defaults are valid");
         assert!(v.dev_pepper);
         assert_eq!(v.grpc_addr.port(), 50051);
+    }
+
+    #[test]
+    fn key_policy_settings_are_checked() {
+        let mut s = Settings::default();
+        s.limits.max_key_lifetime = Some("90d".into());
+        s.ext_authz.trusted_proxy_hops = 2;
+        s.rate_limit.replica_share = 0.25;
+        let v = s.validate().expect("valid");
+        assert_eq!(v.max_key_lifetime, Some(std::time::Duration::from_secs(90 * 86_400)));
+        assert_eq!(v.ext_authz.trusted_proxy_hops, 2);
+        assert_eq!(v.rate_limiter.share, 0.25);
+        let named = |s: Settings| s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let mut s = Settings::default();
+        s.limits.max_key_lifetime = Some("soon".into());
+        assert!(named(s).starts_with("config: limits.max_key_lifetime:"));
+        let mut s = Settings::default();
+        s.limits.max_key_lifetime = Some("0s".into());
+        assert!(named(s).starts_with("config: limits.max_key_lifetime:"));
+        let mut s = Settings::default();
+        s.ext_authz.trusted_proxy_hops = 17;
+        assert!(named(s).starts_with("config: ext_authz.trusted_proxy_hops:"));
+        for share in [0.0, 1.5, f64::NAN] {
+            let mut s = Settings::default();
+            s.rate_limit.replica_share = share;
+            assert!(named(s).starts_with("config: rate_limit.replica_share:"), "{share}");
+        }
     }
 
     #[test]

@@ -290,7 +290,9 @@ pub async fn build(validated: &crate::config::Validated) -> Result<Built, StartE
     let core = Keyscope::new(store, validated.builtins.clone(), validated.tokens.clone(), validated.pepper.clone())
         .with_quotas(validated.quotas)
         .with_usage(validated.usage)
-        .with_audit_retention(validated.audit_max_events);
+        .with_audit_retention(validated.audit_max_events)
+        .with_max_key_lifetime(validated.max_key_lifetime)
+        .with_rate_limiter(validated.rate_limiter);
     Ok(Built { core: Arc::new(core), metrics, cache, feed })
 }
 

@@ -33,6 +33,7 @@ fn check_request(token: &str, tenant: &str, module: &str, action: pb::Action) ->
         module: module.into(),
         action: action.into(),
         explain: true,
+        source_address: Default::default(),
     }
 }
 
@@ -205,6 +206,7 @@ async fn key_pair_credential_of_key_id_and_last_token_part_is_accepted() {
         module: "courses".into(),
         action: pb::Action::Read.into(),
         explain: false,
+        source_address: Default::default(),
     };
     let response = server.checker().check(pair(secret_part(&token))).await.expect("check").into_inner();
     assert_reason(&response, pb::Reason::Ok);
@@ -238,6 +240,7 @@ async fn batch_check_answers_each_item_in_request_order() {
             tenant: ACME.into(),
             items: items.iter().map(|(m, a, _)| pb::CheckItem { module: (*m).into(), action: (*a).into() }).collect(),
             explain: true,
+            source_address: Default::default(),
         })
         .await
         .expect("batch check")
@@ -257,6 +260,7 @@ async fn batch_check_answers_each_item_in_request_order() {
             tenant: String::new(),
             items: vec![pb::CheckItem { module: "a".into(), action: pb::Action::Read.into() }; 3],
             explain: false,
+            source_address: Default::default(),
         })
         .await
         .expect("batch check")
@@ -1238,6 +1242,7 @@ async fn batch_check_rejects_bad_items_naming_them() {
         tenant: String::new(),
         items,
         explain: false,
+        source_address: Default::default(),
     };
     assert_status(server.checker().batch_check(batch(vec![])).await, Code::InvalidArgument, "items");
     assert_status(server.checker().batch_check(batch(vec![item("a"); 129])).await, Code::ResourceExhausted, "items");

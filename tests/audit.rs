@@ -113,6 +113,8 @@ async fn every_admin_call_records_one_event_and_no_secret() {
         scope_ids: vec![website.id.clone()],
         expires_at: None,
         metadata: HashMap::new(),
+        allowed_cidrs: Default::default(),
+        rate_limit: Default::default(),
     };
     let created = keys.create_key(with_id(create, "create-key")).await.expect("create key").into_inner();
     tokens.push(created.token.clone());
@@ -127,6 +129,8 @@ async fn every_admin_call_records_one_event_and_no_secret() {
         scope_ids: vec![website.id.clone(), copy.id.clone()],
         expires_at: None,
         metadata: HashMap::new(),
+        allowed_cidrs: Default::default(),
+        rate_limit: Default::default(),
     };
     let key = keys.update_key(with_id(update, "update-key")).await.expect("update key").into_inner();
     let key = keys.disable_key(with_id(state_request(&key.id, 0), "disable")).await.expect("disable").into_inner();

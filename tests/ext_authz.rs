@@ -244,6 +244,7 @@ async fn the_route_table_maps_paths_by_longest_prefix_and_context_extensions_win
         mapping: HttpMapping::new("x-api-key", routes, false, default_methods()),
         identity: IdentityHeaders::default(),
         strip_credential: true,
+        trusted_proxy_hops: Default::default(),
     };
     let server = TestServer::start_with_ext_authz(settings).await;
     let scope = server.scope(ACME, "billing only", pb::ScopeMode::Allow, common::read_rules(&["billing"])).await;

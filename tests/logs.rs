@@ -80,6 +80,7 @@ fn batch_check(addr: &str, token: &str) -> Vec<pb::CheckResponse> {
             tenant: "acme".into(),
             items,
             explain: true,
+            source_address: Default::default(),
         };
         client.batch_check(request).await.expect("batch check").into_inner().results
     })

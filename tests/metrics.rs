@@ -72,6 +72,7 @@ async fn counters_follow_known_traffic() {
             pb::CheckItem { module: "courses".into(), action: pb::Action::Create.into() },
         ],
         explain: false,
+        source_address: Default::default(),
     };
     server.checker().batch_check(batch).await.expect("batch");
 

@@ -118,6 +118,7 @@ async fn sigterm_under_load_answers_every_accepted_check_and_flushes_spans() {
                     module: "courses".into(),
                     action: pb::Action::Read.into(),
                     explain: false,
+                    source_address: Default::default(),
                 };
                 match checker.check(request).await {
                     Ok(answer) => {

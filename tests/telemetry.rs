@@ -169,6 +169,7 @@ fn check(token: &str, module: &str, action: pb::Action) -> pb::CheckRequest {
         module: module.into(),
         action: action.into(),
         explain: false,
+        source_address: Default::default(),
     }
 }
 
@@ -245,6 +246,7 @@ async fn spans_of_checks_batches_ext_authz_and_admin_calls_reach_the_collector()
             pb::CheckItem { module: "courses".into(), action: pb::Action::Update.into() },
         ],
         explain: false,
+        source_address: Default::default(),
     };
     checker.batch_check(with_traceparent(batch, &traceparent(t2, p2))).await.expect("batch");
     let mut envoy_client = AuthorizationClient::new(channel.clone());

@@ -72,6 +72,7 @@ async fn check_in_tenant(server: &TestServer, token: &str, tenant: &str) -> pb::
         module: "courses".into(),
         action: pb::Action::Read.into(),
         explain: false,
+        source_address: Default::default(),
     };
     server.checker().check(request).await.expect("check").into_inner()
 }
@@ -137,6 +138,7 @@ async fn known_traffic_is_counted_exactly_and_only_verified_uses_count() {
         module: "courses".into(),
         action: pb::Action::Read.into(),
         explain: false,
+        source_address: Default::default(),
     };
     assert!(!server.checker().check(request).await.expect("check").into_inner().allowed);
     // A batch counts each item: 2 allowed, 2 denied.
@@ -151,6 +153,7 @@ async fn known_traffic_is_counted_exactly_and_only_verified_uses_count() {
             item("billing", pb::Action::Read),
         ],
         explain: false,
+        source_address: Default::default(),
     };
     let results = server.checker().batch_check(batch).await.expect("batch").into_inner().results;
     assert_eq!(results.iter().filter(|r| r.allowed).count(), 2);

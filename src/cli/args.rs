@@ -65,6 +65,55 @@ pub enum Command {
     Check(CheckArgs),
     /// Read the audit log of admin changes, newest first.
     Audit(AuditArgs),
+    /// Administer tenant settings.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+/// `keyscope tenant ...`
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// A tenant's key policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `keyscope tenant policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Show the tenant's key policy (the configured default when none is stored).
+    Get {
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
+    /// Set the tenant's maximum key lifetime; existing keys keep their expiry.
+    Set {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// Longest a key may live, e.g. `90d`.
+        #[arg(long, value_name = "DURATION", required_unless_present = "no_max_key_lifetime")]
+        max_key_lifetime: Option<String>,
+        /// Remove the maximum: keys may live for ever.
+        #[arg(long, conflicts_with = "max_key_lifetime")]
+        no_max_key_lifetime: bool,
+        /// Only if the policy is still at this version (0: any).
+        #[arg(long, default_value_t = 0)]
+        version: u64,
+    },
+}
+
+/// Source networks and rate limit, as typed.
+#[derive(Debug, Args, Clone, Default)]
+pub struct KeyPolicyArgs {
+    /// Allowed source CIDR or address (repeat or comma-separate).
+    #[arg(long = "allow-cidr", value_name = "CIDR", value_delimiter = ',')]
+    pub allowed_cidrs: Vec<String>,
+    /// Rate limit in requests per second (with --burst).
+    #[arg(long, value_name = "PER_SECOND", requires = "burst")]
+    pub rate: Option<f64>,
+    /// Rate limit burst (with --rate).
+    #[arg(long, requires = "rate")]
+    pub burst: Option<u32>,
 }
 
 /// `keyscope audit ...`
@@ -165,6 +214,8 @@ pub enum KeyCommand {
         /// Metadata entry KEY=VALUE (repeatable).
         #[arg(long = "meta", value_name = "KEY=VALUE")]
         metadata: Vec<String>,
+        #[command(flatten)]
+        policy: KeyPolicyArgs,
     },
     /// Show one key.
     Get {
@@ -234,6 +285,14 @@ pub enum KeyCommand {
         /// Remove all metadata.
         #[arg(long, conflicts_with = "metadata")]
         clear_metadata: bool,
+        #[command(flatten)]
+        policy: KeyPolicyArgs,
+        /// Remove the source networks: any source again.
+        #[arg(long, conflicts_with = "allowed_cidrs")]
+        clear_cidrs: bool,
+        /// Remove the rate limit.
+        #[arg(long, conflicts_with = "rate")]
+        no_rate_limit: bool,
     },
     /// Disable a key (reversible).
     Disable(KeyStateArgs),
@@ -241,6 +300,19 @@ pub enum KeyCommand {
     Enable(KeyStateArgs),
     /// Revoke a key for good.
     Revoke(KeyStateArgs),
+    /// Issue a new secret for a key; the new token is printed once.
+    Rotate {
+        /// Key id.
+        id: String,
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// How long the old secret stays valid, e.g. `1h` (default 0: it dies at once; at most 30d).
+        #[arg(long, value_name = "DURATION", default_value = "0s")]
+        grace: String,
+        /// Only if the key is still at this version (0: any).
+        #[arg(long, default_value_t = 0)]
+        version: u64,
+    },
 }
 
 /// Arguments of disable, enable and revoke.
@@ -409,4 +481,7 @@ pub struct CheckArgs {
     /// The token's last part, with --key-id.
     #[arg(long, requires = "key_id", env = "KEYSCOPE_CHECK_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// The source address to check from (IPv4 or IPv6).
+    #[arg(long, value_name = "IP", default_value = "")]
+    pub source: String,
 }

@@ -51,7 +51,35 @@ pub fn key_json(key: &pb::Key) -> Value {
         "version": key.version,
         "created_at": time(key.created_at.as_ref()),
         "last_used_at": time(key.last_used_at.as_ref()),
+        "allowed_cidrs": key.allowed_cidrs,
+        "rate_limit": key.rate_limit.as_ref().map(|r| json!({"requests_per_second": r.requests_per_second, "burst": r.burst})),
+        "previous_secret_expires_at": time(key.previous_secret_expires_at.as_ref()),
+        "rotated_at": time(key.rotated_at.as_ref()),
     })
+}
+
+fn duration_text(d: Option<&prost_types::Duration>) -> Option<String> {
+    let d = convert::duration("", d).ok().flatten()?;
+    Some(humantime::format_duration(d).to_string())
+}
+
+/// A tenant policy as JSON.
+pub fn policy_json(policy: &pb::TenantPolicy) -> Value {
+    json!({
+        "tenant": policy.tenant,
+        "max_key_lifetime": duration_text(policy.max_key_lifetime.as_ref()),
+        "version": policy.version,
+    })
+}
+
+/// A tenant policy as aligned lines.
+pub fn policy_text(policy: &pb::TenantPolicy) -> String {
+    let lines = [
+        ("tenant", policy.tenant.clone()),
+        ("max key lifetime", duration_text(policy.max_key_lifetime.as_ref()).unwrap_or_else(|| "none".into())),
+        ("version", policy.version.to_string()),
+    ];
+    lines.iter().map(|(k, v)| format!("{k:<18}{v}\n")).collect()
 }
 
 /// A key as aligned lines.
@@ -71,7 +99,22 @@ pub fn key_text(key: &pb::Key) -> String {
         ("created", time(key.created_at.as_ref()).unwrap_or_default()),
         ("last used", time(key.last_used_at.as_ref()).unwrap_or_else(|| "never".into())),
     ];
-    aligned(&lines)
+    let mut text = aligned(&lines);
+    let mut extra = Vec::new();
+    if !key.allowed_cidrs.is_empty() {
+        extra.push(("sources", key.allowed_cidrs.join(", ")));
+    }
+    if let Some(r) = &key.rate_limit {
+        extra.push(("rate limit", format!("{}/s, burst {}", r.requests_per_second, r.burst)));
+    }
+    if let Some(at) = time(key.rotated_at.as_ref()) {
+        extra.push(("rotated", at));
+    }
+    if let Some(at) = time(key.previous_secret_expires_at.as_ref()) {
+        extra.push(("old secret", format!("valid until {at}")));
+    }
+    text.push_str(&aligned(&extra));
+    text
 }
 
 fn aligned(lines: &[(&str, String)]) -> String {
@@ -123,6 +166,7 @@ pub fn answer_json(answer: &pb::CheckResponse) -> Value {
         "owner": answer.owner,
         "scope_ids": answer.scope_ids,
         "message": answer.message,
+        "retry_after_ms": convert::duration("", answer.retry_after.as_ref()).ok().flatten().map(|d| d.as_millis() as u64),
     })
 }
 
@@ -133,6 +177,9 @@ pub fn answer_text(answer: &pb::CheckResponse) -> String {
     if !answer.message.is_empty() {
         line.push_str(": ");
         line.push_str(&answer.message);
+    }
+    if let Some(wait) = duration_text(answer.retry_after.as_ref()) {
+        line.push_str(&format!(" (retry after {wait})"));
     }
     line.push('\n');
     line

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use super::{
     args::{
-        AuditArgs, CheckArgs, Cli, Command, KeyCommand, KeyStateArgs, ModeArg, PageArgs, RuleArgs, ScopeCommand,
-        StateArg, TokenCommand,
+        AuditArgs, CheckArgs, Cli, Command, KeyCommand, KeyPolicyArgs, KeyStateArgs, ModeArg, PageArgs, PolicyCommand,
+        RuleArgs, ScopeCommand, StateArg, TenantCommand, TokenCommand,
     },
     client::{CliError, Connection},
     output,
@@ -78,7 +78,40 @@ async fn execute(cli: Cli) -> Result<Output, CliError> {
             let conn = Connection::open(&server, &tls, token.as_deref()).await?;
             audit(&conn, args).await
         }
+        Command::Tenant(TenantCommand::Policy(cmd)) => {
+            let conn = Connection::open(&server, &tls, token.as_deref()).await?;
+            policy(&conn, cmd).await
+        }
     }
+}
+
+fn humantime_duration(flag: &str, raw: &str) -> Result<prost_types::Duration, CliError> {
+    let d = humantime::parse_duration(raw).map_err(|e| CliError::Usage(format!("{flag} `{raw}`: {e}")))?;
+    Ok(crate::grpc::convert::duration_to_pb(d))
+}
+
+fn rate_limit(policy: &KeyPolicyArgs) -> Option<pb::RateLimit> {
+    match (policy.rate, policy.burst) {
+        (Some(requests_per_second), Some(burst)) => Some(pb::RateLimit { requests_per_second, burst }),
+        _ => None,
+    }
+}
+
+async fn policy(conn: &Connection, cmd: PolicyCommand) -> Result<Output, CliError> {
+    let mut client = conn.keys();
+    let policy = match cmd {
+        PolicyCommand::Get { tenant } => {
+            client.get_tenant_policy(pb::GetTenantPolicyRequest { tenant: tenant.tenant }).await?.into_inner()
+        }
+        PolicyCommand::Set { tenant, max_key_lifetime, no_max_key_lifetime: _, version } => {
+            let max_key_lifetime =
+                max_key_lifetime.map(|raw| humantime_duration("--max-key-lifetime", &raw)).transpose()?;
+            let request =
+                pb::SetTenantPolicyRequest { tenant: tenant.tenant, max_key_lifetime, expected_version: version };
+            client.set_tenant_policy(request).await?.into_inner()
+        }
+    };
+    Ok(Output::new(output::policy_text(&policy), output::policy_json(&policy)))
 }
 
 /// Lists audit events newest first, following page tokens until `--limit` events are found.
@@ -131,7 +164,7 @@ fn action(raw: &str) -> Result<i32, CliError> {
 }
 
 async fn check(conn: &Connection, args: CheckArgs, token: Option<String>) -> Result<Output, CliError> {
-    let CheckArgs { module, action: raw_action, tenant, credential, key_id, secret } = args;
+    let CheckArgs { module, action: raw_action, tenant, credential, key_id, secret, source } = args;
     let credential = match (credential.or(token), key_id, secret) {
         (_, Some(key_id), Some(secret)) => pb::check_request::Credential::KeyPair(pb::KeyPair { key_id, secret }),
         (Some(token), _, _) => pb::check_request::Credential::Token(token),
@@ -141,8 +174,14 @@ async fn check(conn: &Connection, args: CheckArgs, token: Option<String>) -> Res
             ));
         }
     };
-    let request =
-        pb::CheckRequest { credential: Some(credential), tenant, module, action: action(&raw_action)?, explain: true };
+    let request = pb::CheckRequest {
+        credential: Some(credential),
+        tenant,
+        module,
+        action: action(&raw_action)?,
+        explain: true,
+        source_address: source,
+    };
     let answer = conn.checker().check(request).await?.into_inner();
     Ok(Output { text: output::answer_text(&answer), json: output::answer_json(&answer), denied: !answer.allowed })
 }
@@ -189,6 +228,16 @@ fn key_output(key: &pb::Key) -> Output {
     Output::new(output::key_text(key), output::key_json(key))
 }
 
+/// A key with its token, printed once.
+fn token_output(response: pb::CreateKeyResponse) -> Output {
+    let key = response.key.unwrap_or_default();
+    let text =
+        format!("{}token       {}\n            (shown once: store it now)\n", output::key_text(&key), response.token);
+    let mut json = output::key_json(&key);
+    json["token"] = Value::String(response.token);
+    Output::new(text, json)
+}
+
 fn state_request(args: KeyStateArgs) -> pb::KeyStateRequest {
     pb::KeyStateRequest { tenant: args.tenant.tenant, id: args.id, version: args.version }
 }
@@ -196,7 +245,7 @@ fn state_request(args: KeyStateArgs) -> pb::KeyStateRequest {
 async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
     let mut client = conn.keys();
     let key = match cmd {
-        KeyCommand::Create { tenant, scopes, description, owner, expiry, metadata: meta } => {
+        KeyCommand::Create { tenant, scopes, description, owner, expiry, metadata: meta, policy } => {
             let request = pb::CreateKeyRequest {
                 tenant: tenant.tenant,
                 description,
@@ -205,17 +254,17 @@ async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
                 expires_at: output::parse_expiry(expiry.expires_at.as_deref(), expiry.expires_in.as_deref())
                     .map_err(CliError::Usage)?,
                 metadata: metadata(&meta)?,
+                rate_limit: rate_limit(&policy),
+                allowed_cidrs: policy.allowed_cidrs,
             };
             let response = client.create_key(request).await?.into_inner();
-            let key = response.key.unwrap_or_default();
-            let text = format!(
-                "{}token       {}\n            (shown once: store it now)\n",
-                output::key_text(&key),
-                response.token
-            );
-            let mut json = output::key_json(&key);
-            json["token"] = Value::String(response.token);
-            return Ok(Output::new(text, json));
+            return Ok(token_output(response));
+        }
+        KeyCommand::Rotate { id, tenant, grace, version } => {
+            let grace = Some(humantime_duration("--grace", &grace)?);
+            let request = pb::RotateKeyRequest { tenant: tenant.tenant, id, grace, expected_version: version };
+            let response = client.rotate_key(request).await?.into_inner();
+            return Ok(token_output(response));
         }
         KeyCommand::Get { id, tenant } => client.get_key(pb::GetKeyRequest { tenant: tenant.tenant, id }).await?,
         KeyCommand::Usage { id, tenant, start, end } => {
@@ -262,6 +311,9 @@ async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
             no_expiry,
             metadata: meta,
             clear_metadata,
+            policy,
+            clear_cidrs,
+            no_rate_limit,
         } => {
             let mut paths = Vec::new();
             let mut request = pb::UpdateKeyRequest { tenant: tenant.tenant, id, version, ..Default::default() };
@@ -286,6 +338,14 @@ async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
             if !meta.is_empty() || clear_metadata {
                 paths.push("metadata");
                 request.metadata = metadata(&meta)?;
+            }
+            if !policy.allowed_cidrs.is_empty() || clear_cidrs {
+                paths.push("allowed_cidrs");
+                request.allowed_cidrs = policy.allowed_cidrs.clone();
+            }
+            if policy.rate.is_some() || no_rate_limit {
+                paths.push("rate_limit");
+                request.rate_limit = rate_limit(&policy);
             }
             if paths.is_empty() {
                 return Err(CliError::Usage("nothing to change: give at least one field flag".into()));

@@ -36,11 +36,15 @@ pub enum AuditOperation {
     CloneScope,
     /// A scope was deleted (forced: removed from the keys holding it).
     DeleteScope,
+    /// A key's secret was rotated (the event gives the grace period, never a secret).
+    RotateKey,
+    /// A tenant's policy (maximum key lifetime) was set.
+    SetTenantPolicy,
 }
 
 impl AuditOperation {
     /// Every operation, in wire order.
-    pub const ALL: [AuditOperation; 9] = [
+    pub const ALL: [AuditOperation; 11] = [
         AuditOperation::CreateKey,
         AuditOperation::UpdateKey,
         AuditOperation::DisableKey,
@@ -50,6 +54,8 @@ impl AuditOperation {
         AuditOperation::UpdateScope,
         AuditOperation::CloneScope,
         AuditOperation::DeleteScope,
+        AuditOperation::RotateKey,
+        AuditOperation::SetTenantPolicy,
     ];
 
     /// The stored and printed name, e.g. `create_key`.
@@ -64,6 +70,8 @@ impl AuditOperation {
             AuditOperation::UpdateScope => "update_scope",
             AuditOperation::CloneScope => "clone_scope",
             AuditOperation::DeleteScope => "delete_scope",
+            AuditOperation::RotateKey => "rotate_key",
+            AuditOperation::SetTenantPolicy => "set_tenant_policy",
         }
     }
 }
@@ -126,6 +134,8 @@ pub enum AuditTarget {
     Key(KeyId),
     /// A stored scope.
     Scope(ScopeId),
+    /// A tenant's own settings (its policy).
+    Tenant(Tenant),
 }
 
 impl AuditTarget {
@@ -134,6 +144,7 @@ impl AuditTarget {
         match self {
             AuditTarget::Key(_) => "key",
             AuditTarget::Scope(_) => "scope",
+            AuditTarget::Tenant(_) => "tenant",
         }
     }
 
@@ -142,6 +153,7 @@ impl AuditTarget {
         match self {
             AuditTarget::Key(id) => id.as_str(),
             AuditTarget::Scope(id) => id.as_str(),
+            AuditTarget::Tenant(tenant) => tenant.as_str(),
         }
     }
 
@@ -150,6 +162,7 @@ impl AuditTarget {
         match kind {
             "key" => id.parse().ok().map(AuditTarget::Key),
             "scope" => id.parse().ok().map(AuditTarget::Scope),
+            "tenant" => id.parse().ok().map(AuditTarget::Tenant),
             _ => None,
         }
     }

@@ -32,6 +32,11 @@ pub enum Reason {
     DeniedByScope,
     /// No scope grants the module.
     NotGranted,
+    /// The key allows only some source networks and the request came from none of them (or
+    /// gave no source address).
+    SourceNotAllowed,
+    /// The key's rate limit is reached.
+    RateLimited,
 }
 
 impl Reason {
@@ -48,6 +53,8 @@ impl Reason {
             Reason::NoScope => "NO_SCOPE",
             Reason::DeniedByScope => "DENIED_BY_SCOPE",
             Reason::NotGranted => "NOT_GRANTED",
+            Reason::SourceNotAllowed => "SOURCE_NOT_ALLOWED",
+            Reason::RateLimited => "RATE_LIMITED",
         }
     }
 }

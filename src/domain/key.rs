@@ -2,6 +2,8 @@
 
 use std::{collections::BTreeMap, time::SystemTime};
 
+use ipnet::IpNet;
+
 use super::{
     decision::Reason,
     error::InputError,
@@ -64,6 +66,64 @@ pub struct Key {
     pub last_used_at: Option<SystemTime>,
     /// HMAC-SHA256 of the secret under the server's pepper.
     pub secret_hash: SecretHash,
+    /// The secret before the last rotation, while its grace period lasts (or lasted: it is
+    /// compared with the time of each check, and a later rotation replaces it).
+    pub previous_secret: Option<PreviousSecret>,
+    /// When the secret was last rotated.
+    pub rotated_at: Option<SystemTime>,
+    /// The source networks checks may come from; empty: any source.
+    pub allowed_cidrs: Vec<IpNet>,
+    /// The most checks allowed per second, with a burst; `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A rotated-out secret, still accepted until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// Its keyed hash.
+    pub hash: SecretHash,
+    /// From this instant it is no longer accepted.
+    pub expires_at: SystemTime,
+}
+
+impl Key {
+    /// The previous secret's hash if it is still accepted at `now`.
+    pub fn previous_hash_at(&self, now: SystemTime) -> Option<&SecretHash> {
+        self.previous_secret.as_ref().filter(|p| now < p.expires_at).map(|p| &p.hash)
+    }
+}
+
+/// A key's rate limit: `requests_per_second` sustained, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained rate, `0 < r <= 1e6`.
+    pub requests_per_second: f64,
+    /// Checks allowed at once after a quiet period, 1 to 1e6.
+    pub burst: u32,
+}
+
+// A validated rate is finite and positive, so equality is total.
+impl Eq for RateLimit {}
+
+impl RateLimit {
+    /// A rate limit within the documented bounds, naming `field.requests_per_second` or
+    /// `field.burst` otherwise.
+    pub fn new(field: &str, requests_per_second: f64, burst: u32) -> Result<RateLimit, InputError> {
+        let max = limits::RATE_LIMIT_MAX as f64;
+        if !(requests_per_second.is_finite() && requests_per_second > 0.0 && requests_per_second <= max) {
+            return Err(InputError::invalid(
+                format!("{field}.requests_per_second"),
+                format!("must be more than 0 and at most {}", limits::RATE_LIMIT_MAX),
+            ));
+        }
+        if burst == 0 || burst > limits::RATE_LIMIT_MAX {
+            return Err(InputError::invalid(
+                format!("{field}.burst"),
+                format!("must be 1 to {}", limits::RATE_LIMIT_MAX),
+            ));
+        }
+        Ok(RateLimit { requests_per_second, burst })
+    }
 }
 
 /// The state checks of SPEC section 2, in order, once the secret is verified:
@@ -168,6 +228,10 @@ mod tests {
             updated_at: SystemTime::UNIX_EPOCH,
             last_used_at: None,
             secret_hash: SecretHash::from_bytes([0; 32]),
+            previous_secret: None,
+            rotated_at: None,
+            allowed_cidrs: Vec::new(),
+            rate_limit: None,
         }
     }
 

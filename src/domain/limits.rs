@@ -38,3 +38,9 @@ pub const PAGE_SIZE_MAX: usize = 500;
 pub const PAGE_TOKEN_MAX: usize = 128;
 /// Largest gRPC request message, in bytes.
 pub const MESSAGE_MAX_BYTES: usize = 256 * 1024;
+/// Most source networks on one key.
+pub const CIDRS_PER_KEY_MAX: usize = 32;
+/// Largest rate (requests per second) and burst of a key's rate limit.
+pub const RATE_LIMIT_MAX: u32 = 1_000_000;
+/// Longest grace period of a rotation: 30 days.
+pub const ROTATION_GRACE_MAX_SECS: u64 = 30 * 24 * 3600;

@@ -13,6 +13,8 @@ mod error;
 mod ids;
 mod key;
 pub mod limits;
+mod network;
+mod policy;
 mod scope;
 mod token;
 
@@ -27,5 +29,8 @@ pub use ids::{KeyId, Label, Module, Pattern, ScopeId, Tenant, shorten as shorten
 pub use key::{
     Key, KeyState, Metadata, key_status, validate_description, validate_metadata, validate_owner, validate_scope_ids,
 };
+pub use key::{PreviousSecret, RateLimit};
+pub use network::{canonical as canonical_address, parse_cidrs, parse_source_address, source_allowed};
+pub use policy::{MAX_KEY_LIFETIME_LIMIT, TenantPolicy, check_key_lifetime, validate_max_key_lifetime};
 pub use scope::{Rules, Scope, ScopeMode};
 pub use token::{Malformed, Pepper, RandomError, Secret, SecretHash, Token, TokenFormat};

@@ -228,6 +228,21 @@ impl Pepper {
         let equal: bool = computed.0.ct_eq(&against.0).into();
         equal & known
     }
+
+    /// Whether `token` matches `current` or, during a rotation's grace period, `previous`, in
+    /// constant time: the token is hashed once and compared with both (with the decoy where
+    /// one is missing), with no early exit, so neither the timing nor the answer tells which
+    /// secret matched.
+    pub fn verify_rotated(&self, token: &Token, current: Option<&SecretHash>, previous: Option<&SecretHash>) -> bool {
+        let computed = self.hash(&token.key_id, &token.secret);
+        let side = |stored: Option<&SecretHash>| {
+            let against = stored.unwrap_or(&self.decoy);
+            computed.0.ct_eq(&against.0) & subtle::Choice::from(u8::from(stored.is_some()))
+        };
+        let now = side(current);
+        let before = side(previous);
+        (now | before).into()
+    }
 }
 
 #[cfg(test)]
@@ -293,6 +308,12 @@ mod tests {
         assert!(pepper.verify(&good, Some(&stored)));
         assert!(!pepper.verify(&bad, Some(&stored)));
         assert!(!pepper.verify(&good, None));
+        let other_hash = SecretHash([7; 32]);
+        assert!(pepper.verify_rotated(&good, Some(&other_hash), Some(&stored)));
+        assert!(pepper.verify_rotated(&good, Some(&stored), Some(&other_hash)));
+        assert!(!pepper.verify_rotated(&bad, Some(&stored), Some(&stored)));
+        assert!(!pepper.verify_rotated(&good, None, None));
+        assert!(!pepper.verify_rotated(&good, Some(&other_hash), None));
         let other = Pepper::new(b"another pepper value").expect("pepper");
         assert!(!other.verify(&good, Some(&stored)));
     }

@@ -9,7 +9,7 @@ use super::{
     pb::{self, batch_check_request, check_request},
 };
 use crate::{
-    domain::{InputError, Module, Tenant, limits, parse_field},
+    domain::{InputError, Module, Tenant, limits, parse_field, parse_source_address},
     service::{CheckAnswer, Keyscope, Presented},
     telemetry::{CheckPath, CheckTracer, Metrics, propagation, spans},
 };
@@ -43,6 +43,11 @@ fn pair(pair: pb::KeyPair) -> Presented {
 
 fn tenant(raw: &str) -> Result<Option<Tenant>, InputError> {
     if raw.is_empty() { Ok(None) } else { parse_field("tenant", raw).map(Some) }
+}
+
+/// The optional source address of a check (empty: not given).
+fn source(raw: &str) -> Result<Option<std::net::IpAddr>, InputError> {
+    if raw.is_empty() { Ok(None) } else { parse_source_address("source_address", raw).map(Some) }
 }
 
 #[tonic::async_trait]
@@ -88,19 +93,20 @@ impl pb::checker_server::Checker for CheckerService {
 
 impl CheckerService {
     async fn answer(&self, request: pb::CheckRequest) -> Result<CheckAnswer, Status> {
-        let pb::CheckRequest { credential, tenant: raw_tenant, module, action, explain } = request;
+        let pb::CheckRequest { credential, tenant: raw_tenant, module, action, explain, source_address } = request;
         let module: Module = convert::required("module", &module)?;
         let action = convert::action("action", action)?;
         let tenant = tenant(&raw_tenant)?;
+        let source = source(&source_address)?;
         let presented = match credential.ok_or_else(missing_credential)? {
             check_request::Credential::Token(token) => Presented::Token(token),
             check_request::Credential::KeyPair(p) => pair(p),
         };
-        Ok(self.core.check(&presented, tenant.as_ref(), &module, action, explain).await?)
+        Ok(self.core.check_from(&presented, tenant.as_ref(), source, &module, action, explain).await?)
     }
 
     async fn answer_batch(&self, request: pb::BatchCheckRequest) -> Result<Vec<CheckAnswer>, Status> {
-        let pb::BatchCheckRequest { credential, tenant: raw_tenant, items, explain } = request;
+        let pb::BatchCheckRequest { credential, tenant: raw_tenant, items, explain, source_address } = request;
         if items.is_empty() {
             return Err(InputError::invalid("items", "at least one item is required").into());
         }
@@ -114,10 +120,11 @@ impl CheckerService {
             })
             .collect::<Result<Vec<_>, InputError>>()?;
         let tenant = tenant(&raw_tenant)?;
+        let source = source(&source_address)?;
         let presented = match credential.ok_or_else(missing_credential)? {
             batch_check_request::Credential::Token(token) => Presented::Token(token),
             batch_check_request::Credential::KeyPair(p) => pair(p),
         };
-        Ok(self.core.batch_check(&presented, tenant.as_ref(), &items, explain).await?)
+        Ok(self.core.batch_check_from(&presented, tenant.as_ref(), source, &items, explain).await?)
     }
 }

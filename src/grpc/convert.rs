@@ -12,8 +12,8 @@ use prost_types::Timestamp;
 use super::pb;
 use crate::{
     domain::{
-        Action, AuditEvent, AuditOperation, InputError, Key, KeyId, KeyState, Metadata, Problem, Reason, Rules, Scope,
-        ScopeId, ScopeMode, limits, parse_field, validate_metadata,
+        Action, AuditEvent, AuditOperation, InputError, Key, KeyId, KeyState, Metadata, Problem, RateLimit, Reason,
+        Rules, Scope, ScopeId, ScopeMode, TenantPolicy, limits, parse_field, validate_metadata,
     },
     service::{CheckAnswer, KeyUsage},
 };
@@ -84,6 +84,8 @@ pub fn reason_to_pb(reason: Reason) -> pb::Reason {
         Reason::NoScope => pb::Reason::NoScope,
         Reason::DeniedByScope => pb::Reason::DeniedByScope,
         Reason::NotGranted => pb::Reason::NotGranted,
+        Reason::SourceNotAllowed => pb::Reason::SourceNotAllowed,
+        Reason::RateLimited => pb::Reason::RateLimited,
     }
 }
 
@@ -146,6 +148,45 @@ pub fn key_to_pb(key: &Key) -> pb::Key {
         version: key.version,
         created_at: Some(timestamp_to_pb(key.created_at)),
         last_used_at: key.last_used_at.map(timestamp_to_pb),
+        allowed_cidrs: key.allowed_cidrs.iter().map(ToString::to_string).collect(),
+        rate_limit: key.rate_limit.map(rate_limit_to_pb),
+        previous_secret_expires_at: key.previous_secret.as_ref().map(|p| timestamp_to_pb(p.expires_at)),
+        rotated_at: key.rotated_at.map(timestamp_to_pb),
+    }
+}
+
+/// The wire form of a rate limit.
+pub fn rate_limit_to_pb(limit: RateLimit) -> pb::RateLimit {
+    pb::RateLimit { requests_per_second: limit.requests_per_second, burst: limit.burst }
+}
+
+/// An optional rate limit from the wire, within its bounds.
+pub fn rate_limit(field: &str, raw: Option<&pb::RateLimit>) -> Result<Option<RateLimit>, InputError> {
+    raw.map(|r| RateLimit::new(field, r.requests_per_second, r.burst)).transpose()
+}
+
+/// An optional duration from the wire (unset: `None`), not negative.
+pub fn duration(field: &str, raw: Option<&prost_types::Duration>) -> Result<Option<Duration>, InputError> {
+    let Some(d) = raw else { return Ok(None) };
+    let seconds = u64::try_from(d.seconds).ok();
+    let nanos = u32::try_from(d.nanos).ok().filter(|&n| n < 1_000_000_000);
+    match (seconds, nanos) {
+        (Some(s), Some(n)) => Ok(Some(Duration::new(s, n))),
+        _ => Err(InputError::invalid(field, "must be a valid, non-negative duration")),
+    }
+}
+
+/// The wire form of a duration.
+pub fn duration_to_pb(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() as i32 }
+}
+
+/// The wire form of a tenant policy.
+pub fn policy_to_pb(policy: &TenantPolicy) -> pb::TenantPolicy {
+    pb::TenantPolicy {
+        tenant: policy.tenant.to_string(),
+        max_key_lifetime: policy.max_key_lifetime.map(duration_to_pb),
+        version: policy.version,
     }
 }
 
@@ -185,7 +226,7 @@ pub fn scope_to_pb(scope: &Scope) -> pb::Scope {
 /// The wire form of a check answer.
 pub fn answer_to_pb(answer: CheckAnswer) -> pb::CheckResponse {
     let allowed = answer.allowed();
-    let CheckAnswer { reason, key_id, tenant, owner, scope_ids, message } = answer;
+    let CheckAnswer { reason, key_id, tenant, owner, scope_ids, message, retry_after } = answer;
     pb::CheckResponse {
         allowed,
         reason: reason_to_pb(reason).into(),
@@ -194,6 +235,7 @@ pub fn answer_to_pb(answer: CheckAnswer) -> pb::CheckResponse {
         owner,
         scope_ids: scope_ids.iter().map(ToString::to_string).collect(),
         message,
+        retry_after: retry_after.map(duration_to_pb),
     }
 }
 
@@ -209,6 +251,8 @@ pub fn operation_to_pb(operation: AuditOperation) -> pb::AuditOperation {
         AuditOperation::UpdateScope => pb::AuditOperation::UpdateScope,
         AuditOperation::CloneScope => pb::AuditOperation::CloneScope,
         AuditOperation::DeleteScope => pb::AuditOperation::DeleteScope,
+        AuditOperation::RotateKey => pb::AuditOperation::RotateKey,
+        AuditOperation::SetTenantPolicy => pb::AuditOperation::SetTenantPolicy,
     }
 }
 
@@ -328,6 +372,16 @@ mod tests {
         assert!(timestamp("t", Some(&Timestamp { seconds: i64::MAX, nanos: 0 })).is_err());
         let at = timestamp("t", Some(&Timestamp { seconds: 1_700_000_000, nanos: 5 })).expect("valid");
         assert_eq!(at.map(timestamp_to_pb), Some(Timestamp { seconds: 1_700_000_000, nanos: 5 }));
+    }
+
+    #[test]
+    fn durations_must_be_valid_and_not_negative() {
+        assert!(duration("grace", Some(&prost_types::Duration { seconds: -1, nanos: 0 })).is_err());
+        assert!(duration("grace", Some(&prost_types::Duration { seconds: 1, nanos: -5 })).is_err());
+        assert!(duration("grace", Some(&prost_types::Duration { seconds: 1, nanos: 1_000_000_000 })).is_err());
+        assert_eq!(duration("grace", None), Ok(None));
+        let d = duration("grace", Some(&prost_types::Duration { seconds: 3600, nanos: 5 })).expect("valid");
+        assert_eq!(d, Some(Duration::new(3600, 5)));
     }
 
     #[test]

@@ -5,7 +5,13 @@
 //! a JSON body. When no decision can be made the call fails with `UNAVAILABLE`, so Envoy's
 //! `failure_mode_allow` / `status_on_error` apply.
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use envoy_types::{
     ext_authz::v3::{
@@ -18,7 +24,7 @@ use opentelemetry::KeyValue;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::Action,
+    domain::{Action, parse_source_address},
     service::{CheckAnswer, Explain, HttpMapping, HttpRequestView, Keyscope, Mapped, Unmapped, decision_name},
     telemetry::{CheckPath, CheckTracer, Metrics, annotate, propagation, spans},
 };
@@ -54,6 +60,10 @@ pub struct ExtAuthzSettings {
     /// Remove the credential headers (`authorization`, the API-key header) before the request
     /// goes upstream.
     pub strip_credential: bool,
+    /// Where a check's source address comes from: 0, the request's source address as Envoy
+    /// reports it (`attributes.source.address`); N, the Nth address from the right of
+    /// `x-forwarded-for` (1 = the rightmost), as Envoy's `xff_num_trusted_hops` does.
+    pub trusted_proxy_hops: u32,
 }
 
 /// The ext_authz service over the core.
@@ -103,9 +113,10 @@ fn decided(allowed: bool, reason: &'static str) -> Vec<KeyValue> {
     vec![KeyValue::new("decision", decision_name(allowed)), KeyValue::new("reason", reason)]
 }
 
-/// 401 for credential problems, 403 for everything else.
+/// 401 for credential problems, 429 for a rate limit, 403 for everything else.
 fn http_status(reason: &str) -> HttpStatusCode {
     match reason {
+        "RATE_LIMITED" => HttpStatusCode::TooManyRequests,
         "MISSING_CREDENTIAL"
         | "MALFORMED_CREDENTIAL"
         | "UNKNOWN_KEY"
@@ -116,7 +127,25 @@ fn http_status(reason: &str) -> HttpStatusCode {
     }
 }
 
-fn denied(reason: &str, message: &str) -> CheckResponse {
+/// The source address of the request: Envoy's view of the peer, or the trusted
+/// `x-forwarded-for` hop. `None` when it is missing or not an address (a key with source
+/// networks is then denied).
+fn source_address(request: &CheckRequest, headers: &HashMap<String, String>, hops: u32) -> Option<IpAddr> {
+    let text = if hops == 0 {
+        let source = request.attributes.as_ref()?.source.as_ref()?.address.as_ref()?;
+        match source.address.as_ref()? {
+            envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(socket) => socket.address.clone(),
+            _ => return None,
+        }
+    } else {
+        let xff = headers.get("x-forwarded-for")?;
+        let hop = xff.rsplit(',').nth(usize::try_from(hops).ok()?.checked_sub(1)?)?;
+        hop.trim().to_owned()
+    };
+    parse_source_address("source_address", &text).ok()
+}
+
+fn denied(reason: &str, message: &str, retry_after: Option<Duration>) -> CheckResponse {
     let status = http_status(reason);
     let unauthorized = status == HttpStatusCode::Unauthorized;
     let body = serde_json::json!({
@@ -131,6 +160,16 @@ fn denied(reason: &str, message: &str) -> CheckResponse {
         Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
         false,
     );
+    if let Some(wait) = retry_after {
+        // Whole seconds, rounded up: a client retrying then is admitted.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        http.add_header(
+            "retry-after",
+            seconds.max(1).to_string(),
+            Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+            false,
+        );
+    }
     if unauthorized {
         let challenge = if reason == "MISSING_CREDENTIAL" {
             r#"Bearer realm="keyscope""#
@@ -139,7 +178,11 @@ fn denied(reason: &str, message: &str) -> CheckResponse {
         };
         http.add_header("www-authenticate", challenge, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
     }
-    let code = if unauthorized { tonic::Code::Unauthenticated } else { tonic::Code::PermissionDenied };
+    let code = match status {
+        HttpStatusCode::Unauthorized => tonic::Code::Unauthenticated,
+        HttpStatusCode::TooManyRequests => tonic::Code::ResourceExhausted,
+        _ => tonic::Code::PermissionDenied,
+    };
     let mut response = CheckResponse::with_status(Status::new(code, reason));
     response.set_http_response(http);
     response
@@ -249,7 +292,7 @@ impl ExtAuthzService {
         let Some(http) = attributes.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
             let reason = "NO_HTTP_ATTRIBUTES";
             annotate(|| decided(false, reason));
-            return Ok((false, reason, denied(reason, "the check request carries no HTTP request")));
+            return Ok((false, reason, denied(reason, "the check request carries no HTTP request", None)));
         };
         let headers = collect_headers(http);
         let empty = HashMap::new();
@@ -262,16 +305,20 @@ impl ExtAuthzService {
             }
             Mapped::Refused(why) => {
                 annotate(|| decided(false, why.as_str()));
-                (false, why.as_str(), denied(why.as_str(), unmapped_message(why)))
+                (false, why.as_str(), denied(why.as_str(), unmapped_message(why), None))
             }
             Mapped::Check { presented, module, action, tenant } => {
                 // The message is only needed for a denial's body: an allowed check skips it.
-                let answer = self.core.check(&presented, tenant.as_ref(), &module, action, Explain::Denials).await?;
+                let source = source_address(request, &headers, self.settings.trusted_proxy_hops);
+                let answer = self
+                    .core
+                    .check_from(&presented, tenant.as_ref(), source, &module, action, Explain::Denials)
+                    .await?;
                 let reason = answer.reason.as_str();
                 if answer.allowed() {
                     (true, reason, self.allowed(&headers, Some((&answer, module.as_str(), action))))
                 } else {
-                    let mut response = denied(answer.reason.as_str(), &answer.message);
+                    let mut response = denied(answer.reason.as_str(), &answer.message, answer.retry_after);
                     let key_id = answer.key_id.as_ref().map(ToString::to_string).unwrap_or_default();
                     let fields = [
                         ("key_id", key_id.as_str()),

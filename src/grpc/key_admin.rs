@@ -6,8 +6,11 @@ use tonic::{Request, Response, Status};
 
 use super::{auth::admin, convert, pb};
 use crate::{
-    domain::{Action, Day, KeyId, KeyState, Module, validate_description, validate_owner, validate_scope_ids},
-    service::{KeyChanges, Keyscope, NewKey},
+    domain::{
+        Action, Day, KeyId, KeyState, Module, parse_cidrs, validate_description, validate_max_key_lifetime,
+        validate_owner, validate_scope_ids,
+    },
+    service::{KeyChanges, Keyscope, NewKey, validate_grace},
     store::KeyQuery,
 };
 
@@ -37,7 +40,8 @@ impl KeyAdminService {
     }
 }
 
-const UPDATE_PATHS: &[&str] = &["description", "owner", "scope_ids", "expires_at", "metadata"];
+const UPDATE_PATHS: &[&str] =
+    &["description", "owner", "scope_ids", "expires_at", "metadata", "allowed_cidrs", "rate_limit"];
 
 #[tonic::async_trait]
 impl pb::key_admin_server::KeyAdmin for KeyAdminService {
@@ -46,8 +50,16 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         request: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::CreateKeyResponse>, Status> {
         let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Create).await?;
-        let pb::CreateKeyRequest { tenant: _, description, owner, scope_ids, expires_at, metadata } =
-            request.into_inner();
+        let pb::CreateKeyRequest {
+            tenant: _,
+            description,
+            owner,
+            scope_ids,
+            expires_at,
+            metadata,
+            allowed_cidrs,
+            rate_limit,
+        } = request.into_inner();
         validate_description("description", &description)?;
         validate_owner("owner", &owner)?;
         let new = NewKey {
@@ -56,6 +68,8 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
             metadata: convert::metadata("metadata", &metadata)?,
             description,
             owner,
+            allowed_cidrs: parse_cidrs("allowed_cidrs", &allowed_cidrs)?,
+            rate_limit: convert::rate_limit("rate_limit", rate_limit.as_ref())?,
         };
         let (key, token) = self.core.create_key(&caller, new).await?;
         Ok(Response::new(pb::CreateKeyResponse {
@@ -105,6 +119,8 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
             scope_ids,
             expires_at,
             metadata,
+            allowed_cidrs,
+            rate_limit,
         } = request.into_inner();
         let id: KeyId = convert::required("id", &id)?;
         if version == 0 {
@@ -128,6 +144,8 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
                 "scope_ids" => changes.scope_ids = Some(validate_scope_ids("scope_ids", &scope_ids)?),
                 "expires_at" => changes.expires_at = Some(convert::timestamp("expires_at", expires_at.as_ref())?),
                 "metadata" => changes.metadata = Some(convert::metadata("metadata", &metadata)?),
+                "allowed_cidrs" => changes.allowed_cidrs = Some(parse_cidrs("allowed_cidrs", &allowed_cidrs)?),
+                "rate_limit" => changes.rate_limit = Some(convert::rate_limit("rate_limit", rate_limit.as_ref())?),
                 // `mask` admits only UPDATE_PATHS, all handled above.
                 _ => {}
             }
@@ -159,5 +177,44 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         let end: Option<Day> = convert::optional("end_date", &end_date)?;
         let usage = self.core.key_usage(&caller, &id, start, end).await?;
         Ok(Response::new(convert::usage_to_pb(&usage)))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::CreateKeyResponse>, Status> {
+        let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Update).await?;
+        let pb::RotateKeyRequest { tenant: _, id, grace, expected_version } = request.into_inner();
+        let id: KeyId = convert::required("id", &id)?;
+        let grace = validate_grace("grace", convert::duration("grace", grace.as_ref())?.unwrap_or_default())?;
+        let version = (expected_version != 0).then_some(expected_version);
+        let (key, token) = self.core.rotate_key(&caller, &id, grace, version).await?;
+        Ok(Response::new(pb::CreateKeyResponse {
+            key: Some(convert::key_to_pb(&key)),
+            token: token.expose().to_owned(),
+        }))
+    }
+
+    async fn set_tenant_policy(
+        &self,
+        request: Request<pb::SetTenantPolicyRequest>,
+    ) -> Result<Response<pb::TenantPolicy>, Status> {
+        let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Update).await?;
+        let pb::SetTenantPolicyRequest { tenant: _, max_key_lifetime, expected_version } = request.into_inner();
+        let max = convert::duration("max_key_lifetime", max_key_lifetime.as_ref())?
+            .map(|d| validate_max_key_lifetime("max_key_lifetime", d))
+            .transpose()?;
+        let version = (expected_version != 0).then_some(expected_version);
+        let policy = self.core.set_tenant_policy(&caller, max, version).await?;
+        Ok(Response::new(convert::policy_to_pb(&policy)))
+    }
+
+    async fn get_tenant_policy(
+        &self,
+        request: Request<pb::GetTenantPolicyRequest>,
+    ) -> Result<Response<pb::TenantPolicy>, Status> {
+        let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Read).await?;
+        let policy = self.core.get_tenant_policy(&caller).await?;
+        Ok(Response::new(convert::policy_to_pb(&policy)))
     }
 }

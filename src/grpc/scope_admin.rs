@@ -153,6 +153,7 @@ impl pb::scope_admin_server::ScopeAdmin for ScopeAdminService {
             owner: String::new(),
             scope_ids: ids.iter().map(ToString::to_string).collect(),
             message,
+            retry_after: None,
         }))
     }
 }

@@ -40,7 +40,7 @@ fn changed_names(fields: &[(&str, bool)]) -> Vec<String> {
 /// The names of the fields of a key that differ between `old` (none: a new key, compared
 /// with empty values) and `new`.
 pub(super) fn key_changes(old: Option<&Key>, new: &Key) -> Vec<String> {
-    let fields: [(&str, bool); 6] = match old {
+    let fields: [(&str, bool); 9] = match old {
         Some(old) => [
             ("description", old.description != new.description),
             ("owner", old.owner != new.owner),
@@ -48,6 +48,10 @@ pub(super) fn key_changes(old: Option<&Key>, new: &Key) -> Vec<String> {
             ("state", old.state != new.state),
             ("expires_at", old.expires_at != new.expires_at),
             ("metadata", old.metadata != new.metadata),
+            ("allowed_cidrs", old.allowed_cidrs != new.allowed_cidrs),
+            ("rate_limit", old.rate_limit != new.rate_limit),
+            // Only the name: never the secret or its hash.
+            ("secret", old.secret_hash != new.secret_hash),
         ],
         None => [
             ("description", !new.description.is_empty()),
@@ -56,6 +60,9 @@ pub(super) fn key_changes(old: Option<&Key>, new: &Key) -> Vec<String> {
             ("state", false),
             ("expires_at", new.expires_at.is_some()),
             ("metadata", !new.metadata.is_empty()),
+            ("allowed_cidrs", !new.allowed_cidrs.is_empty()),
+            ("rate_limit", new.rate_limit.is_some()),
+            ("secret", false),
         ],
     };
     changed_names(&fields)
@@ -81,7 +88,7 @@ impl Keyscope {
         AuditWrite { record, max_events: self.audit_max_events }
     }
 
-    fn record(
+    pub(super) fn record(
         &self,
         author: &Author,
         tenant: &crate::domain::Tenant,

@@ -38,6 +38,10 @@ impl Keyscope {
             updated_at: now,
             last_used_at: None,
             secret_hash: self.pepper.hash(&token.key_id, &token.secret),
+            previous_secret: None,
+            rotated_at: None,
+            allowed_cidrs: Vec::new(),
+            rate_limit: None,
         }
     }
 

@@ -1,14 +1,14 @@
 //! The check path: credential -> key -> state -> scopes -> answer. A denial is an answer;
 //! only a store that cannot answer is an error, and then nothing is allowed.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use opentelemetry::KeyValue;
 use tracing::{Instrument, field::Empty};
 
 use super::{Keyscope, ServiceError};
 use crate::domain::{
-    Action, Decision, Key, KeyId, Module, Reason, Scope, ScopeId, Tenant, Token, evaluate, key_status,
+    Action, Decision, Key, KeyId, Module, Reason, Scope, ScopeId, Tenant, Token, evaluate, key_status, source_allowed,
 };
 use crate::telemetry::annotate;
 
@@ -74,6 +74,8 @@ pub struct CheckAnswer {
     pub scope_ids: Vec<ScopeId>,
     /// With [`Explain`]: one human line.
     pub message: String,
+    /// With [`Reason::RateLimited`]: how long until the key's limit admits one more check.
+    pub retry_after: Option<Duration>,
 }
 
 impl CheckAnswer {
@@ -151,6 +153,7 @@ impl Holder {
             owner: self.key.owner.clone(),
             scope_ids,
             message,
+            retry_after: None,
         }
     }
 }
@@ -169,7 +172,15 @@ pub(super) fn explained(
 
 fn refused(reason: Reason, key_id: Option<KeyId>, explain: Explain) -> CheckAnswer {
     let message = if explain.wants(reason) { refusal_message(reason) } else { String::new() };
-    CheckAnswer { reason, key_id, tenant: None, owner: String::new(), scope_ids: Vec::new(), message }
+    CheckAnswer {
+        reason,
+        key_id,
+        tenant: None,
+        owner: String::new(),
+        scope_ids: Vec::new(),
+        message,
+        retry_after: None,
+    }
 }
 
 fn refusal_message(reason: Reason) -> String {
@@ -201,15 +212,20 @@ impl Keyscope {
         };
         let Token { key_id, .. } = &token;
         let credential = self.store.credential(key_id).await?;
+        let now = self.clock.now();
         let stored = credential.as_ref().map(|c| &c.key.secret_hash);
-        // Unknown keys are verified against a decoy hash, so both cost the same.
-        if !self.pepper.verify(&token, stored) {
+        // The secret before a rotation, until its grace period ends: a cached record is
+        // compared with the time of this check, so it never outlives its end.
+        let previous = credential.as_ref().and_then(|c| c.key.previous_hash_at(now));
+        // Unknown keys are verified against a decoy hash, so both cost the same; both hashes
+        // are always compared, so neither tells which secret was presented.
+        if !self.pepper.verify_rotated(&token, stored, previous) {
             return Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()), verified: None });
         }
         let Some(credential) = credential else {
             return Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()), verified: None });
         };
-        if let Some(reason) = key_status(&credential.key, self.clock.now(), tenant) {
+        if let Some(reason) = key_status(&credential.key, now, tenant) {
             let verified = Some(credential.key.tenant.clone());
             return Ok(Resolved::Refused { reason, key_id: Some(key_id.clone()), verified });
         }
@@ -234,11 +250,25 @@ impl Keyscope {
         ids.iter().map(|id| self.builtins.get(id).or_else(|| stored.iter().find(|s| s.id == *id)).cloned()).collect()
     }
 
-    /// Answers one check, in a `check` span carrying everything but the credential.
+    /// Answers one check with no source address (see [`Keyscope::check_from`]).
     pub async fn check(
         &self,
         presented: &Presented,
         tenant: Option<&Tenant>,
+        module: &Module,
+        action: Action,
+        explain: impl Into<Explain>,
+    ) -> Result<CheckAnswer, ServiceError> {
+        self.check_from(presented, tenant, None, module, action, explain).await
+    }
+
+    /// Answers one check from `source` (when known), in a `check` span carrying everything
+    /// but the credential.
+    pub async fn check_from(
+        &self,
+        presented: &Presented,
+        tenant: Option<&Tenant>,
+        source: Option<IpAddr>,
         module: &Module,
         action: Action,
         explain: impl Into<Explain>,
@@ -260,7 +290,9 @@ impl Keyscope {
         let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
         let answer = match &resolved {
             Resolved::Refused { reason, key_id, .. } => refused(*reason, key_id.clone(), explain),
-            Resolved::Holder(holder) => holder.decide(module, action, explain),
+            Resolved::Holder(holder) => {
+                self.after_scopes(holder, source, holder.decide(module, action, explain), explain)
+            }
         };
         let allowed = u64::from(answer.allowed());
         resolved.note_use(self, allowed, 1 - allowed);
@@ -279,11 +311,24 @@ impl Keyscope {
         Ok(answer)
     }
 
-    /// Answers several checks for one credential, resolved once, in one `batch_check` span.
+    /// Answers several checks with no source address (see [`Keyscope::batch_check_from`]).
     pub async fn batch_check(
         &self,
         presented: &Presented,
         tenant: Option<&Tenant>,
+        items: &[(Module, Action)],
+        explain: impl Into<Explain>,
+    ) -> Result<Vec<CheckAnswer>, ServiceError> {
+        self.batch_check_from(presented, tenant, None, items, explain).await
+    }
+
+    /// Answers several checks for one credential from `source`, resolved once, in one
+    /// `batch_check` span. Each allowed item spends one check of the key's rate limit, in order.
+    pub async fn batch_check_from(
+        &self,
+        presented: &Presented,
+        tenant: Option<&Tenant>,
+        source: Option<IpAddr>,
         items: &[(Module, Action)],
         explain: impl Into<Explain>,
     ) -> Result<Vec<CheckAnswer>, ServiceError> {
@@ -303,7 +348,10 @@ impl Keyscope {
                 (*reason, items.iter().map(|_| refused(*reason, key_id.clone(), explain)).collect())
             }
             Resolved::Holder(holder) => {
-                (Reason::Ok, items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect())
+                let answers = items
+                    .iter()
+                    .map(|(m, a)| self.after_scopes(holder, source, holder.decide(m, *a, explain), explain));
+                (Reason::Ok, answers.collect())
             }
         };
         span.record("credential", credential.as_str());
@@ -324,6 +372,50 @@ impl Keyscope {
         });
         span.in_scope(|| tracing::debug!("batch check answered"));
         Ok(answers)
+    }
+}
+
+impl Keyscope {
+    /// The checks of SPEC section 2 that follow an allowing scope decision, in order: the
+    /// source address, then the rate limit (last, so that a denied check spends no quota).
+    fn after_scopes(
+        &self,
+        holder: &Holder,
+        source: Option<IpAddr>,
+        answer: CheckAnswer,
+        explain: Explain,
+    ) -> CheckAnswer {
+        if !answer.allowed() {
+            return answer;
+        }
+        let key = &holder.key;
+        if !source_allowed(&key.allowed_cidrs, source) {
+            let message = if !explain.wants(Reason::SourceNotAllowed) {
+                String::new()
+            } else if let Some(source) = source {
+                format!("the key may not be used from {source}")
+            } else {
+                "the key allows only some source addresses and the check gave none".to_owned()
+            };
+            return CheckAnswer { reason: Reason::SourceNotAllowed, scope_ids: Vec::new(), message, ..answer };
+        }
+        if let Some(limit) = key.rate_limit {
+            if let Err(wait) = self.rate_limiter.acquire(&key.id, limit, std::time::Instant::now()) {
+                let message = if explain.wants(Reason::RateLimited) {
+                    format!("the key's rate limit is reached; retry after {} ms", wait.as_millis().max(1))
+                } else {
+                    String::new()
+                };
+                return CheckAnswer {
+                    reason: Reason::RateLimited,
+                    scope_ids: Vec::new(),
+                    message,
+                    retry_after: Some(wait),
+                    ..answer
+                };
+            }
+        }
+        answer
     }
 }
 

@@ -2,9 +2,13 @@
 
 use std::{sync::Arc, time::SystemTime};
 
+use ipnet::IpNet;
+
 use super::{Caller, Keyscope, Page, RETRIES, ServiceError};
 use crate::{
-    domain::{AuditOperation, AuditRecord, InputError, Key, KeyId, KeyState, Metadata, Scope, ScopeId, Secret},
+    domain::{
+        AuditOperation, AuditRecord, InputError, Key, KeyId, KeyState, Metadata, RateLimit, Scope, ScopeId, Secret,
+    },
     store::{KeyQuery, KeyWrite, StoreError},
 };
 
@@ -21,6 +25,10 @@ pub struct NewKey {
     pub expires_at: Option<SystemTime>,
     /// Labels.
     pub metadata: Metadata,
+    /// Source networks (empty: any).
+    pub allowed_cidrs: Vec<IpNet>,
+    /// Optional rate limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// The fields an update changes; `None` leaves a field as it is.
@@ -36,6 +44,10 @@ pub struct KeyChanges {
     pub expires_at: Option<Option<SystemTime>>,
     /// New metadata (replaces all of it).
     pub metadata: Option<Metadata>,
+    /// New source networks (an empty list: any source).
+    pub allowed_cidrs: Option<Vec<IpNet>>,
+    /// New rate limit (`Some(None)` removes it).
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 fn key_not_found(id: &KeyId, tenant: &crate::domain::Tenant) -> ServiceError {
@@ -52,7 +64,7 @@ impl Keyscope {
 
     /// Checks that the scopes exist in the caller's tenant and grant nothing reserved the
     /// caller lacks.
-    async fn admit_scopes(&self, caller: &Caller, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, ServiceError> {
+    pub(super) async fn admit_scopes(&self, caller: &Caller, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, ServiceError> {
         let scopes = self.tenant_scopes(&caller.tenant, "scope_ids", ids).await?;
         let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
         caller.may_grant("scope_ids", &refs)?;
@@ -84,6 +96,7 @@ impl Keyscope {
     /// Creates a key in the caller's tenant; returns it with its token, shown only now.
     pub async fn create_key(&self, caller: &Caller, new: NewKey) -> Result<(Key, Secret), ServiceError> {
         self.check_expiry(new.expires_at)?;
+        self.check_lifetime(&caller.tenant, new.expires_at).await?;
         self.admit_scopes(caller, &new.scope_ids).await?;
         let id = self.tokens.new_key_id()?;
         let (token, text) = self.tokens.issue(&id)?;
@@ -102,6 +115,10 @@ impl Keyscope {
             created_at: now,
             updated_at: now,
             last_used_at: None,
+            previous_secret: None,
+            rotated_at: None,
+            allowed_cidrs: new.allowed_cidrs,
+            rate_limit: new.rate_limit,
         };
         let audit = self.key_event(&caller.author(), AuditOperation::CreateKey, None, &key);
         self.write_key(&key, None, &audit).await?;
@@ -144,9 +161,12 @@ impl Keyscope {
                 "key `{id}` is revoked; a revoked key cannot change"
             )));
         }
-        let KeyChanges { description, owner, scope_ids, expires_at, metadata } = changes;
+        let KeyChanges { description, owner, scope_ids, expires_at, metadata, allowed_cidrs, rate_limit } = changes;
         if let Some(at) = expires_at {
             self.check_expiry(at)?;
+            // A new expiry must be within the tenant's maximum key lifetime. Other changes
+            // are not held to it: narrowing an older key's scopes must stay possible.
+            self.check_lifetime(&caller.tenant, at).await?;
         }
         // Any change to a key that grants reserved modules needs a caller holding them, not
         // only a change of its scopes (SPEC section 5).
@@ -166,6 +186,12 @@ impl Keyscope {
         }
         if let Some(v) = metadata {
             key.metadata = v;
+        }
+        if let Some(v) = allowed_cidrs {
+            key.allowed_cidrs = v;
+        }
+        if let Some(v) = rate_limit {
+            key.rate_limit = v;
         }
         key.version = version + 1;
         key.updated_at = self.clock.now();

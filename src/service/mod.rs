@@ -9,6 +9,9 @@ mod builtins;
 mod check;
 mod http;
 mod keys;
+mod policy;
+mod ratelimit;
+mod rotation;
 mod scopes;
 mod usage;
 
@@ -24,6 +27,8 @@ pub use builtins::{Builtins, Preset};
 pub use check::{CheckAnswer, Explain, Presented, decision_name};
 pub use http::{HttpMapping, HttpRequestView, Mapped, Route, Unmapped, default_methods};
 pub use keys::{KeyChanges, NewKey};
+pub use ratelimit::{RateLimiter, RateLimiterSettings};
+pub use rotation::validate_grace;
 pub use scopes::{ScopeChanges, ScopeDraft, inline_scope};
 pub use usage::{DEFAULT_USAGE_DAYS, KeyUsage, UsageRecorder, UsageSettings};
 
@@ -127,6 +132,10 @@ pub struct Keyscope {
     clock: Arc<dyn Clock>,
     usage: Arc<UsageRecorder>,
     usage_settings: UsageSettings,
+    /// The maximum key lifetime of tenants with no stored policy.
+    default_max_key_lifetime: Option<Duration>,
+    /// This replica's rate-limit buckets.
+    rate_limiter: RateLimiter,
 }
 
 impl std::fmt::Debug for Keyscope {
@@ -149,6 +158,8 @@ impl Keyscope {
             usage: Arc::new(UsageRecorder::new()),
             usage_settings: UsageSettings::default(),
             audit_max_events: AUDIT_MAX_EVENTS_DEFAULT,
+            default_max_key_lifetime: None,
+            rate_limiter: RateLimiter::new(RateLimiterSettings::default()),
         }
     }
 
@@ -161,6 +172,12 @@ impl Keyscope {
     /// Replaces the per-tenant quotas.
     pub fn with_quotas(mut self, quotas: Quotas) -> Self {
         self.quotas = quotas;
+        self
+    }
+
+    /// Replaces the rate limiter's settings (`rate_limit.*`).
+    pub fn with_rate_limiter(mut self, settings: RateLimiterSettings) -> Self {
+        self.rate_limiter = RateLimiter::new(settings);
         self
     }
 

@@ -389,6 +389,17 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
         }
+        async fn get_tenant_policy(&self, t: &Tenant) -> Result<Option<crate::domain::TenantPolicy>, StoreError> {
+            self.inner.get_tenant_policy(t).await
+        }
+        async fn put_tenant_policy(
+            &self,
+            p: &crate::domain::TenantPolicy,
+            v: u64,
+            a: crate::store::AuditWrite<'_>,
+        ) -> Result<(), StoreError> {
+            self.inner.put_tenant_policy(p, v, a).await
+        }
     }
 
     fn core(store: Arc<dyn Store>) -> Keyscope {

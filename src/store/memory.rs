@@ -15,7 +15,7 @@ use super::{
     AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError,
     UsageDelta,
 };
-use crate::domain::{AuditEvent, AuditId, Day, Key, KeyId, Scope, ScopeId, Tenant};
+use crate::domain::{AuditEvent, AuditId, Day, Key, KeyId, Scope, ScopeId, Tenant, TenantPolicy};
 
 /// Keys and scopes in memory. Cloning shares the same data.
 #[derive(Debug, Default, Clone)]
@@ -49,6 +49,8 @@ struct TenantData {
     holders: HashMap<ScopeId, BTreeSet<KeyId>>,
     /// The newest audit events, oldest first.
     audit: VecDeque<AuditEvent>,
+    /// The tenant's key policy, once set.
+    policy: Option<TenantPolicy>,
 }
 
 impl MemoryStore {
@@ -387,6 +389,31 @@ impl Store for MemoryStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn get_tenant_policy(&self, tenant: &Tenant) -> Result<Option<TenantPolicy>, StoreError> {
+        Ok(self.read().tenants.get(tenant).and_then(|d| d.policy.clone()))
+    }
+
+    async fn put_tenant_policy(
+        &self,
+        policy: &TenantPolicy,
+        expected_version: u64,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.write();
+        let found = inner.tenants.get(&policy.tenant).and_then(|d| d.policy.as_ref()).map_or(0, |p| p.version);
+        if found != expected_version {
+            return Err(StoreError::VersionConflict {
+                what: format!("the policy of tenant `{}`", policy.tenant),
+                expected: expected_version,
+                found,
+            });
+        }
+        let data = inner.tenants.entry(policy.tenant.clone()).or_default();
+        data.policy = Some(policy.clone());
+        data.record(&policy.tenant, audit);
         Ok(())
     }
 }

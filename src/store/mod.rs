@@ -16,7 +16,7 @@ pub use self::redis::{RedisOptions, RedisStore, RedisTls, SCHEMA_VERSION};
 pub use memory::MemoryStore;
 
 use crate::domain::{
-    Actor, AuditEvent, AuditId, AuditRecord, Day, Key, KeyId, KeyState, Scope, ScopeId, Tenant, millis,
+    Actor, AuditEvent, AuditId, AuditRecord, Day, Key, KeyId, KeyState, Scope, ScopeId, Tenant, TenantPolicy, millis,
 };
 
 /// What a store can fail with. Every variant means nothing was written.
@@ -335,4 +335,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store answers now (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// A tenant's stored key policy, if one was ever set.
+    async fn get_tenant_policy(&self, tenant: &Tenant) -> Result<Option<TenantPolicy>, StoreError>;
+
+    /// Writes a tenant's key policy if the stored one is at `expected_version` (0: none is
+    /// stored yet); `policy.version` is the new version.
+    async fn put_tenant_policy(
+        &self,
+        policy: &TenantPolicy,
+        expected_version: u64,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError>;
 }

@@ -19,6 +19,7 @@
 //! | `P:{T}:used` | sorted set | key id -> its last use (microseconds since the epoch) |
 //! | `P:{T}:usage:<key id>:<YYYY-MM-DD>` | hash | `a` allowed, `d` denied checks that UTC day; expires with the retention |
 //! | `P:{T}:audit` | stream | the tenant's audit events (field `e`: JSON), newest `max_events` kept |
+//! | `P:{T}:policy` | hash | the tenant's key policy: `v` version, `body` JSON (`max_key_lifetime_ms`, `updated_at`) |
 //!
 //! Mutations are Lua scripts (`src/store/lua/`), atomic by construction; each one appends its
 //! audit event to the tenant's stream in the same script (`lua/audit.lua`). A check that misses
@@ -53,6 +54,7 @@ use crate::domain::{
     AuditEvent, AuditId, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Pattern, Rules, Scope, ScopeId,
     ScopeMode, SecretHash, Tenant, millis,
 };
+use crate::domain::{PreviousSecret, RateLimit, TenantPolicy};
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: &str = "1";
@@ -200,6 +202,7 @@ struct Scripts {
     claim_bootstrap: Script,
     credential: Script,
     record_usage: Script,
+    put_policy: Script,
 }
 
 /// Keys and scopes in Redis. Cloning shares the connection.
@@ -269,6 +272,7 @@ impl RedisStore {
                 )),
                 credential: Script::new(include_str!("lua/credential.lua")),
                 record_usage: Script::new(include_str!("lua/record_usage.lua")),
+                put_policy: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/put_policy.lua"))),
             }),
         };
         store.check_schema().await?;
@@ -502,6 +506,23 @@ struct KeyBody {
     created_at: Instant,
     last_used_at: Option<Instant>,
     secret_hash: String,
+    /// The rotated-out secret's hash and the end of its grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_secret: Option<(String, Instant)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rotated_at: Option<Instant>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allowed_cidrs: Vec<String>,
+    /// Requests per second and burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<(f64, u32)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PolicyBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_key_lifetime_ms: Option<u64>,
+    updated_at: Instant,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -527,6 +548,13 @@ fn encode_key(key: &Key) -> Result<String, StoreError> {
         created_at: instant(key.created_at),
         last_used_at: key.last_used_at.map(instant),
         secret_hash: STANDARD.encode(key.secret_hash.as_bytes()),
+        previous_secret: key
+            .previous_secret
+            .as_ref()
+            .map(|p| (STANDARD.encode(p.hash.as_bytes()), instant(p.expires_at))),
+        rotated_at: key.rotated_at.map(instant),
+        allowed_cidrs: key.allowed_cidrs.iter().map(ToString::to_string).collect(),
+        rate_limit: key.rate_limit.map(|r| (r.requests_per_second, r.burst)),
     };
     serde_json::to_string(&body).map_err(|e| corrupt("key body", e))
 }
@@ -541,11 +569,29 @@ fn decode_key(tenant: &Tenant, id: &str, row: &[Option<String>]) -> Result<Optio
         "revoked" => KeyState::Revoked,
         other => return Err(corrupt(&what, format!("state `{other}`"))),
     };
-    let hash: [u8; 32] = STANDARD
-        .decode(&body.secret_hash)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| corrupt(&what, "secret hash"))?;
+    let decode_hash = |text: &str| -> Result<SecretHash, StoreError> {
+        let bytes: [u8; 32] =
+            STANDARD.decode(text).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt(&what, "secret hash"))?;
+        Ok(SecretHash::from_bytes(bytes))
+    };
+    let secret_hash = decode_hash(&body.secret_hash)?;
+    let previous_secret = match &body.previous_secret {
+        Some((hash, until)) => Some(PreviousSecret { hash: decode_hash(hash)?, expires_at: system_time(*until) }),
+        None => None,
+    };
+    // An unreadable network is an error, never skipped: skipping one would not widen, but
+    // an empty list would.
+    let allowed_cidrs = body
+        .allowed_cidrs
+        .iter()
+        .map(|c| c.parse::<ipnet::IpNet>().map_err(|_| corrupt(&what, "allowed cidr")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rate_limit = match body.rate_limit {
+        Some((rate, burst)) => {
+            Some(RateLimit::new("rate_limit", rate, burst).map_err(|_| corrupt(&what, "rate limit"))?)
+        }
+        None => None,
+    };
     let scope_ids = scopes
         .as_deref()
         .unwrap_or("")
@@ -566,7 +612,11 @@ fn decode_key(tenant: &Tenant, id: &str, row: &[Option<String>]) -> Result<Optio
         created_at: system_time(body.created_at),
         updated_at: updated.as_deref().and_then(parse_instant_text).ok_or_else(|| corrupt(&what, "updated"))?,
         last_used_at: body.last_used_at.map(system_time),
-        secret_hash: SecretHash::from_bytes(hash),
+        secret_hash,
+        previous_secret,
+        rotated_at: body.rotated_at.map(system_time),
+        allowed_cidrs,
+        rate_limit,
     }))
 }
 
@@ -990,6 +1040,41 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let _: String = Self::bounded(self.check_timeout, redis::cmd("PING").query_async(&mut conn)).await?;
         Ok(())
+    }
+
+    async fn get_tenant_policy(&self, tenant: &Tenant) -> Result<Option<TenantPolicy>, StoreError> {
+        let name = format!("{}policy", self.base(tenant));
+        let row = self.hashes(&[name], &["v", "body"]).await?.pop().unwrap_or_default();
+        let what = format!("the policy of tenant `{tenant}`");
+        let [Some(v), Some(body)] = row.as_slice() else { return Ok(None) };
+        let body: PolicyBody = serde_json::from_str(body).map_err(|e| corrupt(&what, e))?;
+        Ok(Some(TenantPolicy {
+            tenant: tenant.clone(),
+            max_key_lifetime: body.max_key_lifetime_ms.map(Duration::from_millis),
+            version: v.parse().map_err(|_| corrupt(&what, "version"))?,
+            updated_at: system_time(body.updated_at),
+        }))
+    }
+
+    async fn put_tenant_policy(
+        &self,
+        policy: &TenantPolicy,
+        expected_version: u64,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let base = self.base(&policy.tenant);
+        let body = PolicyBody {
+            max_key_lifetime_ms: policy.max_key_lifetime.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64),
+            updated_at: instant(policy.updated_at),
+        };
+        let body = serde_json::to_string(&body).map_err(|e| corrupt("policy body", e))?;
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.put_policy.key(format!("{base}policy"));
+        call.arg(&base).arg(expected_version).arg(policy.version).arg(body);
+        audit_args(&mut call, audit)?;
+        call.arg(self.deadline());
+        let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
+        outcome(&reply, || format!("the policy of tenant `{}`", policy.tenant), Some(expected_version))
     }
 }
 

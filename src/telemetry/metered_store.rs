@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::Metrics;
 use crate::{
-    domain::{Day, Key, KeyId, Scope, ScopeId, Tenant},
+    domain::{Day, Key, KeyId, Scope, ScopeId, Tenant, TenantPolicy},
     store::{
         AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError,
         UsageDelta,
@@ -126,5 +126,18 @@ impl Store for MeteredStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", self.inner.ping()).await
+    }
+
+    async fn get_tenant_policy(&self, tenant: &Tenant) -> Result<Option<TenantPolicy>, StoreError> {
+        self.timed("get_tenant_policy", self.inner.get_tenant_policy(tenant)).await
+    }
+
+    async fn put_tenant_policy(
+        &self,
+        policy: &TenantPolicy,
+        expected_version: u64,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        self.timed("put_tenant_policy", self.inner.put_tenant_policy(policy, expected_version, audit)).await
     }
 }

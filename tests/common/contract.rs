@@ -12,7 +12,8 @@ use std::{
 use keyscope::{
     domain::{
         Actor, AuditEvent, AuditId, AuditOperation, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Metadata,
-        RequestId, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant,
+        PreviousSecret, RateLimit, RequestId, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant, TenantPolicy,
+        parse_cidrs,
     },
     store::{
         AuditPage, AuditQuery, AuditWrite, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta,
@@ -98,6 +99,10 @@ pub fn key(t: &str, n: usize, scopes: &[&str]) -> Key {
         updated_at: SystemTime::UNIX_EPOCH,
         last_used_at: None,
         secret_hash: SecretHash::from_bytes([n as u8; 32]),
+        previous_secret: None,
+        rotated_at: None,
+        allowed_cidrs: Vec::new(),
+        rate_limit: None,
     }
 }
 
@@ -694,8 +699,72 @@ macro_rules! contract_cases {
             refused_changes_record_no_audit_event,
             audit_log_keeps_only_the_newest_events,
             audit_listing_pages_newest_first_with_filters,
+            rotation_source_networks_and_rate_limits_round_trip,
+            tenant_policies_are_versioned_audited_and_isolated,
         );
     };
+}
+
+pub async fn rotation_source_networks_and_rate_limits_round_trip(store: Arc<dyn Store>) {
+    create_scope(&*store, &scope("acme", "s1", "one")).await;
+    let plain = key("acme", 1, &["s1"]);
+    create_key(&*store, &plain).await;
+    let mut k = plain.clone();
+    k.version = 2;
+    k.previous_secret = Some(PreviousSecret {
+        hash: SecretHash::from_bytes([9; 32]),
+        expires_at: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5),
+    });
+    k.secret_hash = SecretHash::from_bytes([8; 32]);
+    k.rotated_at = Some(SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000, 7));
+    k.allowed_cidrs =
+        parse_cidrs("allowed_cidrs", &["10.0.0.0/8".to_owned(), "2001:db8::/32".to_owned()]).expect("cidrs");
+    k.rate_limit = Some(RateLimit::new("rate_limit", 2.5, 10).expect("rate limit"));
+    let stored = [scope_id("s1")];
+    let write = KeyWrite { key: &k, expected_version: Some(1), stored_scopes: &stored, audit: noted() };
+    store.put_key(write, 100).await.expect("update");
+    let read = store.get_key(&tenant("acme"), &k.id).await.expect("get").expect("found");
+    assert_eq!(*read, k, "every key-policy field comes back as written");
+    let checked = store.credential(&k.id).await.expect("credential").expect("found");
+    assert_eq!(*checked.key, k, "the check path reads the same record");
+    // A second rotation with no grace drops the previous secret.
+    let mut again = k.clone();
+    again.version = 3;
+    again.previous_secret = None;
+    again.allowed_cidrs.clear();
+    again.rate_limit = None;
+    let write = KeyWrite { key: &again, expected_version: Some(2), stored_scopes: &stored, audit: noted() };
+    store.put_key(write, 100).await.expect("update");
+    let read = store.credential(&k.id).await.expect("credential").expect("found");
+    assert_eq!(*read.key, again);
+}
+
+pub async fn tenant_policies_are_versioned_audited_and_isolated(store: Arc<dyn Store>) {
+    assert_eq!(store.get_tenant_policy(&tenant("acme")).await.expect("get"), None);
+    let policy = |version, days: Option<u64>| TenantPolicy {
+        tenant: tenant("acme"),
+        max_key_lifetime: days.map(|d| Duration::from_secs(d * 86_400)),
+        version,
+        updated_at: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 0),
+    };
+    let event = audit_record("acme", AuditOperation::SetTenantPolicy, AuditTarget::Tenant(tenant("acme")), "p1", 1);
+    let first = policy(1, Some(90));
+    store.put_tenant_policy(&first, 0, kept(&event, 100)).await.expect("create");
+    assert_eq!(store.get_tenant_policy(&tenant("acme")).await.expect("get"), Some(first.clone()));
+    assert_eq!(store.get_tenant_policy(&tenant("globex")).await.expect("get"), None, "per tenant");
+    // A stale version is refused and writes nothing, not even its event.
+    let stale = audit_record("acme", AuditOperation::SetTenantPolicy, AuditTarget::Tenant(tenant("acme")), "p2", 2);
+    let refused = store.put_tenant_policy(&policy(2, Some(1)), 0, kept(&stale, 100)).await;
+    assert!(matches!(refused, Err(StoreError::VersionConflict { expected: 0, found: 1, .. })), "{refused:?}");
+    assert_eq!(store.get_tenant_policy(&tenant("acme")).await.expect("get"), Some(first));
+    let cleared = policy(2, None);
+    let event3 = audit_record("acme", AuditOperation::SetTenantPolicy, AuditTarget::Tenant(tenant("acme")), "p3", 3);
+    store.put_tenant_policy(&cleared, 1, kept(&event3, 100)).await.expect("update");
+    assert_eq!(store.get_tenant_policy(&tenant("acme")).await.expect("get"), Some(cleared));
+    assert_eq!(audit_requests(&*store, "acme").await, ["p3", "p1"]);
+    let page = audit_page(&*store, "acme", &AuditQuery { limit: 1, ..Default::default() }).await;
+    assert_eq!(page.events[0].record.target, AuditTarget::Tenant(tenant("acme")));
+    assert_eq!(page.events[0].record.operation, AuditOperation::SetTenantPolicy);
 }
 
 /// One `#[tokio::test]` per case; `$factory` is an async expression yielding a fresh empty

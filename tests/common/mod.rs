@@ -156,6 +156,18 @@ impl TestServer {
         ext_authz: ExtAuthzSettings,
         metrics: Arc<Metrics>,
     ) -> TestServer {
+        Self::launch_with(store, presets, admin_token, ext_authz, metrics, |core| core).await
+    }
+
+    /// [`TestServer::launch`], with the core's settings changed by `configure`.
+    async fn launch_with(
+        store: Arc<dyn Store>,
+        presets: &[Preset],
+        admin_token: Option<&str>,
+        ext_authz: ExtAuthzSettings,
+        metrics: Arc<Metrics>,
+        configure: impl FnOnce(Keyscope) -> Keyscope,
+    ) -> TestServer {
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
         let core = Keyscope::new(
             store.clone(),
@@ -164,7 +176,7 @@ impl TestServer {
             Pepper::new(PEPPER).expect("pepper"),
         )
         .with_clock(clock.clone());
-        let core = Arc::new(core);
+        let core = Arc::new(configure(core));
         let admin_token = match (core.ensure_bootstrap(None).await.expect("bootstrap"), admin_token) {
             (Bootstrap::Created(_, token), _) => token.expose().to_owned(),
             (Bootstrap::Existing(_), Some(token)) => token.to_owned(),
@@ -304,6 +316,7 @@ impl TestServer {
                 module: module.into(),
                 action: action.into(),
                 explain: true,
+                source_address: Default::default(),
             })
             .await
             .map(tonic::Response::into_inner)
@@ -312,6 +325,16 @@ impl TestServer {
     /// Checks `token` for `module`/`action` with explain.
     pub async fn check(&self, token: &str, module: &str, action: pb::Action) -> pb::CheckResponse {
         self.try_check(token, module, action).await.expect("check")
+    }
+
+    /// Starts a server on `store` with these ext_authz settings and the core's settings
+    /// changed by `configure` (e.g. a default maximum key lifetime).
+    pub async fn start_configured(
+        store: Arc<dyn Store>,
+        ext_authz: ExtAuthzSettings,
+        configure: impl FnOnce(Keyscope) -> Keyscope,
+    ) -> TestServer {
+        Self::launch_with(store, &[], None, ext_authz, Arc::new(Metrics::new()), configure).await
     }
 }
 
