@@ -2,14 +2,16 @@
 //! unknown key can be compared with that of a wrong secret in the same run.
 //!
 //! `cargo bench --bench check_core` prints ns per check (median of 7 rounds) and the ratio of
-//! each outcome to a valid allowed check.
+//! each outcome to a valid allowed check. The key-policy cases (issue 7) are allowed checks
+//! that also pass a source-network check, a rate limit, or present a rotated key's old secret
+//! during its grace period (or its new one), next to the plain scope check.
 
 #![allow(clippy::panic)] // tests fail by panicking
 
-use std::{hint::black_box, sync::Arc, time::Instant};
+use std::{hint::black_box, net::IpAddr, sync::Arc, time::Duration, time::Instant};
 
 use keyscope::{
-    domain::{Action, Module, Pepper, TokenFormat},
+    domain::{Action, Module, Pepper, RateLimit, TokenFormat, parse_cidrs},
     service::{Bootstrap, Builtins, Keyscope, NewKey, Presented},
     store::MemoryStore,
 };
@@ -43,16 +45,48 @@ async fn run() {
     let malformed = format!("{id}_{}", "x".repeat(tail.len()));
     let module: Module = "courses".parse().expect("module");
 
-    let cases = [("allowed", token), ("wrong secret", wrong), ("unknown key", unknown), ("malformed", malformed)];
+    // Key-policy cases: four source networks (the source matches the last), a rate limit that
+    // never runs out in the run, a rotated key with a grace period.
+    let cidrs: Vec<String> =
+        ["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32", "10.0.0.0/8"].map(String::from).to_vec();
+    let networks = NewKey {
+        scope_ids: vec!["read-only".parse().expect("id")],
+        allowed_cidrs: parse_cidrs("allowed_cidrs", &cidrs).expect("cidrs"),
+        ..Default::default()
+    };
+    let cidr_token = core.create_key(&caller, networks).await.expect("key").1.expose().to_owned();
+    let limited = NewKey {
+        scope_ids: vec!["read-only".parse().expect("id")],
+        rate_limit: Some(RateLimit::new("rate_limit", 1_000_000.0, 1_000_000).expect("limit")),
+        ..Default::default()
+    };
+    let limited_token = core.create_key(&caller, limited).await.expect("key").1.expose().to_owned();
+    let plain = NewKey { scope_ids: vec!["read-only".parse().expect("id")], ..Default::default() };
+    let (rotated, old_secret) = core.create_key(&caller, plain).await.expect("key");
+    let (_, new_secret) = core.rotate_key(&caller, &rotated.id, Duration::from_secs(3600), None).await.expect("rotate");
+    let source: Option<IpAddr> = Some("10.1.2.3".parse().expect("ip"));
+
+    let cases = [
+        ("allowed", token, None),
+        ("+ cidr", cidr_token, source),
+        ("+ rate limit", limited_token, None),
+        ("rotated, old", old_secret.expose().to_owned(), None),
+        ("rotated, new", new_secret.expose().to_owned(), None),
+        ("wrong secret", wrong, None),
+        ("unknown key", unknown, None),
+        ("malformed", malformed, None),
+    ];
     let mut base = 0.0;
     println!("check_core: {PER_ROUND} checks x {ROUNDS} rounds, median ns/check");
-    for (name, credential) in cases {
+    for (name, credential, source) in cases {
         let presented = Presented::Token(credential);
+        let first = core.check_from(&presented, None, source, &module, Action::Read, false).await.expect("check");
         let mut rounds = Vec::with_capacity(ROUNDS);
         for _ in 0..ROUNDS {
             let start = Instant::now();
             for _ in 0..PER_ROUND {
-                let answer = core.check(&presented, None, &module, Action::Read, false).await.expect("check");
+                let answer =
+                    core.check_from(&presented, None, source, &module, Action::Read, false).await.expect("check");
                 black_box(answer);
             }
             rounds.push(start.elapsed().as_nanos() as f64 / PER_ROUND as f64);
@@ -62,6 +96,6 @@ async fn run() {
         if base == 0.0 {
             base = median;
         }
-        println!("{name:<14}{median:>9.0} ns   ratio to allowed {:.2}", median / base);
+        println!("{name:<14}{median:>9.0} ns   ratio to allowed {:.2}   ({})", median / base, first.reason);
     }
 }

@@ -584,3 +584,84 @@ fn audit_lists_admin_changes_newest_first_with_filters() {
     let bad = server.cli().args(["audit", "--actor", "nobody"]).run().expect_code(1);
     assert!(bad.stderr.contains("actor_key_id"), "{}", bad.describe());
 }
+
+/// Issue 7: `key rotate`, source networks and rate limits on `key create`/`update`, `check
+/// --source`, and `tenant policy get|set`.
+#[test]
+fn rotation_sources_rate_limits_and_tenant_policy_commands() {
+    let server = Server::start_default();
+    let key = server
+        .cli()
+        .args(["--json", "key", "create", "--tenant", "acme", "--scope", "read-only"])
+        .args(["--allow-cidr", "10.0.0.0/8,2001:db8::/32", "--rate", "1000", "--burst", "50"])
+        .run()
+        .success()
+        .json();
+    let id = str_field(&key, "id").to_owned();
+    let old = str_field(&key, "token").to_owned();
+    assert_eq!(strings(&key, "allowed_cidrs"), ["10.0.0.0/8", "2001:db8::/32"]);
+    assert_eq!(u64_field(&key["rate_limit"], "burst"), 50);
+    let from = |token: &str, source: &str| {
+        server.cli_anonymous().args(["check", "courses", "read", "--credential", token, "--source", source]).run()
+    };
+    from(&old, "10.1.2.3").success();
+    let outside = from(&old, "192.0.2.1").expect_code(3);
+    assert!(outside.stdout.contains("denied (SOURCE_NOT_ALLOWED)"), "{}", outside.describe());
+    let bad = from(&old, "not-an-ip").expect_code(1);
+    assert!(bad.stderr.contains("source_address"), "{}", bad.describe());
+
+    // Rotation with a grace period: both tokens work; the new one is printed once.
+    let rotated = server.cli().args(["key", "rotate", &id, "--tenant", "acme", "--grace", "1h"]).run().success();
+    let new = field(&rotated, "token");
+    assert_ne!(new, old);
+    assert!(!field(&rotated, "old secret").is_empty(), "{}", rotated.describe());
+    from(&old, "10.1.2.3").success();
+    from(&new, "10.1.2.3").success();
+    // Zero grace (the default): the previous token dies at once.
+    let again = server.cli().args(["--json", "key", "rotate", &id, "--tenant", "acme"]).run().success().json();
+    assert_eq!(u64_field(&again, "version"), 3);
+    let dead = from(&new, "10.1.2.3").expect_code(3);
+    assert!(dead.stdout.contains("UNKNOWN_KEY"), "{}", dead.describe());
+    let bad_grace =
+        server.cli().args(["key", "rotate", &id, "--tenant", "acme", "--grace", "31d"]).run().expect_code(1);
+    assert!(bad_grace.stderr.contains("grace"), "{}", bad_grace.describe());
+
+    // Clearing networks and the rate limit.
+    let cleared = server
+        .cli()
+        .args([
+            "--json",
+            "key",
+            "update",
+            &id,
+            "--tenant",
+            "acme",
+            "--version",
+            "3",
+            "--clear-cidrs",
+            "--no-rate-limit",
+        ])
+        .run()
+        .success()
+        .json();
+    assert!(strings(&cleared, "allowed_cidrs").is_empty());
+    assert_eq!(cleared["rate_limit"], Value::Null);
+
+    // Tenant policy.
+    let none = server.cli().args(["--json", "tenant", "policy", "get", "--tenant", "acme"]).run().success().json();
+    assert_eq!((none["max_key_lifetime"].clone(), u64_field(&none, "version")), (Value::Null, 0));
+    let set =
+        server.cli().args(["tenant", "policy", "set", "--tenant", "acme", "--max-key-lifetime", "90d"]).run().success();
+    assert_eq!(field(&set, "max key lifetime"), "90d");
+    let refused = server.cli().args(["key", "create", "--tenant", "acme", "--scope", "read-only"]).run().expect_code(1);
+    assert!(refused.stderr.contains("expires_at"), "{}", refused.describe());
+    server
+        .cli()
+        .args(["key", "create", "--tenant", "acme", "--scope", "read-only", "--expires-in", "30d"])
+        .run()
+        .success();
+    let lifted =
+        server.cli().args(["--json", "tenant", "policy", "set", "--tenant", "acme", "--no-max-key-lifetime"]).run();
+    assert_eq!(u64_field(&lifted.success().json(), "version"), 2);
+    Cli::new().args(["tenant", "policy", "set"]).run().expect_code(2);
+}

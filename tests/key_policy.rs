@@ -325,8 +325,12 @@ async fn lifetime_scenario(server: &TestServer) {
         ..Default::default()
     };
     for expires_at in [None, expiry_in(server, day * 2)] {
-        let status = assert_status(keys.clone().create_key(create(expires_at)).await, Code::InvalidArgument, "1day");
-        assert!(status.message().starts_with("expires_at"), "{status:?}");
+        let status = assert_status(
+            keys.clone().create_key(create(expires_at)).await,
+            Code::InvalidArgument,
+            "maximum key lifetime",
+        );
+        assert!(status.message().starts_with("expires_at") && status.message().contains("1d"), "{status:?}");
     }
     let (fits, _) = key_with(server, &scope, create(expiry_in(server, day / 2))).await;
     // Existing keys keep working; an update that sets no expiry is not held to the policy,

@@ -60,7 +60,7 @@ pub fn key_json(key: &pb::Key) -> Value {
 
 fn duration_text(d: Option<&prost_types::Duration>) -> Option<String> {
     let d = convert::duration("", d).ok().flatten()?;
-    Some(humantime::format_duration(d).to_string())
+    Some(crate::domain::format_duration(d))
 }
 
 /// A tenant policy as JSON.

@@ -31,6 +31,8 @@ pub use key::{
 };
 pub use key::{PreviousSecret, RateLimit};
 pub use network::{canonical as canonical_address, parse_cidrs, parse_source_address, source_allowed};
-pub use policy::{MAX_KEY_LIFETIME_LIMIT, TenantPolicy, check_key_lifetime, validate_max_key_lifetime};
+pub use policy::{
+    MAX_KEY_LIFETIME_LIMIT, TenantPolicy, check_key_lifetime, format_duration, validate_max_key_lifetime,
+};
 pub use scope::{Rules, Scope, ScopeMode};
 pub use token::{Malformed, Pepper, RandomError, Secret, SecretHash, Token, TokenFormat};

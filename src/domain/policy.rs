@@ -29,6 +29,20 @@ pub fn validate_max_key_lifetime(field: &str, lifetime: Duration) -> Result<Dura
     Ok(lifetime)
 }
 
+/// A duration as an operator writes it: `90d`, `12h`, `30m` or `45s` when it is a whole number
+/// of that unit, else humantime's form (`1h 30m`).
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() == 0 && secs > 0 {
+        for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+            if secs % size == 0 {
+                return format!("{}{unit}", secs / size);
+            }
+        }
+    }
+    humantime::format_duration(d).to_string()
+}
+
 /// Whether a key expiring at `expires_at`, written at `now`, fits a maximum lifetime `max`:
 /// with a maximum, the key needs an expiry no later than `now + max`. The error names
 /// `expires_at` and the limit.
@@ -38,7 +52,7 @@ pub fn check_key_lifetime(
     expires_at: Option<SystemTime>,
 ) -> Result<(), InputError> {
     let Some(max) = max else { return Ok(()) };
-    let limit = humantime::format_duration(max);
+    let limit = format_duration(max);
     match expires_at {
         None => {
             Err(InputError::invalid("expires_at", format!("is required: the tenant's maximum key lifetime is {limit}")))
@@ -63,7 +77,10 @@ mod tests {
         assert_eq!(check_key_lifetime(Some(day), now, Some(now + day)), Ok(()));
         let late = check_key_lifetime(Some(day), now, Some(now + day + Duration::from_secs(1))).expect_err("late");
         assert_eq!(late.field(), "expires_at");
-        assert!(late.to_string().contains("1day"), "{late}");
+        assert!(late.to_string().contains("of 1d from now"), "{late}");
+        assert_eq!(format_duration(Duration::from_secs(90 * 86_400)), "90d");
+        assert_eq!(format_duration(Duration::from_secs(5400)), "90m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s 500ms");
         let never = check_key_lifetime(Some(day), now, None).expect_err("no expiry");
         assert_eq!(never.field(), "expires_at");
     }
