@@ -691,3 +691,32 @@ async fn rate_limits_can_be_set_and_removed_and_bad_ones_name_the_field() {
     assert_eq!(cleared.rate_limit, None);
     assert_eq!(reason(&server.check(&token, "courses", pb::Action::Read).await), pb::Reason::Ok);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Admin calls are checks of their key: its source networks and rate limit apply.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_keys_are_held_to_their_source_networks_and_rate_limit() {
+    let server = TestServer::start().await;
+    let admin_key = |request: pb::CreateKeyRequest| {
+        let keys = server.keys();
+        async move {
+            let request = pb::CreateKeyRequest { tenant: ACME.into(), scope_ids: vec!["admin".into()], ..request };
+            keys.clone().create_key(request).await.expect("create admin key").into_inner().token
+        }
+    };
+    let list = |token: String| {
+        let keys = server.keys_as(Some(&token));
+        async move { keys.clone().list_keys(pb::ListKeysRequest { tenant: ACME.into(), ..Default::default() }).await }
+    };
+    // The test client connects from 127.0.0.1.
+    let elsewhere =
+        admin_key(pb::CreateKeyRequest { allowed_cidrs: vec!["10.0.0.0/8".into()], ..Default::default() }).await;
+    assert_status(list(elsewhere).await, Code::PermissionDenied, "127.0.0.1");
+    let local =
+        admin_key(pb::CreateKeyRequest { allowed_cidrs: vec!["127.0.0.0/8".into()], ..Default::default() }).await;
+    list(local).await.expect("an admin call from an allowed network");
+    let limited = admin_key(pb::CreateKeyRequest { rate_limit: rate(0.001, 1), ..Default::default() }).await;
+    list(limited.clone()).await.expect("the first call");
+    assert_status(list(limited).await, Code::ResourceExhausted, "rate limit");
+}

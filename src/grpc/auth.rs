@@ -42,7 +42,8 @@ pub fn bearer_interceptor(mut request: Request<()>) -> Result<Request<()>, Statu
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Authorizes an admin call: `action` on the reserved `module`, in `tenant` (empty: the
-/// calling key's own). The caller carries the request's `x-request-id` when it is sane.
+/// calling key's own), from the gRPC peer's address (for keys with source networks). The
+/// caller carries the request's `x-request-id` when it is sane.
 pub(super) async fn admin<T>(
     core: &Keyscope,
     request: &Request<T>,
@@ -52,5 +53,6 @@ pub(super) async fn admin<T>(
 ) -> Result<Caller, Status> {
     let token = request.extensions().get::<AdminToken>().map(|t| t.0.as_str());
     let sent = request.metadata().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
-    Ok(core.authorize(token, tenant, &module, action).await?.with_request_id(sent))
+    let peer = request.remote_addr().map(|a| a.ip());
+    Ok(core.authorize_from(token, peer, tenant, &module, action).await?.with_request_id(sent))
 }

@@ -18,6 +18,7 @@ impl From<ServiceError> for Status {
             ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServiceError::Aborted(_) => Code::Aborted,
             ServiceError::Random(_) => Code::Internal,
+            ServiceError::RateLimited(..) => Code::ResourceExhausted,
             ServiceError::Store(store) => match store {
                 StoreError::VersionConflict { .. } | StoreError::UsersChanged(_) => Code::Aborted,
                 StoreError::NotFound(_) => Code::NotFound,

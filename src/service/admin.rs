@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{
     Keyscope, Presented, ServiceError,
-    check::{Holder, Resolved},
+    check::{CheckAnswer, Holder, Resolved},
 };
 use crate::domain::{
     Action, InputError, Key, Module, RequestId, Scope, ScopeId, Tenant, change_grants_reserved, describe_module,
@@ -102,10 +102,26 @@ impl Keyscope {
         module: &Module,
         action: Action,
     ) -> Result<Caller, ServiceError> {
+        self.authorize_from(bearer, None, tenant, module, action).await
+    }
+
+    /// [`Keyscope::authorize`] for a call from `source` (the gRPC peer, when known): an admin
+    /// call is a check of its key, so the key's source networks and rate limit apply too, after
+    /// its scopes (a key with networks and no known source is refused).
+    pub async fn authorize_from(
+        &self,
+        bearer: Option<&str>,
+        source: Option<std::net::IpAddr>,
+        tenant: &str,
+        module: &Module,
+        action: Action,
+    ) -> Result<Caller, ServiceError> {
         let Some(bearer) = bearer else { return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())) };
         let resolved = self.resolve(&Presented::Token(bearer.to_owned()), None).await?;
         let outcome = match &resolved {
-            Resolved::Holder(holder) => admit(holder, tenant, module, action),
+            Resolved::Holder(holder) => {
+                admit(holder, tenant, module, action).and_then(|caller| self.admit_policy(holder, source, caller))
+            }
             Resolved::Refused { .. } => Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())),
         };
         // An admin call is a check of its key on a reserved module: it counts as a use (denied
@@ -113,6 +129,33 @@ impl Keyscope {
         let allowed = u64::from(outcome.is_ok());
         resolved.note_use(self, allowed, 1 - allowed);
         outcome
+    }
+
+    /// The key's source networks and rate limit, for an admin call its scopes allow.
+    fn admit_policy(
+        &self,
+        holder: &Holder,
+        source: Option<std::net::IpAddr>,
+        caller: Caller,
+    ) -> Result<Caller, ServiceError> {
+        let allowed = CheckAnswer {
+            reason: crate::domain::Reason::Ok,
+            key_id: Some(holder.key.id.clone()),
+            tenant: Some(holder.key.tenant.clone()),
+            owner: String::new(),
+            scope_ids: Vec::new(),
+            message: String::new(),
+            retry_after: None,
+        };
+        let answer = self.after_scopes(holder, source, allowed, super::Explain::Always);
+        match answer.reason {
+            crate::domain::Reason::Ok => Ok(caller),
+            crate::domain::Reason::RateLimited => Err(ServiceError::RateLimited(
+                format!("key `{}`: {}", holder.key.id, answer.message),
+                answer.retry_after.unwrap_or_default(),
+            )),
+            _ => Err(ServiceError::PermissionDenied(format!("key `{}`: {}", holder.key.id, answer.message))),
+        }
     }
 
     /// Looks up scope ids of a tenant, builtins included; `None` where a scope does not exist.

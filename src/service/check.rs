@@ -378,7 +378,7 @@ impl Keyscope {
 impl Keyscope {
     /// The checks of SPEC section 2 that follow an allowing scope decision, in order: the
     /// source address, then the rate limit (last, so that a denied check spends no quota).
-    fn after_scopes(
+    pub(super) fn after_scopes(
         &self,
         holder: &Holder,
         source: Option<IpAddr>,

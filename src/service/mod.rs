@@ -64,6 +64,9 @@ pub enum ServiceError {
     /// The OS random source failed.
     #[error(transparent)]
     Random(#[from] RandomError),
+    /// The calling admin key's rate limit is reached; retry after the duration.
+    #[error("{0}")]
+    RateLimited(String, Duration),
 }
 
 /// Where "now" comes from; tests use a clock they move by hand.
