@@ -222,6 +222,23 @@ fn no_token_secret_or_pepper_is_ever_logged() {
     check(&["courses", "read", "--credential", &carol_token]).expect_code(3);
     server.cli().args(["scope", "delete", &deny_id, "--tenant", "acme"]).run().expect_code(1);
 
+    // Rotation (the new token comes back once), source networks and a rate limit.
+    let rotated =
+        json(server.cli().args(["--json", "key", "rotate", &bob, "--tenant", "acme", "--grace", "1h"]).run().success());
+    let rotated_token = text(&rotated, "token").to_owned();
+    forbidden.token("bob's rotated token", &rotated_token);
+    check(&["courses", "read", "--credential", &bob_token]).success();
+    check(&["courses", "read", "--credential", &rotated_token]).success();
+    server
+        .cli()
+        .args(["key", "update", &bob, "--tenant", "acme", "--version", "2", "--allow-cidr", "10.0.0.0/8"])
+        .args(["--rate", "0.001", "--burst", "1"])
+        .run()
+        .success();
+    check(&["courses", "read", "--credential", &rotated_token, "--source", "192.0.2.1"]).expect_code(3);
+    check(&["courses", "read", "--credential", &rotated_token, "--source", "10.0.0.1"]).success();
+    check(&["courses", "read", "--credential", &rotated_token, "--source", "10.0.0.1"]).expect_code(3);
+
     let captured = server.stop();
 
     // stdout holds the banner (with the bootstrap token, on purpose) and nothing after it.
@@ -266,6 +283,8 @@ fn no_token_secret_or_pepper_is_ever_logged() {
         "MALFORMED_CREDENTIAL",
         "KEY_DISABLED",
         "KEY_REVOKED",
+        "SOURCE_NOT_ALLOWED",
+        "RATE_LIMITED",
     ] {
         assert!(check_reasons.contains(&reason), "no check span with reason {reason}; seen: {check_reasons:?}");
     }
