@@ -655,11 +655,17 @@ fn rotation_sources_rate_limits_and_tenant_policy_commands() {
     assert_eq!(field(&set, "max key lifetime"), "90d");
     let refused = server.cli().args(["key", "create", "--tenant", "acme", "--scope", "read-only"]).run().expect_code(1);
     assert!(refused.stderr.contains("expires_at"), "{}", refused.describe());
-    server
+    let fits = server
         .cli()
-        .args(["key", "create", "--tenant", "acme", "--scope", "read-only", "--expires-in", "30d"])
+        .args(["--json", "key", "create", "--tenant", "acme", "--scope", "read-only", "--expires-in", "30d"])
         .run()
-        .success();
+        .success()
+        .json();
+    // The keys the new maximum would refuse: the one made before it, with no expiry.
+    let outliving =
+        server.cli().args(["--json", "key", "list", "--tenant", "acme", "--outliving", "90d"]).run().success().json();
+    let ids: Vec<&str> = outliving["keys"].as_array().expect("keys").iter().map(|k| str_field(k, "id")).collect();
+    assert!(ids.contains(&id.as_str()) && !ids.contains(&str_field(&fits, "id")), "{outliving}");
     let lifted =
         server.cli().args(["--json", "tenant", "policy", "set", "--tenant", "acme", "--no-max-key-lifetime"]).run();
     assert_eq!(u64_field(&lifted.success().json(), "version"), 2);

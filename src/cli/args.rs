@@ -242,6 +242,10 @@ pub enum KeyCommand {
         unused_since: Option<String>,
         #[command(flatten)]
         page: PageArgs,
+        /// Only keys that outlive DURATION from now (no expiry, or a later one): the keys a
+        /// maximum key lifetime of DURATION would refuse. Reads every page (filtered here).
+        #[arg(long, value_name = "DURATION", conflicts_with = "page_token")]
+        outliving: Option<String>,
     },
     /// Show a key's daily counts of allowed and denied checks, and its last use.
     Usage {

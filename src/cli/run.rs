@@ -272,7 +272,11 @@ async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
             let usage = client.get_key_usage(request).await?.into_inner();
             return Ok(Output::new(output::usage_text(&usage), output::usage_json(&usage)));
         }
-        KeyCommand::List { tenant, owner, scope, state, unused_since, page } => {
+        KeyCommand::List { tenant, owner, scope, state, unused_since, mut page, outliving } => {
+            let outliving = outliving.map(|raw| humantime_duration("--outliving", &raw)).transpose()?;
+            if outliving.is_some() {
+                page.all = true;
+            }
             let state = state.map_or(pb::KeyState::Unspecified, |s| match s {
                 StateArg::Active => pb::KeyState::Active,
                 StateArg::Disabled => pb::KeyState::Disabled,
@@ -295,6 +299,20 @@ async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Output, CliError> {
                 Ok((page.keys, page.next_page_token))
             })
             .await?;
+            let keys = match outliving {
+                Some(d) => {
+                    let limit = std::time::SystemTime::now()
+                        + crate::grpc::convert::duration("--outliving", Some(&d)).ok().flatten().unwrap_or_default();
+                    let beyond = |k: &pb::Key| {
+                        crate::grpc::convert::timestamp("expires_at", k.expires_at.as_ref())
+                            .ok()
+                            .flatten()
+                            .is_none_or(|at| at > limit)
+                    };
+                    keys.into_iter().filter(beyond).collect()
+                }
+                None => keys,
+            };
             let header = format!("{:<22}{:<10}{:<40}OWNER\n", "ID", "STATE", "SCOPES");
             let text = table(header, keys.iter().map(output::key_row), &next);
             let json = json!({"keys": keys.iter().map(output::key_json).collect::<Vec<_>>(), "next_page_token": next});
