@@ -240,6 +240,7 @@ async fn bad_rotation_requests_name_the_field_and_change_nothing() {
         ),
         (pb::RotateKeyRequest { id: String::new(), ..good.clone() }, "id"),
         (pb::RotateKeyRequest { id: "not a key id".into(), ..good.clone() }, "id"),
+        (pb::RotateKeyRequest { tenant: "Bad_Tenant".into(), ..good.clone() }, "tenant"),
     ];
     for (request, field) in cases {
         let status = assert_status(server.keys().rotate_key(request).await, Code::InvalidArgument, field);
@@ -428,6 +429,10 @@ async fn bad_policies_name_the_field_and_change_nothing() {
             assert_status(server.keys().set_tenant_policy(request).await, Code::InvalidArgument, "max_key_lifetime");
         assert!(status.message().starts_with("max_key_lifetime"), "{status:?}");
     }
+    let bad_tenant = pb::SetTenantPolicyRequest { tenant: "Bad_Tenant".into(), ..policy_request(None) };
+    assert_status(server.keys().set_tenant_policy(bad_tenant).await, Code::InvalidArgument, "tenant");
+    let bad_tenant = pb::GetTenantPolicyRequest { tenant: "-bad".into() };
+    assert_status(server.keys().get_tenant_policy(bad_tenant).await, Code::InvalidArgument, "tenant");
     let policy = server.keys().get_tenant_policy(pb::GetTenantPolicyRequest { tenant: ACME.into() }).await;
     assert_eq!(policy.expect("get").into_inner().version, 0, "nothing stored");
     // Only `system` keys may name another tenant; a tenant key needs `update` on keyscope.keys.
