@@ -8,12 +8,15 @@
 //! replica B denies), `scale` (1,000 vs 1,000,000 keys in Redis, 1 vs 32 scopes per key, and
 //! resident memory per cached key), `envoy` (ext_authz Check next to the native Check),
 //! `traces` (the real binary with every check traced and exported over OTLP to a receiver in
-//! this process, next to the same binary with traces off).
+//! this process, next to the same binary with traces off), `tls` (the binary serving TLS next
+//! to the same binary in plaintext: steady checks, then new connections each with one check).
 //! Everything runs against 127.0.0.1 only, is bounded in
 //! requests and time, and stops by itself. It starts its own `redis-server`.
 
 #![allow(clippy::panic, clippy::unwrap_used, missing_docs)]
 
+#[path = "../tests/common/certs.rs"]
+mod certs;
 #[path = "../tests/common/process.rs"]
 mod process;
 #[path = "../tests/common/redis_server.rs"]
@@ -62,7 +65,7 @@ fn args() -> Args {
         }
     }
     if args.scenarios.is_empty() {
-        args.scenarios = ["hit", "miss", "propagation", "scale", "envoy", "traces"].map(String::from).to_vec();
+        args.scenarios = ["hit", "miss", "propagation", "scale", "envoy", "traces", "tls"].map(String::from).to_vec();
     }
     args
 }
@@ -389,15 +392,41 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
     }
 }
 
+/// A running keyscope binary, a channel to it and a check request it allows.
+struct Bin {
+    server: process::Server,
+    channel: Channel,
+    request: pb::CheckRequest,
+    /// `https://localhost:<port>` and the CA that signed its certificate, when TLS is on.
+    tls: Option<(String, String)>,
+}
+
+/// A client endpoint of `bin` (over TLS when it serves TLS).
+fn endpoint_of(server: &process::Server, tls: Option<&str>) -> tonic::transport::Endpoint {
+    match tls {
+        None => tonic::transport::Endpoint::from_shared(server.url()).unwrap(),
+        Some(ca) => {
+            let port = server.addr.rsplit(':').next().unwrap();
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name("localhost");
+            tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+        }
+    }
+}
+
 /// The real `keyscope` binary (memory store), with `envs`, and a check request for a key made
-/// through its admin API.
-async fn binary(envs: &[(&str, &str)]) -> (process::Server, Channel, pb::CheckRequest) {
+/// through its admin API; `tls` is the CA of the certificate it serves, if it serves TLS.
+async fn binary(envs: &[(&str, &str)], tls: Option<&str>) -> Bin {
     let mut options = process::ServerOptions::default();
     for (name, value) in envs {
         options = options.env(name, value);
     }
     let server = options.start();
-    let channel = tonic::transport::Endpoint::from_shared(server.url()).unwrap().connect().await.expect("connect");
+    let channel = endpoint_of(&server, tls).connect().await.expect("connect");
     let mut create = Request::new(pb::CreateKeyRequest {
         tenant: "bench".into(),
         scope_ids: vec!["read-only".into()],
@@ -406,7 +435,76 @@ async fn binary(envs: &[(&str, &str)]) -> (process::Server, Channel, pb::CheckRe
     create.metadata_mut().insert("authorization", format!("Bearer {}", server.admin_token()).parse().unwrap());
     let created = pb::key_admin_client::KeyAdminClient::new(channel.clone()).create_key(create).await.expect("key");
     let request = check_request(&created.into_inner().token);
-    (server, channel, request)
+    let tls = tls.map(|ca| (server.addr.clone(), ca.to_owned()));
+    Bin { server, channel, request, tls }
+}
+
+/// `rounds` alternating runs of `first` and `second`, after a warm-up of each: per round the
+/// two reports, and each process's CPU time over its measured runs.
+struct Paired {
+    rows: Vec<(Report, Report)>,
+    cpu: (Duration, Duration),
+}
+
+impl Paired {
+    /// Warms both up for `warm_up`, then runs the rounds.
+    async fn run(a: &Args, first: &Bin, second: &Bin, rounds: usize, warm_up: Duration) -> Paired {
+        let run = |bin: &Bin, duration: Duration| {
+            drive(bin.channel.clone(), bin.request.clone(), a.concurrency, duration, a.requests, None)
+        };
+        run(first, warm_up).await;
+        run(second, warm_up).await;
+        Self::measure(a, first, second, rounds).await
+    }
+
+    async fn measure(a: &Args, first: &Bin, second: &Bin, rounds: usize) -> Paired {
+        let run = |bin: &Bin, duration: Duration| {
+            drive(bin.channel.clone(), bin.request.clone(), a.concurrency, duration, a.requests, None)
+        };
+        let (mut rows, mut cpu) = (Vec::new(), (Duration::ZERO, Duration::ZERO));
+        for _ in 0..rounds {
+            let before = cpu_time(first.server.pid());
+            let one = run(first, a.duration).await;
+            cpu.0 += cpu_time(first.server.pid()) - before;
+            let before = cpu_time(second.server.pid());
+            let two = run(second, a.duration).await;
+            cpu.1 += cpu_time(second.server.pid()) - before;
+            rows.push((one, two));
+        }
+        Paired { rows, cpu }
+    }
+
+    fn answered(&self) -> (usize, usize) {
+        let n = |pick: fn(&(Report, Report)) -> &Report| self.rows.iter().map(|r| pick(r).latencies_us.len()).sum();
+        (n(|r| &r.0), n(|r| &r.1))
+    }
+
+    /// Prints the rounds, the throughput ratio first / second and the CPU per check.
+    fn print(&self, first: &str, second: &str) {
+        println!("{HEADER}");
+        for (i, (one, two)) in self.rows.iter().enumerate() {
+            println!("{}", one.line(&format!("{first}, round {}", i + 1)));
+            println!("{}", two.line(&format!("{second}, round {}", i + 1)));
+        }
+        let mut ratios: Vec<f64> = self.rows.iter().map(|(one, two)| one.throughput() / two.throughput()).collect();
+        ratios.sort_by(f64::total_cmp);
+        let (n1, n2) = self.answered();
+        let rate = |n: usize, pick: fn(&(Report, Report)) -> &Report| {
+            n as f64 / self.rows.iter().map(|r| pick(r).elapsed.as_secs_f64()).sum::<f64>()
+        };
+        println!(
+            "\nthroughput ratio {first} / {second}: {:.2} over all rounds; per round {}",
+            rate(n1, |r| &r.0) / rate(n2, |r| &r.1),
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
+        );
+        let per_check = |cpu: Duration, n: usize| cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
+        println!(
+            "keyscope process CPU per check: {first} {:.1} us, {second} {:.1} us (ratio {:.2})",
+            per_check(self.cpu.0, n1),
+            per_check(self.cpu.1, n2),
+            per_check(self.cpu.1, n2) / per_check(self.cpu.0, n1)
+        );
+    }
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
@@ -440,62 +538,77 @@ async fn traces(a: &Args) {
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     let endpoint = format!("http://{receiver}");
-    let (traced, traced_channel, traced_request) =
-        binary(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_TRACES_SAMPLER", "always_on")]).await;
-    let (plain, plain_channel, plain_request) = binary(&[]).await;
-    let run = |channel: &Channel, request: &pb::CheckRequest, duration: Duration| {
-        drive(channel.clone(), request.clone(), a.concurrency, duration, a.requests, None)
-    };
+    let traced =
+        binary(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_TRACES_SAMPLER", "always_on")], None).await;
+    let plain = binary(&[], None).await;
     // A longer warm-up than the other scenarios: the traced process's first seconds (the
     // exporter's connection and buffers) are not its steady state.
-    run(&traced_channel, &traced_request, Duration::from_secs(3)).await;
-    run(&plain_channel, &plain_request, Duration::from_secs(3)).await;
-    let mut rows = Vec::new();
+    Paired::run(a, &traced, &plain, 0, Duration::from_secs(3)).await;
     let spans_before = counter.0.load(Ordering::Relaxed);
-    let (mut on_cpu, mut off_cpu) = (Duration::ZERO, Duration::ZERO);
-    for _ in 0..ROUNDS {
-        let cpu = cpu_time(traced.pid());
-        let on = run(&traced_channel, &traced_request, a.duration).await;
-        on_cpu += cpu_time(traced.pid()) - cpu;
-        let cpu = cpu_time(plain.pid());
-        let off = run(&plain_channel, &plain_request, a.duration).await;
-        off_cpu += cpu_time(plain.pid()) - cpu;
-        rows.push((on, off));
-    }
+    let paired = Paired::measure(a, &traced, &plain, ROUNDS).await;
     // Let the last batch arrive before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let spans = counter.0.load(Ordering::Relaxed) - spans_before;
-    let metrics = process_metrics(&traced.http_addr).await;
-    println!("{HEADER}");
-    for (i, (on, off)) in rows.iter().enumerate() {
-        println!("{}", on.line(&format!("traces on (every check exported), round {}", i + 1)));
-        println!("{}", off.line(&format!("traces off, round {}", i + 1)));
-    }
-    let mut ratios: Vec<f64> = rows.iter().map(|(on, off)| on.throughput() / off.throughput()).collect();
-    ratios.sort_by(f64::total_cmp);
-    let answered =
-        |pick: fn(&(Report, Report)) -> &Report| rows.iter().map(|r| pick(r).latencies_us.len()).sum::<usize>();
-    let (on_n, off_n) = (answered(|r| &r.0), answered(|r| &r.1));
-    let total_ratio = {
-        let rate = |pick: fn(&(Report, Report)) -> &Report| {
-            answered(pick) as f64 / rows.iter().map(|r| pick(r).elapsed.as_secs_f64()).sum::<f64>()
-        };
-        rate(|r| &r.0) / rate(|r| &r.1)
-    };
-    println!(
-        "\nthroughput ratio traces on / off: {total_ratio:.2} over all rounds; per round {}",
-        ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
-    );
-    let per_check = |cpu: Duration, n: usize| cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
-    println!(
-        "keyscope process CPU per check: traces on {:.1} us, off {:.1} us (ratio {:.2})",
-        per_check(on_cpu, on_n),
-        per_check(off_cpu, off_n),
-        per_check(off_cpu, off_n) / per_check(on_cpu, on_n)
-    );
+    let metrics = process_metrics(&traced.server.http_addr).await;
+    paired.print("traces on (every check exported)", "traces off");
+    let on_n = paired.answered().0;
     println!("spans received by the collector during the measured rounds: {spans} (checks answered: {on_n})");
     println!("{metrics}");
     drop((traced, plain));
+}
+
+/// New connections to `bin`, each answering one check, from `workers` tasks for `duration`:
+/// connections per second, and the server's CPU time per connection in microseconds.
+async fn connection_churn(bin: &Bin, workers: usize, duration: Duration) -> (f64, f64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let cpu = cpu_time(bin.server.pid());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let endpoint = endpoint_of(&bin.server, bin.tls.as_ref().map(|(_, ca)| ca.as_str()));
+        let (request, done) = (bin.request.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < duration {
+                let channel = endpoint.connect().await.expect("connect");
+                CheckerClient::new(channel).check(request.clone()).await.expect("check");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let n = done.load(Ordering::Relaxed).max(1) as f64;
+    let cpu = (cpu_time(bin.server.pid()) - cpu).as_secs_f64() * 1e6 / n;
+    (n / start.elapsed().as_secs_f64(), cpu)
+}
+
+async fn tls(a: &Args) {
+    const ROUNDS: usize = 4;
+    println!(
+        "\n## tls: Check over TLS (rustls, TLS 1.3, ECDSA P-256) vs plaintext, two keyscope binaries \
+         (memory store; concurrency {}, {:?} each, {ROUNDS} alternating rounds; then new connections)\n",
+        a.concurrency, a.duration
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certs::Ca::new("bench CA");
+    let (cert, key) = ca.server().write(dir.path(), "server");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let secured = binary(
+        &[("KEYSCOPE__SERVER__TLS__CERT_FILE", &cert), ("KEYSCOPE__SERVER__TLS__KEY_FILE", &key)],
+        Some(&ca.pem),
+    )
+    .await;
+    let plain = binary(&[], None).await;
+    let paired = Paired::run(a, &secured, &plain, ROUNDS, Duration::from_secs(1)).await;
+    paired.print("TLS", "plaintext");
+    let churn = Duration::from_secs(3);
+    let (tls_rate, tls_cpu) = connection_churn(&secured, 4, churn).await;
+    let (plain_rate, plain_cpu) = connection_churn(&plain, 4, churn).await;
+    println!(
+        "new connections (connect + one Check, 4 workers, {churn:?}): TLS {tls_rate:.0}/s ({tls_cpu:.0} us keyscope CPU \
+         each), plaintext {plain_rate:.0}/s ({plain_cpu:.0} us each)"
+    );
 }
 
 /// The span export counters of a running binary.
@@ -734,6 +847,7 @@ fn main() {
                 "scale" => scale(&redis, &a).await,
                 "envoy" => envoy(&redis, &a).await,
                 "traces" => traces(&a).await,
+                "tls" => tls(&a).await,
                 other => panic!("unknown scenario {other}"),
             }
         }

@@ -125,6 +125,10 @@ pub struct ServerSettings {
     pub shutdown_grace_ms: u64,
     /// `server.tls.*`: TLS (and mutual TLS) on the gRPC port.
     pub tls: ServerTlsSettings,
+    /// Stay ready (gRPC health, `/readyz`) while the store does not answer: checks are then
+    /// answered from the cache and fail closed otherwise, instead of every replica leaving the
+    /// load balancer during a store outage.
+    pub ready_without_store: bool,
 }
 
 /// `server.tls.*`: TLS on the gRPC port, on when `cert_file` and `key_file` are set.
@@ -203,6 +207,7 @@ impl Default for ServerSettings {
             shutdown_delay_ms: 0,
             shutdown_grace_ms: 25_000,
             tls: ServerTlsSettings::default(),
+            ready_without_store: false,
         }
     }
 }
@@ -748,6 +753,8 @@ pub struct Validated {
     pub shutdown_grace: std::time::Duration,
     /// TLS on the gRPC port, when configured: the files and what was read from them.
     pub tls: Option<(ServerTlsFiles, LoadedTls)>,
+    /// Readiness ignores the store (`server.ready_without_store`).
+    pub ready_without_store: bool,
     /// Span export, when traces are on.
     pub traces: Option<TraceSettings>,
     /// Token format.
@@ -934,6 +941,7 @@ impl Settings {
             shutdown_delay: std::time::Duration::from_millis(server.shutdown_delay_ms),
             shutdown_grace: std::time::Duration::from_millis(server.shutdown_grace_ms),
             tls: server.tls.validate()?,
+            ready_without_store: server.ready_without_store,
             traces,
             tokens,
             pepper,

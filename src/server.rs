@@ -60,6 +60,8 @@ pub struct ServeOptions {
     pub shutdown_delay: Duration,
     /// TLS on the gRPC port: the files (reloaded when they change) and their first reading.
     pub tls: Option<(ServerTlsFiles, LoadedTls)>,
+    /// Readiness does not follow the store (it still goes NOT_SERVING at shutdown).
+    pub ready_without_store: bool,
 }
 
 /// Serves keyscope's gRPC API on `listener` until `shutdown` resolves, then drains in-flight
@@ -111,7 +113,7 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let ServeOptions { ext_authz, metrics, http, tracer, shutdown_delay, tls } = options;
+    let ServeOptions { ext_authz, metrics, http, tracer, shutdown_delay, tls, ready_without_store } = options;
     // Everything that can fail comes before any task is spawned.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -127,9 +129,9 @@ pub async fn serve_with(
     // restart would not bring Redis back, only empty the cache).
     reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
     let health = Health { reporter, ready: Arc::new(AtomicBool::new(false)) };
-    let ready = core.store_ready().await;
-    health.set(ready).await;
-    let readiness = tokio::spawn(follow_readiness(core.clone(), health.clone(), ready));
+    let answers = core.store_ready().await;
+    health.set(answers || ready_without_store).await;
+    let readiness = tokio::spawn(follow_readiness(core.clone(), health.clone(), answers, ready_without_store));
 
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = http.map(|listener| {
@@ -213,19 +215,24 @@ pub async fn serve_with(
 const READINESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Keeps health (gRPC and the HTTP readiness probe) in step with the store: NOT_SERVING while
-/// it does not answer.
-async fn follow_readiness(core: Arc<Keyscope>, health: Health, mut last: bool) {
+/// it does not answer, unless `without_store` (then the outage is only logged).
+async fn follow_readiness(core: Arc<Keyscope>, health: Health, mut answered: bool, without_store: bool) {
     loop {
         tokio::time::sleep(READINESS_INTERVAL).await;
-        let ready = core.store_ready().await;
-        if ready != last {
-            health.set(ready).await;
-            if ready {
-                tracing::info!("store answers again: serving");
-            } else {
-                tracing::warn!("store does not answer: health is NOT_SERVING");
+        let answers = core.store_ready().await;
+        if answers != answered {
+            if !without_store {
+                health.set(answers).await;
             }
-            last = ready;
+            match (answers, without_store) {
+                (true, _) => tracing::info!("store answers again: serving"),
+                (false, false) => tracing::warn!("store does not answer: health is NOT_SERVING"),
+                (false, true) => tracing::warn!(
+                    "store does not answer: still SERVING (server.ready_without_store), from the cache; \
+                     uncached checks fail closed"
+                ),
+            }
+            answered = answers;
         }
     }
 }
@@ -387,6 +394,7 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
         tracer: spans.as_ref().map(|s| CheckTracer::new(s.tracer())).unwrap_or_default(),
         shutdown_delay: validated.shutdown_delay,
         tls: validated.tls.clone(),
+        ready_without_store: validated.ready_without_store,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let flusher =

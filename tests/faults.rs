@@ -6,6 +6,8 @@
 #![allow(clippy::panic)] // tests fail by panicking
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 #[path = "common/scrape.rs"]
@@ -224,4 +226,43 @@ async fn ext_authz_fails_with_unavailable_when_no_decision_can_be_made() {
     assert_eq!(cold.expect_err("no decision possible").code(), Code::Unavailable);
     redis.resume();
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_without_store_keeps_answering_from_the_cache_while_redis_is_down() {
+    let redis = RedisServer::start();
+    let server = process::ServerOptions::default()
+        .env("KEYSCOPE__STORE__KIND", "redis")
+        .env("KEYSCOPE__STORE__REDIS__URL", &redis.url())
+        .env("KEYSCOPE__STORE__REDIS__PREFIX", &fresh_prefix())
+        .env("KEYSCOPE__STORE__REDIS__CHECK_TIMEOUT_MS", "200")
+        .env("KEYSCOPE__SERVER__READY_WITHOUT_STORE", "true")
+        .start();
+    let key =
+        server.cli().args(["--json", "key", "create", "--tenant", ACME, "--scope", "read-only"]).run().success().json();
+    let token = key["token"].as_str().expect("token").to_owned();
+    let check = || server.cli_anonymous().args(["check", "courses", "read", "--credential", &token]).run();
+    // Checked until a check is a cache hit (a fill racing the creation's echo is not kept).
+    let addr = server.http_addr.clone();
+    eventually("the key is cached", WITHIN, || async {
+        let before = scrape::count(&scrape::metrics(&addr).await, "keyscope_cache_hits_total", &[]);
+        check().code() == 0 && scrape::count(&scrape::metrics(&addr).await, "keyscope_cache_hits_total", &[]) > before
+    })
+    .await;
+
+    redis.pause();
+    let warned = || server.stderr_lines().iter().any(|l| l.contains("still SERVING (server.ready_without_store)"));
+    eventually("the outage is logged", WITHIN, || async { warned() }).await;
+    assert_eq!(scrape::get(&addr, "/readyz").await.0, 200, "still ready without the store");
+    let health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(server.url()).expect("url").connect().await.expect("connect"),
+    )
+    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+    .await
+    .expect("health")
+    .into_inner();
+    assert_eq!(health.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let cached = check();
+    assert!(cached.stdout.starts_with("allowed (OK)"), "answered from the cache: {}", cached.describe());
+    redis.resume();
 }

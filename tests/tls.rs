@@ -337,13 +337,30 @@ fn bad_tls_settings_stop_the_start_naming_the_setting() {
     }
 }
 
+/// A CA, a Redis node's certificate (made by `node`) and keyscope's client certificate, as
+/// files in a temporary directory.
+struct RedisPki {
+    dir: tempfile::TempDir,
+    ca_file: std::path::PathBuf,
+    node: (std::path::PathBuf, std::path::PathBuf),
+    client: (std::path::PathBuf, std::path::PathBuf),
+}
+
+impl RedisPki {
+    fn new(node: fn(&Ca) -> Leaf) -> RedisPki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = Ca::new("redis CA");
+        let ca_file = certs::write(dir.path(), "ca.crt", &ca.pem);
+        let node = node(&ca).write(dir.path(), "node");
+        let client = ca.client("keyscope").write(dir.path(), "client");
+        RedisPki { dir, ca_file, node, client }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_with_a_client_certificate_and_a_separate_password() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ca = Ca::new("redis CA");
-    let ca_file = certs::write(dir.path(), "ca.crt", &ca.pem);
-    let (redis_cert, redis_key) = ca.server().write(dir.path(), "redis");
-    let (client_cert, client_key) = ca.client("keyscope").write(dir.path(), "client");
+    let RedisPki { dir, ca_file, node: (redis_cert, redis_key), client: (client_cert, client_key) } =
+        RedisPki::new(Ca::server);
     let password = "redis-password-that-must-not-leak";
     let redis = RedisServer::start_tls(
         &redis_cert,
@@ -420,11 +437,8 @@ async fn redis_over_tls_with_a_client_certificate_and_a_separate_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_over_tls_with_a_client_certificate() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ca = Ca::new("cluster CA");
-    let ca_file = certs::write(dir.path(), "ca.crt", &ca.pem);
-    let (node_cert, node_key) = ca.peer().write(dir.path(), "node");
-    let (client_cert, client_key) = ca.client("keyscope").write(dir.path(), "client");
+    let RedisPki { dir: _dir, ca_file, node: (node_cert, node_key), client: (client_cert, client_key) } =
+        RedisPki::new(Ca::peer);
     let password = "cluster-password-that-must-not-leak";
     let cluster = RedisCluster::start_tls(
         &node_cert,

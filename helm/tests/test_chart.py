@@ -740,6 +740,8 @@ class Config(unittest.TestCase):
         self.assertNotIn("tls", config["server"])
         self.assertNotIn("telemetry", config)
         self.assertEqual(config_key_problems(config), [])
+        # Replicas stay in the Service during a Redis outage and answer from their caches.
+        self.assertIs(config["server"]["ready_without_store"], True)
 
     def test_all_on(self):
         config = rendered_config(ALL_ON_VALUES)
