@@ -13,7 +13,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::{KeyId, Problem, ScopeId, Tenant, token::RandomError};
+use super::{KeyId, Problem, ScopeId, Subject, Tenant, token::RandomError};
 
 /// What an admin change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,11 +36,17 @@ pub enum AuditOperation {
     CloneScope,
     /// A scope was deleted (forced: removed from the keys holding it).
     DeleteScope,
+    /// A principal was registered, or its roles or enabled flag changed.
+    PutPrincipal,
+    /// A principal was deleted (its keys are denied from then on).
+    DeletePrincipal,
+    /// A scope's member bindings (subjects and roles) were replaced.
+    SetScopeMembers,
 }
 
 impl AuditOperation {
     /// Every operation, in wire order.
-    pub const ALL: [AuditOperation; 9] = [
+    pub const ALL: [AuditOperation; 12] = [
         AuditOperation::CreateKey,
         AuditOperation::UpdateKey,
         AuditOperation::DisableKey,
@@ -50,6 +56,9 @@ impl AuditOperation {
         AuditOperation::UpdateScope,
         AuditOperation::CloneScope,
         AuditOperation::DeleteScope,
+        AuditOperation::PutPrincipal,
+        AuditOperation::DeletePrincipal,
+        AuditOperation::SetScopeMembers,
     ];
 
     /// The stored and printed name, e.g. `create_key`.
@@ -64,6 +73,9 @@ impl AuditOperation {
             AuditOperation::UpdateScope => "update_scope",
             AuditOperation::CloneScope => "clone_scope",
             AuditOperation::DeleteScope => "delete_scope",
+            AuditOperation::PutPrincipal => "put_principal",
+            AuditOperation::DeletePrincipal => "delete_principal",
+            AuditOperation::SetScopeMembers => "set_scope_members",
         }
     }
 }
@@ -126,6 +138,8 @@ pub enum AuditTarget {
     Key(KeyId),
     /// A stored scope.
     Scope(ScopeId),
+    /// A principal, by subject.
+    Principal(Subject),
 }
 
 impl AuditTarget {
@@ -134,6 +148,7 @@ impl AuditTarget {
         match self {
             AuditTarget::Key(_) => "key",
             AuditTarget::Scope(_) => "scope",
+            AuditTarget::Principal(_) => "principal",
         }
     }
 
@@ -142,6 +157,7 @@ impl AuditTarget {
         match self {
             AuditTarget::Key(id) => id.as_str(),
             AuditTarget::Scope(id) => id.as_str(),
+            AuditTarget::Principal(subject) => subject.as_str(),
         }
     }
 
@@ -150,6 +166,7 @@ impl AuditTarget {
         match kind {
             "key" => id.parse().ok().map(AuditTarget::Key),
             "scope" => id.parse().ok().map(AuditTarget::Scope),
+            "principal" => id.parse().ok().map(AuditTarget::Principal),
             _ => None,
         }
     }

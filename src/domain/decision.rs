@@ -32,6 +32,13 @@ pub enum Reason {
     DeniedByScope,
     /// No scope grants the module.
     NotGranted,
+    /// The key's scopes allow, but its owner (a registered principal) is not allowed, or is
+    /// gone (deleted).
+    OwnerDenied,
+    /// The key's owner is a registered principal that is disabled.
+    OwnerDisabled,
+    /// The bearer principal is registered and disabled.
+    PrincipalDisabled,
 }
 
 impl Reason {
@@ -48,6 +55,9 @@ impl Reason {
             Reason::NoScope => "NO_SCOPE",
             Reason::DeniedByScope => "DENIED_BY_SCOPE",
             Reason::NotGranted => "NOT_GRANTED",
+            Reason::OwnerDenied => "OWNER_DENIED",
+            Reason::OwnerDisabled => "OWNER_DISABLED",
+            Reason::PrincipalDisabled => "PRINCIPAL_DISABLED",
         }
     }
 }

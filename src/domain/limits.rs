@@ -38,3 +38,15 @@ pub const PAGE_SIZE_MAX: usize = 500;
 pub const PAGE_TOKEN_MAX: usize = 128;
 /// Largest gRPC request message, in bytes.
 pub const MESSAGE_MAX_BYTES: usize = 256 * 1024;
+/// Longest principal subject, in bytes.
+pub const SUBJECT_MAX: usize = 256;
+/// Longest role name.
+pub const ROLE_MAX: usize = 64;
+/// Most roles of one principal (and in one bearer-principal credential).
+pub const ROLES_PER_PRINCIPAL_MAX: usize = 32;
+/// Most subjects one scope is bound to.
+pub const MEMBER_SUBJECTS_MAX: usize = 1000;
+/// Most roles one scope is bound to.
+pub const MEMBER_ROLES_MAX: usize = 100;
+/// Longest page token of ListPrincipals (its cursor is a subject of up to 256 bytes).
+pub const PRINCIPAL_PAGE_TOKEN_MAX: usize = 512;

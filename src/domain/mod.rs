@@ -13,6 +13,7 @@ mod error;
 mod ids;
 mod key;
 pub mod limits;
+mod principal;
 mod scope;
 mod token;
 
@@ -28,4 +29,5 @@ pub use key::{
     Key, KeyState, Metadata, key_status, validate_description, validate_metadata, validate_owner, validate_scope_ids,
 };
 pub use scope::{Rules, Scope, ScopeMode};
+pub use principal::{Members, Principal, Role, Subject, parse_names};
 pub use token::{Malformed, Pepper, RandomError, Secret, SecretHash, Token, TokenFormat};

@@ -9,6 +9,7 @@ pub mod convert;
 mod ext_authz;
 mod key_admin;
 mod observe;
+mod principal_admin;
 mod scope_admin;
 mod status;
 
@@ -19,6 +20,7 @@ pub use ext_authz::{ExtAuthzService, ExtAuthzSettings, IdentityHeaders};
 pub use key_admin::KeyAdminService;
 pub use observe::{AdminMethods, Edge, call_span};
 pub use scope_admin::ScopeAdminService;
+pub use principal_admin::PrincipalAdminService;
 
 /// The generated protobuf messages, clients and servers of `keyscope.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use opentelemetry::KeyValue;
 use tracing::{Instrument, field::Empty};
 
-use super::{Keyscope, ServiceError};
+use super::{Keyscope, ServiceError, principals::Ceiling};
 use crate::domain::{
     Action, Decision, Key, KeyId, Module, Reason, Scope, ScopeId, Tenant, Token, evaluate, key_status,
 };
@@ -74,6 +74,8 @@ pub struct CheckAnswer {
     pub scope_ids: Vec<ScopeId>,
     /// With [`Explain`]: one human line.
     pub message: String,
+    /// The subject of a bearer principal credential (empty for a key).
+    pub subject: String,
 }
 
 impl CheckAnswer {
@@ -101,6 +103,8 @@ pub(super) struct Holder {
     /// Scope ids the key names that exist neither in the store nor among the builtins; they
     /// deny everything (fail closed).
     pub missing: Vec<ScopeId>,
+    /// What the key's owner allows (applied after the key's scopes allow).
+    pub ceiling: Ceiling,
 }
 
 /// How a credential resolved: a verified key, or the reason it was refused.
@@ -144,6 +148,14 @@ impl Holder {
             };
             (Reason::DeniedByScope, self.missing.clone(), message)
         };
+        let (reason, scope_ids, message) = if reason == Reason::Ok {
+            match self.ceiling.bound(&self.key.owner, module, action, explain) {
+                Some(denied) => denied,
+                None => (reason, scope_ids, message),
+            }
+        } else {
+            (reason, scope_ids, message)
+        };
         CheckAnswer {
             reason,
             key_id: Some(self.key.id.clone()),
@@ -151,6 +163,7 @@ impl Holder {
             owner: self.key.owner.clone(),
             scope_ids,
             message,
+            subject: String::new(),
         }
     }
 }
@@ -169,7 +182,15 @@ pub(super) fn explained(
 
 fn refused(reason: Reason, key_id: Option<KeyId>, explain: Explain) -> CheckAnswer {
     let message = if explain.wants(reason) { refusal_message(reason) } else { String::new() };
-    CheckAnswer { reason, key_id, tenant: None, owner: String::new(), scope_ids: Vec::new(), message }
+    CheckAnswer {
+        reason,
+        key_id,
+        tenant: None,
+        owner: String::new(),
+        scope_ids: Vec::new(),
+        message,
+        subject: String::new(),
+    }
 }
 
 fn refusal_message(reason: Reason) -> String {
@@ -213,7 +234,9 @@ impl Keyscope {
             let verified = Some(credential.key.tenant.clone());
             return Ok(Resolved::Refused { reason, key_id: Some(key_id.clone()), verified });
         }
-        Ok(Resolved::Holder(self.holder(credential.key, credential.scopes)))
+        let mut holder = self.holder(credential.key, credential.scopes);
+        holder.ceiling = self.ceiling(&holder.key).await?;
+        Ok(Resolved::Holder(holder))
     }
 
     /// Resolves a key's scope ids against the builtins and the stored scopes given.
@@ -226,7 +249,7 @@ impl Keyscope {
                 None => missing.push(id.clone()),
             }
         }
-        Holder { key, scopes, missing }
+        Holder { key, scopes, missing, ceiling: Ceiling::None }
     }
 
     /// Each of `ids` as a builtin or one of the `stored` scopes; `None` where it is neither.

@@ -9,6 +9,7 @@ mod builtins;
 mod check;
 mod http;
 mod keys;
+mod principals;
 mod scopes;
 mod usage;
 
@@ -24,6 +25,7 @@ pub use builtins::{Builtins, Preset};
 pub use check::{CheckAnswer, Explain, Presented, decision_name};
 pub use http::{HttpMapping, HttpRequestView, Mapped, Route, Unmapped, default_methods};
 pub use keys::{KeyChanges, NewKey};
+pub use principals::PrincipalCredential;
 pub use scopes::{ScopeChanges, ScopeDraft, inline_scope};
 pub use usage::{DEFAULT_USAGE_DAYS, KeyUsage, UsageRecorder, UsageSettings};
 
