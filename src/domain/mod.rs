@@ -28,6 +28,6 @@ pub use ids::{KeyId, Label, Module, Pattern, ScopeId, Tenant, shorten as shorten
 pub use key::{
     Key, KeyState, Metadata, key_status, validate_description, validate_metadata, validate_owner, validate_scope_ids,
 };
-pub use scope::{Rules, Scope, ScopeMode};
 pub use principal::{Members, Principal, Role, Subject, parse_names};
+pub use scope::{Rules, Scope, ScopeMode};
 pub use token::{Malformed, Pepper, RandomError, Secret, SecretHash, Token, TokenFormat};

@@ -32,9 +32,8 @@ impl FromStr for Subject {
     type Err = Problem;
 
     fn from_str(s: &str) -> Result<Self, Problem> {
-        let ok = !s.is_empty()
-            && s.len() <= limits::SUBJECT_MAX
-            && s.chars().all(|c| !c.is_whitespace() && !c.is_control());
+        let ok =
+            !s.is_empty() && s.len() <= limits::SUBJECT_MAX && s.chars().all(|c| !c.is_whitespace() && !c.is_control());
         if !ok {
             return Err(Problem::new(format!(
                 "`{}` is not a subject (1 to {} bytes, printable, no spaces)",
@@ -167,7 +166,7 @@ mod tests {
         assert_eq!(roles.iter().map(Role::as_str).collect::<Vec<_>>(), ["a", "b"]);
         let err = parse_names::<Role>("roles", &["a".into(), "B".into()], 3).expect_err("bad");
         assert_eq!(err.field(), "roles[1]");
-        let err = parse_names::<Role>("roles", &["a".into(); 4], 3).expect_err("too many");
+        let err = parse_names::<Role>("roles", &vec!["a".to_owned(); 4], 3).expect_err("too many");
         assert!(matches!(err, InputError::TooMany { limit: 3, got: 4, .. }));
     }
 }

@@ -321,6 +321,29 @@ pub fn required<T: std::str::FromStr<Err = Problem>>(field: &str, raw: &str) -> 
     parse_field(field, raw)
 }
 
+/// The wire form of a principal.
+pub fn principal_to_pb(principal: &crate::domain::Principal) -> pb::RegisteredPrincipal {
+    pb::RegisteredPrincipal {
+        tenant: principal.tenant.to_string(),
+        subject: principal.subject.to_string(),
+        roles: principal.roles.iter().map(ToString::to_string).collect(),
+        enabled: principal.enabled,
+        version: principal.version,
+        created_at: Some(timestamp_to_pb(principal.created_at)),
+        updated_at: Some(timestamp_to_pb(principal.updated_at)),
+    }
+}
+
+/// The wire form of a scope's member bindings.
+pub fn members_to_pb(scope_id: &ScopeId, members: &crate::domain::Members) -> pb::ScopeMembers {
+    pb::ScopeMembers {
+        scope_id: scope_id.to_string(),
+        subjects: members.subjects.iter().map(ToString::to_string).collect(),
+        roles: members.roles.iter().map(ToString::to_string).collect(),
+        version: members.version,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,28 +382,5 @@ mod tests {
         assert!(action("action", 99).is_err());
         assert!(mode("mode", 0).is_err());
         assert!(state_filter("state", 7).is_err());
-    }
-}
-
-/// The wire form of a principal.
-pub fn principal_to_pb(principal: &crate::domain::Principal) -> pb::RegisteredPrincipal {
-    pb::RegisteredPrincipal {
-        tenant: principal.tenant.to_string(),
-        subject: principal.subject.to_string(),
-        roles: principal.roles.iter().map(ToString::to_string).collect(),
-        enabled: principal.enabled,
-        version: principal.version,
-        created_at: Some(timestamp_to_pb(principal.created_at)),
-        updated_at: Some(timestamp_to_pb(principal.updated_at)),
-    }
-}
-
-/// The wire form of a scope's member bindings.
-pub fn members_to_pb(scope_id: &ScopeId, members: &crate::domain::Members) -> pb::ScopeMembers {
-    pb::ScopeMembers {
-        scope_id: scope_id.to_string(),
-        subjects: members.subjects.iter().map(ToString::to_string).collect(),
-        roles: members.roles.iter().map(ToString::to_string).collect(),
-        version: members.version,
     }
 }

@@ -19,8 +19,8 @@ pub use checker::CheckerService;
 pub use ext_authz::{ExtAuthzService, ExtAuthzSettings, IdentityHeaders};
 pub use key_admin::KeyAdminService;
 pub use observe::{AdminMethods, Edge, call_span};
-pub use scope_admin::ScopeAdminService;
 pub use principal_admin::PrincipalAdminService;
+pub use scope_admin::ScopeAdminService;
 
 /// The generated protobuf messages, clients and servers of `keyscope.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -60,21 +60,15 @@ impl Ceiling {
             Ceiling::Gone => Some((
                 Reason::OwnerDenied,
                 Vec::new(),
-                say(&|| {
-                    format!("the key's owner `{owner}` was deleted; the key is denied everything")
-                }),
+                say(&|| format!("the key's owner `{owner}` was deleted; the key is denied everything")),
             )),
-            Ceiling::Disabled => Some((
-                Reason::OwnerDisabled,
-                Vec::new(),
-                say(&|| format!("the key's owner `{owner}` is disabled")),
-            )),
+            Ceiling::Disabled => {
+                Some((Reason::OwnerDisabled, Vec::new(), say(&|| format!("the key's owner `{owner}` is disabled"))))
+            }
             Ceiling::Bound { missing: Some(id), .. } => Some((
                 Reason::OwnerDenied,
                 vec![id.clone()],
-                say(&|| {
-                    format!("scope `{id}` bound to the key's owner `{owner}` no longer exists; the key is denied")
-                }),
+                say(&|| format!("scope `{id}` bound to the key's owner `{owner}` no longer exists; the key is denied")),
             )),
             Ceiling::Bound { scopes, missing: None } => {
                 let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
@@ -305,8 +299,11 @@ impl Keyscope {
         roles: Vec<Role>,
         version: u64,
     ) -> Result<Principal, ServiceError> {
-        self.change_principal(caller, subject, Some(version), false, |old| Principal { roles: roles.clone(), ..old.clone() })
-            .await
+        self.change_principal(caller, subject, Some(version), false, |old| Principal {
+            roles: roles.clone(),
+            ..old.clone()
+        })
+        .await
     }
 
     /// Disables or enables a registered principal.
@@ -450,8 +447,13 @@ impl Keyscope {
             ("roles".to_owned(), members.roles.iter().map(Role::as_str).collect::<Vec<_>>().join(",")),
         ]);
         let changed = vec!["subjects".to_owned(), "roles".to_owned()];
-        let audit =
-            self.audit_record(caller, AuditOperation::SetScopeMembers, AuditTarget::Scope(id.clone()), changed, details);
+        let audit = self.audit_record(
+            caller,
+            AuditOperation::SetScopeMembers,
+            AuditTarget::Scope(id.clone()),
+            changed,
+            details,
+        );
         self.store.set_members(&caller.tenant, id, &members, version, self.audit_write(&audit)).await?;
         tracing::info!(scope_id = %id, tenant = %caller.tenant, actor = %caller.key.id, "scope members set");
         Ok(members)

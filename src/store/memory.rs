@@ -12,8 +12,8 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, Owner, PrincipalGrants,
-    ScopeDelete, Store, StoreError, UsageDelta,
+    AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, Owner, PrincipalGrants, ScopeDelete,
+    Store, StoreError, UsageDelta,
 };
 use crate::domain::{AuditEvent, AuditId, Day, Key, KeyId, Members, Principal, Role, Scope, ScopeId, Subject, Tenant};
 

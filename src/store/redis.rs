@@ -56,8 +56,8 @@ use super::{
     Owner, PrincipalGrants, ScopeDelete, Store, StoreError, UsageDelta,
 };
 use crate::domain::{
-    AuditEvent, AuditId, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Members, Pattern, Principal, Role,
-    Rules, Scope, ScopeId, ScopeMode, SecretHash, Subject, Tenant, millis,
+    AuditEvent, AuditId, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Members, Pattern, Principal, Role, Rules,
+    Scope, ScopeId, ScopeMode, SecretHash, Subject, Tenant, millis,
 };
 
 /// The schema version this build reads and writes.
@@ -647,13 +647,7 @@ fn split_lines<T: std::str::FromStr>(text: &str, what: &str) -> Result<Vec<T>, S
     text.split('\n').filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| corrupt(what, "name"))).collect()
 }
 
-fn decode_principal(
-    tenant: &Tenant,
-    subject: &str,
-    v: &str,
-    roles: &str,
-    body: &str,
-) -> Result<Principal, StoreError> {
+fn decode_principal(tenant: &Tenant, subject: &str, v: &str, roles: &str, body: &str) -> Result<Principal, StoreError> {
     let what = format!("principal `{subject}`");
     let body: PrincipalBody = serde_json::from_str(body).map_err(|e| corrupt(&what, e))?;
     Ok(Principal {
@@ -1165,8 +1159,10 @@ impl Store for RedisStore {
         };
         let count: usize = count.parse().map_err(|_| corrupt(&what, "grants reply"))?;
         let (ids, found) = rest.split_at(count.min(rest.len()));
-        let mut scope_ids =
-            ids.iter().map(|id| id.parse().map_err(|_| corrupt(&what, "scope id"))).collect::<Result<Vec<ScopeId>, _>>()?;
+        let mut scope_ids = ids
+            .iter()
+            .map(|id| id.parse().map_err(|_| corrupt(&what, "scope id")))
+            .collect::<Result<Vec<ScopeId>, _>>()?;
         scope_ids.sort();
         let mut scopes = Vec::new();
         for chunk in found.chunks(4) {

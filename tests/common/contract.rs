@@ -811,7 +811,10 @@ pub async fn member_bindings_are_versioned_and_feed_principal_grants(store: Arc<
     store.set_members(&t, &scope_id("s3"), &members(&["bob"], &["viewer"], 1), 0, noted()).await.expect("bind s3");
     // A builtin scope id binds too; the store holds no record of it.
     store.set_members(&t, &scope_id("read-only"), &members(&[], &["ops"], 1), 0, noted()).await.expect("builtin");
-    store.set_members(&tenant("globex"), &scope_id("s9"), &members(&["alice"], &["ops"], 1), 0, noted()).await.expect("bind");
+    store
+        .set_members(&tenant("globex"), &scope_id("s9"), &members(&["alice"], &["ops"], 1), 0, noted())
+        .await
+        .expect("bind");
     assert_eq!(store.get_members(&t, &scope_id("s3")).await.expect("members"), members(&["bob"], &["viewer"], 1));
 
     // By subject only (an unregistered subject still has its subject bindings).
@@ -859,8 +862,12 @@ pub async fn principal_changes_record_their_audit_events(store: Arc<dyn Store>) 
     store.put_principal(&alice, None, kept(&put, 100)).await.expect("register");
     let refused = audit_record("acme", AuditOperation::PutPrincipal, AuditTarget::Principal(subject("alice")), "r2", 2);
     assert!(store.put_principal(&alice, None, kept(&refused, 100)).await.is_err());
-    let bind = audit_record("acme", AuditOperation::SetScopeMembers, AuditTarget::Scope(scope_id("read-only")), "r3", 3);
-    store.set_members(&t, &scope_id("read-only"), &members(&["alice"], &[], 1), 0, kept(&bind, 100)).await.expect("bind");
+    let bind =
+        audit_record("acme", AuditOperation::SetScopeMembers, AuditTarget::Scope(scope_id("read-only")), "r3", 3);
+    store
+        .set_members(&t, &scope_id("read-only"), &members(&["alice"], &[], 1), 0, kept(&bind, 100))
+        .await
+        .expect("bind");
     let delete =
         audit_record("acme", AuditOperation::DeletePrincipal, AuditTarget::Principal(subject("alice")), "r4", 4);
     store.delete_principal(&t, &subject("alice"), None, kept(&delete, 100)).await.expect("delete");

@@ -1,0 +1,332 @@
+//! Principals, scope members and the owner ceiling (issue 7, parts 1 to 3), through the real
+//! server: `Check`, `BatchCheck` and Envoy's ext_authz, on the memory store and on Redis, and
+//! across two replicas sharing one Redis (a demoted owner shrinks its key on the other
+//! replica through the change feed).
+
+#![allow(clippy::panic)] // tests fail by panicking
+
+mod common;
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use std::time::Duration;
+
+use common::{TestServer, all_rules, assert_status, eventually, read_rules};
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context, authorization_client::AuthorizationClient,
+    check_response::HttpResponse,
+};
+use keyscope::{cache::CacheSettings, grpc::pb};
+use redis_server::{RedisServer, fresh_prefix};
+use tonic::Code;
+
+const ACME: &str = "acme";
+const WITHIN: Duration = Duration::from_secs(5);
+
+fn reason(r: &pb::CheckResponse) -> pb::Reason {
+    pb::Reason::try_from(r.reason).expect("known reason")
+}
+
+/// What Envoy is told for `token` on `GET /<module>`: `None` when allowed, else the HTTP
+/// status and the body's reason.
+async fn envoy(server: &TestServer, token: &str, module: &str, method: &str) -> Option<(i32, String)> {
+    let auth = format!("Bearer {token}");
+    let http = attribute_context::HttpRequest {
+        method: method.into(),
+        path: format!("/{module}"),
+        headers: [("authorization".to_owned(), auth)].into_iter().collect(),
+        ..Default::default()
+    };
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
+            context_extensions: [("keyscope_module".to_owned(), module.to_owned())].into_iter().collect(),
+            ..Default::default()
+        }),
+    };
+    let response = AuthorizationClient::new(server.channel()).check(request).await.expect("ext_authz").into_inner();
+    match response.http_response {
+        Some(HttpResponse::OkResponse(_)) => None,
+        Some(HttpResponse::DeniedResponse(d)) => {
+            let body: serde_json::Value = serde_json::from_str(&d.body).expect("json body");
+            Some((d.status.map_or(0, |s| s.code), body["reason"].as_str().unwrap_or_default().to_owned()))
+        }
+        other => panic!("unexpected ext_authz answer {other:?}"),
+    }
+}
+
+/// Asserts the answer to `token` for `action` on `module`, through Check and through ext_authz.
+async fn expect(server: &TestServer, token: &str, module: &str, action: pb::Action, want: pb::Reason) {
+    let answer = server.check(token, module, action).await;
+    assert_eq!(reason(&answer), want, "Check {action:?} on {module}: {answer:?}");
+    let method = match action {
+        pb::Action::Read => "GET",
+        pb::Action::Update => "PUT",
+        pb::Action::Create => "POST",
+        _ => "DELETE",
+    };
+    let seen = envoy(server, token, module, method).await;
+    if want == pb::Reason::Ok {
+        assert_eq!(seen, None, "ext_authz {method} on {module}");
+    } else {
+        let name = want.as_str_name().trim_start_matches("REASON_").to_owned();
+        assert_eq!(seen, Some((403, name)), "ext_authz {method} on {module}");
+    }
+}
+
+/// The owner ceiling from start to end, on whatever store `server` runs on.
+async fn owner_bounds_its_keys(server: &TestServer) {
+    let rw = server.scope(ACME, "courses rw", pb::ScopeMode::Allow, all_rules(&["courses", "billing"])).await;
+    let courses_read = server.scope(ACME, "courses read", pb::ScopeMode::Allow, read_rules(&["courses"])).await;
+    let billing = server.scope(ACME, "billing", pb::ScopeMode::Allow, all_rules(&["billing"])).await;
+    let (key, token) = server.owned_key(ACME, "alice@example.com", &[&rw.id]).await;
+    let (_, ownerless) = server.key(ACME, &[&rw.id]).await;
+    use pb::{Action::*, Reason};
+
+    // Not registered: the key's scopes alone decide.
+    expect(server, &token, "courses", Update, Reason::Ok).await;
+    // Registered with nothing bound: its keys are denied what their scopes allow.
+    server.principal(ACME, "alice@example.com", &["teacher"]).await;
+    expect(server, &token, "courses", Read, Reason::OwnerDenied).await;
+    let answer = server.check(&token, "courses", Read).await;
+    assert!(answer.message.contains("owner `alice@example.com`"), "{answer:?}");
+    assert_eq!(answer.key_id, key.id);
+    // Bound by role: read on courses.
+    server.bind(ACME, &courses_read.id, &[], &["teacher"]).await;
+    expect(server, &token, "courses", Read, Reason::Ok).await;
+    expect(server, &token, "courses", Update, Reason::OwnerDenied).await;
+    // Bound by subject: billing too.
+    server.bind(ACME, &billing.id, &["alice@example.com"], &[]).await;
+    expect(server, &token, "billing", Update, Reason::Ok).await;
+    // The key's scopes still come first: what they do not grant is theirs to deny.
+    expect(server, &token, "users", Read, Reason::NotGranted).await;
+    // A key with no owner is untouched.
+    expect(server, &ownerless, "courses", Update, Reason::Ok).await;
+
+    // Demoted: the role loses its binding, the key shrinks at once.
+    let mut principals = server.principals();
+    let alice = principals
+        .get_principal(pb::GetPrincipalRequest { tenant: ACME.into(), subject: "alice@example.com".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    let demoted = principals
+        .set_principal_roles(pb::SetPrincipalRolesRequest {
+            tenant: ACME.into(),
+            subject: "alice@example.com".into(),
+            roles: vec!["guest".into()],
+            version: alice.version,
+        })
+        .await
+        .expect("set roles")
+        .into_inner();
+    assert_eq!(demoted.roles, ["guest"]);
+    expect(server, &token, "courses", Read, Reason::OwnerDenied).await;
+    expect(server, &token, "billing", Read, Reason::Ok).await;
+
+    // Disabled, then enabled.
+    let state = pb::PrincipalStateRequest { tenant: ACME.into(), subject: "alice@example.com".into() };
+    principals.disable_principal(state.clone()).await.expect("disable");
+    expect(server, &token, "billing", Read, Reason::OwnerDisabled).await;
+    principals.enable_principal(state.clone()).await.expect("enable");
+    expect(server, &token, "billing", Read, Reason::Ok).await;
+
+    // Deleted: its keys are denied, with a message saying the owner is gone.
+    principals
+        .delete_principal(pb::DeletePrincipalRequest {
+            tenant: ACME.into(),
+            subject: "alice@example.com".into(),
+            version: 0,
+        })
+        .await
+        .expect("delete");
+    expect(server, &token, "billing", Read, Reason::OwnerDenied).await;
+    assert!(server.check(&token, "billing", Read).await.message.contains("deleted"));
+    // Registered again: the bindings by subject still hold.
+    server.principal(ACME, "alice@example.com", &[]).await;
+    expect(server, &token, "billing", Read, Reason::Ok).await;
+    expect(server, &token, "courses", Read, Reason::OwnerDenied).await;
+
+    // An owner in another tenant with the same name changes nothing here.
+    server.principal("globex", "bob", &[]).await;
+    let (_, bobs) = server.owned_key(ACME, "bob", &[&rw.id]).await;
+    expect(server, &bobs, "courses", Read, Reason::Ok).await;
+}
+
+/// Bearer principal credentials, on whatever store `server` runs on.
+async fn bearer_principals_use_their_bindings(server: &TestServer) {
+    use pb::{Action::*, Reason};
+    let courses = server.scope(ACME, "courses", pb::ScopeMode::Allow, all_rules(&["courses"])).await;
+    let no_delete = server
+        .scope(ACME, "no delete", pb::ScopeMode::Deny, pb::Rules { delete: vec!["*".into()], ..Default::default() })
+        .await;
+    server.bind(ACME, &courses.id, &["carol"], &[]).await;
+    server.bind(ACME, &no_delete.id, &[], &["intern"]).await;
+    server.bind(ACME, "read-only", &[], &["viewer"]).await;
+    let check = |subject: &'static str, roles: &'static [&'static str], module: &'static str, action| async move {
+        server.try_check_principal(ACME, subject, roles, module, action).await.expect("check")
+    };
+    // By subject.
+    let a = check("carol", &[], "courses", Delete).await;
+    assert_eq!((reason(&a), a.subject.as_str(), a.tenant.as_str()), (Reason::Ok, "carol", ACME));
+    assert_eq!(a.scope_ids, std::slice::from_ref(&courses.id));
+    assert!(a.key_id.is_empty());
+    // By the roles presented: deny wins.
+    assert_eq!(reason(&check("carol", &["intern"], "courses", Delete).await), Reason::DeniedByScope);
+    assert_eq!(reason(&check("dan", &["viewer"], "users", Read).await), Reason::Ok);
+    assert_eq!(reason(&check("dan", &["viewer"], "users", Update).await), Reason::NotGranted);
+    // Nothing bound.
+    let none = check("erin", &[], "courses", Read).await;
+    assert_eq!(reason(&none), Reason::NoScope);
+    assert!(none.message.contains("no scope is bound"), "{none:?}");
+    // The registered principal's roles are added to those presented.
+    server.principal(ACME, "dan", &["intern"]).await;
+    assert_eq!(reason(&check("dan", &["viewer"], "users", Delete).await), Reason::DeniedByScope);
+    // Registered and disabled.
+    let state = pb::PrincipalStateRequest { tenant: ACME.into(), subject: "dan".into() };
+    server.principals().disable_principal(state).await.expect("disable");
+    assert_eq!(reason(&check("dan", &["viewer"], "users", Read).await), Reason::PrincipalDisabled);
+    // Another tenant's bindings are not ours.
+    let elsewhere = server.try_check_principal("globex", "carol", &[], "courses", Read).await.expect("check");
+    assert_eq!(reason(&elsewhere), Reason::NoScope);
+
+    // Batch: one answer per item.
+    let batch = server
+        .checker()
+        .batch_check(pb::BatchCheckRequest {
+            credential: Some(pb::batch_check_request::Credential::Principal(pb::Principal {
+                subject: "carol".into(),
+                roles: vec!["intern".into()],
+            })),
+            tenant: ACME.into(),
+            items: vec![
+                pb::CheckItem { module: "courses".into(), action: Read.into() },
+                pb::CheckItem { module: "courses".into(), action: Delete.into() },
+                pb::CheckItem { module: "users".into(), action: Read.into() },
+            ],
+            explain: false,
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    let reasons: Vec<Reason> = batch.results.iter().map(reason).collect();
+    // The ordinary decision rules: a deny-mode scope grants everything it does not list.
+    assert_eq!(reasons, [Reason::Ok, Reason::DeniedByScope, Reason::Ok]);
+    assert!(batch.results.iter().all(|r| r.subject == "carol"));
+
+    // Bad input names the field.
+    assert_status(server.try_check_principal("", "carol", &[], "courses", Read).await, Code::InvalidArgument, "tenant");
+    assert_status(
+        server.try_check_principal(ACME, "two words", &[], "courses", Read).await,
+        Code::InvalidArgument,
+        "principal.subject",
+    );
+    assert_status(
+        server.try_check_principal(ACME, "", &[], "courses", Read).await,
+        Code::InvalidArgument,
+        "principal.subject",
+    );
+    assert_status(
+        server.try_check_principal(ACME, "carol", &["ok", "Bad"], "courses", Read).await,
+        Code::InvalidArgument,
+        "principal.roles[1]",
+    );
+    let many: Vec<String> = (0..33).map(|i| format!("r{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_status(
+        server.try_check_principal(ACME, "carol", &many, "courses", Read).await,
+        Code::ResourceExhausted,
+        "principal.roles: at most 32",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_bound_their_keys_on_memory() {
+    let server = TestServer::start().await;
+    owner_bounds_its_keys(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_bound_their_keys_on_redis() {
+    let redis = RedisServer::start();
+    let server = TestServer::start_on_redis(&redis.url(), &fresh_prefix(), CacheSettings::default(), None).await;
+    owner_bounds_its_keys(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_principals_are_checked_through_their_bindings_on_memory() {
+    let server = TestServer::start().await;
+    bearer_principals_use_their_bindings(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_principals_are_checked_through_their_bindings_on_redis() {
+    let redis = RedisServer::start();
+    let server = TestServer::start_on_redis(&redis.url(), &fresh_prefix(), CacheSettings::default(), None).await;
+    bearer_principals_use_their_bindings(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demoting_an_owner_on_one_replica_shrinks_its_key_on_another() {
+    let redis = RedisServer::start();
+    let prefix = fresh_prefix();
+    // A TTL far longer than the test: what B sees came through the change feed.
+    let cache = CacheSettings { time_to_live: Duration::from_secs(600), ..CacheSettings::default() };
+    let a = TestServer::start_on_redis(&redis.url(), &prefix, cache, None).await;
+    let b = TestServer::start_on_redis(&redis.url(), &prefix, cache, Some(&a.admin_token)).await;
+    let scope = a.scope(ACME, "courses", pb::ScopeMode::Allow, all_rules(&["courses"])).await;
+    let reader = a.scope(ACME, "reader", pb::ScopeMode::Allow, read_rules(&["courses"])).await;
+    a.bind(ACME, &scope.id, &[], &["editor"]).await;
+    a.bind(ACME, &reader.id, &[], &["reader"]).await;
+    a.principal(ACME, "alice", &["editor"]).await;
+    let (_, token) = a.owned_key(ACME, "alice", &[&scope.id]).await;
+    let cache_b = b.cache.clone().expect("cache");
+    eventually("B allows the update from its cache", WITHIN, || async {
+        let before = cache_b.stats().hits;
+        let answer = b.check(&token, "courses", pb::Action::Update).await;
+        answer.allowed && cache_b.stats().hits > before
+    })
+    .await;
+
+    // Demote on A: B shrinks the key.
+    a.principal(ACME, "alice", &["reader"]).await;
+    eventually("B denies the update", WITHIN, || async {
+        reason(&b.check(&token, "courses", pb::Action::Update).await) == pb::Reason::OwnerDenied
+    })
+    .await;
+    assert!(b.check(&token, "courses", pb::Action::Read).await.allowed, "what the owner still has stays allowed");
+
+    // Unbinding the role on A is seen by B too.
+    a.bind(ACME, &reader.id, &[], &[]).await;
+    eventually("B denies the read", WITHIN, || async {
+        reason(&b.check(&token, "courses", pb::Action::Read).await) == pb::Reason::OwnerDenied
+    })
+    .await;
+
+    // Disabling and deleting on A too.
+    a.bind(ACME, &reader.id, &["alice"], &[]).await;
+    eventually("B allows the read again", WITHIN, || async {
+        b.check(&token, "courses", pb::Action::Read).await.allowed
+    })
+    .await;
+    let state = pb::PrincipalStateRequest { tenant: ACME.into(), subject: "alice".into() };
+    a.principals().disable_principal(state).await.expect("disable");
+    eventually("B answers OWNER_DISABLED", WITHIN, || async {
+        reason(&b.check(&token, "courses", pb::Action::Read).await) == pb::Reason::OwnerDisabled
+    })
+    .await;
+    a.principals()
+        .delete_principal(pb::DeletePrincipalRequest { tenant: ACME.into(), subject: "alice".into(), version: 0 })
+        .await
+        .expect("delete");
+    eventually("B answers OWNER_DENIED", WITHIN, || async {
+        reason(&b.check(&token, "courses", pb::Action::Read).await) == pb::Reason::OwnerDenied
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
