@@ -16,7 +16,11 @@ use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context, authorization_client::AuthorizationClient,
     check_response::HttpResponse,
 };
-use keyscope::{cache::CacheSettings, grpc::pb};
+use keyscope::{
+    cache::CacheSettings,
+    grpc::{ExtAuthzSettings, IdentityHeaders, pb},
+    service::{HttpMapping, PrincipalHeaders, default_methods},
+};
 use redis_server::{RedisServer, fresh_prefix};
 use tonic::Code;
 
@@ -329,4 +333,101 @@ async fn demoting_an_owner_on_one_replica_shrinks_its_key_on_another() {
     .await;
     a.stop().await;
     b.stop().await;
+}
+
+fn principal_settings() -> ExtAuthzSettings {
+    let mapping = HttpMapping::new("x-api-key", Vec::new(), false, default_methods())
+        .with_principal_headers(PrincipalHeaders { subject: "X-Jwt-Sub".into(), roles: "x-jwt-roles".into() });
+    ExtAuthzSettings { mapping, identity: IdentityHeaders::default(), strip_credential: false }
+}
+
+/// What Envoy is told for a request with `headers` on `<method> /courses` of a route with the
+/// `context` extensions: `None` when allowed, else the HTTP status and the body's reason.
+async fn envoy_with(
+    server: &TestServer,
+    method: &str,
+    headers: &[(&str, &str)],
+    context: &[(&str, &str)],
+) -> Option<(i32, String)> {
+    let http = attribute_context::HttpRequest {
+        method: method.into(),
+        path: "/courses".into(),
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    };
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
+            context_extensions: context.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        }),
+    };
+    let response = AuthorizationClient::new(server.channel()).check(request).await.expect("ext_authz").into_inner();
+    match response.http_response {
+        Some(HttpResponse::OkResponse(_)) => None,
+        Some(HttpResponse::DeniedResponse(d)) => {
+            let body: serde_json::Value = serde_json::from_str(&d.body).expect("json body");
+            Some((d.status.map_or(0, |s| s.code), body["reason"].as_str().unwrap_or_default().to_owned()))
+        }
+        other => panic!("unexpected ext_authz answer {other:?}"),
+    }
+}
+
+/// Bearer principals through ext_authz's principal headers, on whatever store `server` runs on.
+async fn principal_headers_are_checked(server: &TestServer) {
+    let courses = server.scope(ACME, "courses", pb::ScopeMode::Allow, read_rules(&["courses"])).await;
+    server.bind(ACME, &courses.id, &[], &["teacher"]).await;
+    server.bind(ACME, "full-access", &["root"], &[]).await;
+    let route = [("keyscope_module", "courses"), ("keyscope_tenant", ACME)];
+    let forbidden = |reason: &str| Some((403, reason.to_owned()));
+    // By role, from the comma-separated roles header.
+    let teacher = [("x-jwt-sub", "t1"), ("x-jwt-roles", "guest, teacher")];
+    assert_eq!(envoy_with(server, "GET", &teacher, &route).await, None);
+    assert_eq!(envoy_with(server, "PUT", &teacher, &route).await, forbidden("NOT_GRANTED"));
+    // By subject, no roles header.
+    assert_eq!(envoy_with(server, "DELETE", &[("x-jwt-sub", "root")], &route).await, None);
+    // Nothing bound.
+    assert_eq!(envoy_with(server, "GET", &[("x-jwt-sub", "nobody")], &route).await, forbidden("NO_SCOPE"));
+    // A registered, disabled principal.
+    server.principal(ACME, "t1", &[]).await;
+    let state = pb::PrincipalStateRequest { tenant: ACME.into(), subject: "t1".into() };
+    server.principals().disable_principal(state).await.expect("disable");
+    assert_eq!(envoy_with(server, "GET", &teacher, &route).await, forbidden("PRINCIPAL_DISABLED"));
+    // The route must name the tenant.
+    let no_tenant = [("keyscope_module", "courses")];
+    assert_eq!(envoy_with(server, "GET", &[("x-jwt-sub", "root")], &no_tenant).await, forbidden("NO_TENANT"));
+    // Bad header values are a malformed credential (401).
+    let bad_role = [("x-jwt-sub", "root"), ("x-jwt-roles", "Admin")];
+    assert_eq!(envoy_with(server, "GET", &bad_role, &route).await, Some((401, "MALFORMED_CREDENTIAL".to_owned())));
+    // The API-key header wins over the principal headers: a key then decides.
+    let (_, token) = server.key(ACME, &[&courses.id]).await;
+    let both = [("x-jwt-sub", "root"), ("x-api-key", token.as_str())];
+    assert_eq!(envoy_with(server, "DELETE", &both, &route).await, forbidden("NOT_GRANTED"));
+    // No principal header and no key: no credential.
+    assert_eq!(envoy_with(server, "GET", &[], &route).await, Some((401, "MISSING_CREDENTIAL".to_owned())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principal_headers_are_checked_by_ext_authz_on_memory() {
+    let server = TestServer::start_with_ext_authz(principal_settings()).await;
+    principal_headers_are_checked(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principal_headers_are_checked_by_ext_authz_on_redis() {
+    let redis = RedisServer::start();
+    let server = TestServer::start_on_redis_with_ext_authz(&redis.url(), &fresh_prefix(), principal_settings()).await;
+    principal_headers_are_checked(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principal_headers_are_ignored_unless_configured() {
+    let server = TestServer::start().await;
+    server.bind(ACME, "full-access", &["root"], &[]).await;
+    let route = [("keyscope_module", "courses"), ("keyscope_tenant", ACME)];
+    let seen = envoy_with(&server, "GET", &[("x-jwt-sub", "root")], &route).await;
+    assert_eq!(seen, Some((401, "MISSING_CREDENTIAL".to_owned())), "a client cannot claim a subject by default");
+    server.stop().await;
 }

@@ -154,6 +154,8 @@ fn unmapped_message(why: Unmapped) -> &'static str {
         Unmapped::UnknownMethod => "the request method maps to no action",
         Unmapped::BadRouteConfig => "the route's keyscope_module or keyscope_tenant is invalid",
         Unmapped::UnsafePath => "the path has dot segments, empty segments or encoded separators",
+        Unmapped::NoTenant => "a principal credential needs the route's tenant (`keyscope_tenant` or a route's tenant)",
+        Unmapped::BadPrincipal => "the principal headers hold no valid subject or roles",
     }
 }
 
@@ -263,6 +265,27 @@ impl ExtAuthzService {
             Mapped::Refused(why) => {
                 annotate(|| decided(false, why.as_str()));
                 (false, why.as_str(), denied(why.as_str(), unmapped_message(why)))
+            }
+            Mapped::Principal { credential, module, action, tenant } => {
+                let items = [(module, action)];
+                let mut answers = self.core.check_principal(&tenant, &credential, &items, Explain::Denials).await?;
+                let [(module, action)] = items;
+                // INVARIANT: one answer per item, and there is one item.
+                let answer = answers.pop().ok_or_else(|| Status::internal("no answer"))?;
+                let reason = answer.reason.as_str();
+                if answer.allowed() {
+                    (true, reason, self.allowed(&headers, Some((&answer, module.as_str(), action))))
+                } else {
+                    let mut response = denied(reason, &answer.message);
+                    let fields = [
+                        ("subject", answer.subject.as_str()),
+                        ("module", module.as_str()),
+                        ("action", action.as_str()),
+                        ("reason", reason),
+                    ];
+                    response.set_dynamic_metadata(Some(metadata(&fields)));
+                    (false, reason, response)
+                }
             }
             Mapped::Check { presented, module, action, tenant } => {
                 // The message is only needed for a denial's body: an allowed check skips it.

@@ -489,3 +489,24 @@ impl TestServer {
             .map(tonic::Response::into_inner)
     }
 }
+
+impl TestServer {
+    /// [`TestServer::start_on_redis`] (the first replica of a prefix) with these ext_authz
+    /// settings.
+    pub async fn start_on_redis_with_ext_authz(url: &str, prefix: &str, ext_authz: ExtAuthzSettings) -> TestServer {
+        let options = RedisOptions {
+            prefix: prefix.to_owned(),
+            check_timeout: Duration::from_millis(300),
+            admin_timeout: Duration::from_millis(1500),
+            ..RedisOptions::new(url)
+        };
+        let redis = RedisStore::connect(options).await.expect("connect to the test redis");
+        let metrics = Arc::new(Metrics::new());
+        let cached = CachedStore::new(Arc::new(redis.clone()), CacheSettings::default());
+        let feed = redis.follow_changes(cached.sink()).await.expect("follow the change feed");
+        let mut server = Self::launch(Arc::new(cached.clone()), &[], None, ext_authz, metrics).await;
+        server.cache = Some(cached);
+        server.feed = Some(feed);
+        server
+    }
+}
