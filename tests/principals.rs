@@ -431,3 +431,235 @@ async fn principal_headers_are_ignored_unless_configured() {
     assert_eq!(seen, Some((401, "MISSING_CREDENTIAL".to_owned())), "a client cannot claim a subject by default");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principal_admin_registers_lists_changes_and_deletes() {
+    let server = TestServer::start().await;
+    let mut admin = server.principals();
+    let created = admin
+        .upsert_principal(pb::UpsertPrincipalRequest {
+            tenant: ACME.into(),
+            subject: "alice".into(),
+            roles: vec!["viewer".into(), "admin".into(), "viewer".into()],
+            disabled: true,
+            version: 0,
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    assert_eq!(
+        (created.roles.clone(), created.enabled, created.version),
+        (vec!["admin".into(), "viewer".into()], false, 1)
+    );
+    assert_eq!(created.tenant, ACME);
+    // Upsert of a registered one replaces roles and flag, guarded by `version` when given.
+    let stale =
+        pb::UpsertPrincipalRequest { tenant: ACME.into(), subject: "alice".into(), version: 7, ..Default::default() };
+    assert_status(admin.upsert_principal(stale).await, Code::Aborted, "principal `alice`");
+    let replaced = server.principal(ACME, "alice", &["ops"]).await;
+    assert_eq!((replaced.roles.clone(), replaced.enabled, replaced.version), (vec!["ops".into()], true, 2));
+    // SetPrincipalRoles needs the version.
+    let roles = |version| pb::SetPrincipalRolesRequest {
+        tenant: ACME.into(),
+        subject: "alice".into(),
+        roles: vec!["dev".into()],
+        version,
+    };
+    assert_status(admin.set_principal_roles(roles(0)).await, Code::InvalidArgument, "version");
+    assert_status(admin.set_principal_roles(roles(1)).await, Code::Aborted, "");
+    assert_eq!(admin.set_principal_roles(roles(2)).await.expect("roles").into_inner().roles, ["dev"]);
+    let nobody = pb::SetPrincipalRolesRequest { subject: "nobody".into(), ..roles(1) };
+    assert_status(admin.set_principal_roles(nobody).await, Code::NotFound, "nobody");
+    let state = |subject: &str| pb::PrincipalStateRequest { tenant: ACME.into(), subject: subject.into() };
+    assert!(!admin.disable_principal(state("alice")).await.expect("disable").into_inner().enabled);
+    assert!(admin.enable_principal(state("alice")).await.expect("enable").into_inner().enabled);
+    assert_status(admin.disable_principal(state("nobody")).await, Code::NotFound, "nobody");
+
+    // Listing pages by subject.
+    for s in ["bob", "carol", "dave", "erin"] {
+        server.principal(ACME, s, &[]).await;
+    }
+    server.principal("globex", "zed", &[]).await;
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_principals(pb::ListPrincipalsRequest { tenant: ACME.into(), page_size: 2, page_token })
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.principals.len() <= 2);
+        seen.extend(page.principals.into_iter().map(|p| p.subject));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen, ["alice", "bob", "carol", "dave", "erin"]);
+    let bad_token = pb::ListPrincipalsRequest { tenant: ACME.into(), page_size: 2, page_token: "nope".into() };
+    assert_status(admin.list_principals(bad_token).await, Code::InvalidArgument, "page_token");
+
+    // Delete, guarded by version when given.
+    let delete = |version| pb::DeletePrincipalRequest { tenant: ACME.into(), subject: "bob".into(), version };
+    assert_status(admin.delete_principal(delete(9)).await, Code::Aborted, "");
+    admin.delete_principal(delete(1)).await.expect("delete");
+    let get = pb::GetPrincipalRequest { tenant: ACME.into(), subject: "bob".into() };
+    assert_status(admin.get_principal(get).await, Code::NotFound, "bob");
+    assert_status(admin.delete_principal(delete(0)).await, Code::NotFound, "bob");
+
+    // Bad input names the field and changes nothing.
+    let bad = |subject: &str, roles: Vec<String>| pb::UpsertPrincipalRequest {
+        tenant: ACME.into(),
+        subject: subject.into(),
+        roles,
+        ..Default::default()
+    };
+    assert_status(admin.upsert_principal(bad("", vec![])).await, Code::InvalidArgument, "subject");
+    assert_status(admin.upsert_principal(bad("a b", vec![])).await, Code::InvalidArgument, "subject");
+    assert_status(admin.upsert_principal(bad(&"x".repeat(257), vec![])).await, Code::InvalidArgument, "subject");
+    assert_status(admin.upsert_principal(bad("frank", vec!["Ops".into()])).await, Code::InvalidArgument, "roles[0]");
+    let many = (0..33).map(|i| format!("r{i}")).collect();
+    assert_status(admin.upsert_principal(bad("frank", many)).await, Code::ResourceExhausted, "roles");
+    assert_status(
+        admin
+            .upsert_principal(pb::UpsertPrincipalRequest { tenant: "Bad Tenant".into(), ..bad("frank", vec![]) })
+            .await,
+        Code::InvalidArgument,
+        "tenant",
+    );
+    let get = pb::GetPrincipalRequest { tenant: ACME.into(), subject: "frank".into() };
+    assert_status(admin.get_principal(get).await, Code::NotFound, "frank");
+
+    // Every change is in the audit log, under the principal's subject.
+    let events = server
+        .audit()
+        .list_audit_events(pb::ListAuditEventsRequest {
+            tenant: ACME.into(),
+            page_size: 50,
+            target_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 5, "register, upsert, roles, disable, enable: {events:?}");
+    assert!(
+        events.iter().all(|e| e.target_type == "principal" && e.operation == pb::AuditOperation::PutPrincipal as i32)
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principal_and_member_admin_is_authorized_on_its_reserved_modules() {
+    let server = TestServer::start().await;
+    let keys_admin = server.scope(ACME, "key admin", pb::ScopeMode::Allow, all_rules(&["keyscope.keys"])).await;
+    let principal_reader =
+        server.scope(ACME, "principal reader", pb::ScopeMode::Allow, read_rules(&["keyscope.principals"])).await;
+    let (_, keys_only) = server.key(ACME, &[&keys_admin.id]).await;
+    let (_, reader) = server.key(ACME, &[&principal_reader.id]).await;
+    let upsert = pb::UpsertPrincipalRequest { tenant: ACME.into(), subject: "alice".into(), ..Default::default() };
+    assert_status(server.principals_as(None).upsert_principal(upsert.clone()).await, Code::Unauthenticated, "");
+    assert_status(
+        server.principals_as(Some(&keys_only)).upsert_principal(upsert.clone()).await,
+        Code::PermissionDenied,
+        "keyscope.principals",
+    );
+    assert_status(
+        server.principals_as(Some(&reader)).upsert_principal(upsert.clone()).await,
+        Code::PermissionDenied,
+        "create",
+    );
+    server.principals().upsert_principal(upsert).await.expect("system admin registers");
+    let list = pb::ListPrincipalsRequest { tenant: String::new(), page_size: 0, page_token: String::new() };
+    let listed =
+        server.principals_as(Some(&reader)).list_principals(list.clone()).await.expect("reader lists").into_inner();
+    assert_eq!(listed.principals.len(), 1, "its own tenant by default");
+    let other = pb::ListPrincipalsRequest { tenant: "globex".into(), ..list };
+    assert_status(server.principals_as(Some(&reader)).list_principals(other).await, Code::PermissionDenied, "globex");
+    // Members need `update` / `read` on keyscope.scopes.
+    let members = pb::GetScopeMembersRequest { tenant: ACME.into(), scope_id: "read-only".into() };
+    assert_status(
+        server.scopes_as(Some(&reader)).get_scope_members(members).await,
+        Code::PermissionDenied,
+        "keyscope.scopes",
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_members_are_validated_versioned_and_guard_scope_deletes() {
+    let server = TestServer::start().await;
+    let scope = server.scope(ACME, "courses", pb::ScopeMode::Allow, read_rules(&["courses"])).await;
+    let mut scopes = server.scopes();
+    let set = |scope_id: &str, subjects: Vec<String>, roles: Vec<String>, version| pb::SetScopeMembersRequest {
+        tenant: ACME.into(),
+        scope_id: scope_id.into(),
+        subjects,
+        roles,
+        version,
+    };
+    let get = |scope_id: &str| pb::GetScopeMembersRequest { tenant: ACME.into(), scope_id: scope_id.into() };
+    let empty = scopes.get_scope_members(get(&scope.id)).await.expect("get").into_inner();
+    assert_eq!((empty.subjects.len(), empty.roles.len(), empty.version), (0, 0, 0));
+    let bound = scopes
+        .set_scope_members(set(&scope.id, vec!["bob".into(), "alice".into()], vec!["ops".into()], 0))
+        .await
+        .expect("set")
+        .into_inner();
+    assert_eq!(
+        (bound.subjects.clone(), bound.roles.clone(), bound.version),
+        (vec!["alice".into(), "bob".into()], vec!["ops".into()], 1)
+    );
+    assert_eq!(scopes.get_scope_members(get(&scope.id)).await.expect("get").into_inner(), bound);
+    // Stale version: ABORTED, nothing written.
+    assert_status(scopes.set_scope_members(set(&scope.id, vec![], vec![], 0)).await, Code::Aborted, "members of scope");
+    // Bad input names the field.
+    assert_status(scopes.set_scope_members(set("", vec![], vec![], 1)).await, Code::InvalidArgument, "scope_id");
+    assert_status(scopes.set_scope_members(set("scp_nope", vec![], vec![], 1)).await, Code::NotFound, "scp_nope");
+    assert_status(
+        scopes.set_scope_members(set(&scope.id, vec!["a b".into()], vec![], 1)).await,
+        Code::InvalidArgument,
+        "subjects[0]",
+    );
+    assert_status(
+        scopes.set_scope_members(set(&scope.id, vec![], vec!["x".into(), "-x".into()], 1)).await,
+        Code::InvalidArgument,
+        "roles[1]",
+    );
+    let subjects: Vec<String> = (0..1001).map(|i| format!("s{i}")).collect();
+    assert_status(
+        scopes.set_scope_members(set(&scope.id, subjects, vec![], 1)).await,
+        Code::ResourceExhausted,
+        "subjects",
+    );
+    let roles: Vec<String> = (0..101).map(|i| format!("r{i}")).collect();
+    assert_status(scopes.set_scope_members(set(&scope.id, vec![], roles, 1)).await, Code::ResourceExhausted, "roles");
+    assert_eq!(scopes.get_scope_members(get(&scope.id)).await.expect("get").into_inner(), bound, "nothing changed");
+    // Binding a scope that grants reserved modules needs the grant (the system admin has it).
+    let admin_scope = scopes
+        .set_scope_members(set("admin", vec!["root".into()], vec![], 0))
+        .await
+        .expect("the system admin may bind the admin scope");
+    assert_eq!(admin_scope.into_inner().version, 1);
+    let member_admin = server.scope(ACME, "member admin", pb::ScopeMode::Allow, all_rules(&["keyscope.scopes"])).await;
+    let (_, token) = server.key(ACME, &[&member_admin.id]).await;
+    let mut limited = server.scopes_as(Some(&token));
+    limited.set_scope_members(set("full-access", vec!["x".into()], vec![], 0)).await.expect("no reserved grant in it");
+    assert_status(
+        limited.set_scope_members(set("admin", vec!["x".into()], vec![], 1)).await,
+        Code::PermissionDenied,
+        "scope_id",
+    );
+
+    // A bound scope is deleted only with force, and its bindings go with it.
+    let delete = |force| pb::DeleteScopeRequest { tenant: ACME.into(), id: scope.id.clone(), force, version: 0 };
+    assert_status(
+        scopes.delete_scope(delete(false)).await,
+        Code::FailedPrecondition,
+        "bound to 2 subject(s) and 1 role(s)",
+    );
+    scopes.delete_scope(delete(true)).await.expect("forced delete");
+    assert_status(scopes.get_scope_members(get(&scope.id)).await, Code::NotFound, &scope.id);
+    server.stop().await;
+}
