@@ -423,9 +423,10 @@ impl Store for CachedStore {
         scope: &ScopeId,
         members: &Members,
         expected_version: u64,
+        stored: bool,
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
-        let result = self.store.set_members(tenant, scope, members, expected_version, audit).await;
+        let result = self.store.set_members(tenant, scope, members, expected_version, stored, audit).await;
         self.inner.changed(&Change::Members(tenant.clone(), scope.clone()));
         result
     }

@@ -454,7 +454,13 @@ impl Keyscope {
             changed,
             details,
         );
-        self.store.set_members(&caller.tenant, id, &members, version, self.audit_write(&audit)).await?;
+        let stored = !self.builtins.contains(id);
+        match self.store.set_members(&caller.tenant, id, &members, version, stored, self.audit_write(&audit)).await {
+            Err(StoreError::NotFound(_)) => {
+                return Err(ServiceError::NotFound(format!("no scope `{id}` in tenant `{}`", caller.tenant)));
+            }
+            other => other?,
+        }
         tracing::info!(scope_id = %id, tenant = %caller.tenant, actor = %caller.key.id, "scope members set");
         Ok(members)
     }

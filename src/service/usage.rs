@@ -430,9 +430,10 @@ mod tests {
             id: &ScopeId,
             m: &crate::domain::Members,
             v: u64,
+            stored: bool,
             a: crate::store::AuditWrite<'_>,
         ) -> Result<(), StoreError> {
-            self.inner.set_members(t, id, m, v, a).await
+            self.inner.set_members(t, id, m, v, stored, a).await
         }
         async fn principal_grants(
             &self,

@@ -509,10 +509,14 @@ impl Store for MemoryStore {
         scope: &ScopeId,
         members: &Members,
         expected_version: u64,
+        stored: bool,
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
         let mut inner = self.write();
         let data = inner.tenants.entry(tenant.clone()).or_default();
+        if stored && !data.scopes.contains_key(scope) {
+            return Err(StoreError::NotFound(scope_name(scope)));
+        }
         let found = data.members.get(scope).map_or(0, |m| m.version);
         if found != expected_version {
             return Err(StoreError::VersionConflict { what: members_name(scope), expected: expected_version, found });

@@ -388,14 +388,16 @@ pub trait Store: Send + Sync + 'static {
     async fn get_members(&self, tenant: &Tenant, scope: &ScopeId) -> Result<Members, StoreError>;
 
     /// Replaces the member bindings of a scope if they are at `expected_version` (0: never
-    /// bound); `members.version` is the new version. The subject -> scopes and role -> scopes
-    /// indexes follow.
+    /// bound); `members.version` is the new version. With `stored`, the scope must be a stored
+    /// scope of the tenant (else `NotFound`, so no binding outlives a scope deleted meanwhile);
+    /// without, it is a builtin id. The subject -> scopes and role -> scopes indexes follow.
     async fn set_members(
         &self,
         tenant: &Tenant,
         scope: &ScopeId,
         members: &Members,
         expected_version: u64,
+        stored: bool,
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError>;
 

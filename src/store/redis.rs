@@ -1118,6 +1118,7 @@ impl Store for RedisStore {
         scope: &ScopeId,
         members: &Members,
         expected_version: u64,
+        stored: bool,
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
         let base = self.base(tenant);
@@ -1126,6 +1127,7 @@ impl Store for RedisStore {
             .arg(scope.as_str())
             .arg(expected_version)
             .arg(members.version)
+            .arg(if stored { "1" } else { "0" })
             .arg(members.subjects.len())
             .arg(members.subjects.iter().map(Subject::as_str).collect::<Vec<_>>())
             .arg(members.roles.len())
@@ -1134,7 +1136,10 @@ impl Store for RedisStore {
         call.arg(self.deadline());
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
-        outcome(&reply, || format!("members of scope `{scope}`"), Some(expected_version))
+        match reply.first().map(String::as_str) {
+            Some("notfound") => Err(StoreError::NotFound(format!("scope `{scope}`"))),
+            _ => outcome(&reply, || format!("members of scope `{scope}`"), Some(expected_version)),
+        }
     }
 
     async fn principal_grants(

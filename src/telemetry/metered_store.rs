@@ -170,9 +170,11 @@ impl Store for MeteredStore {
         scope: &ScopeId,
         members: &Members,
         expected_version: u64,
+        stored: bool,
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
-        self.timed("set_members", self.inner.set_members(tenant, scope, members, expected_version, audit)).await
+        let call = self.inner.set_members(tenant, scope, members, expected_version, stored, audit);
+        self.timed("set_members", call).await
     }
 
     async fn principal_grants(

@@ -803,16 +803,28 @@ pub async fn member_bindings_are_versioned_and_feed_principal_grants(store: Arc<
     assert_eq!(store.get_members(&t, &scope_id("s1")).await.expect("members"), Members::default());
     let by_subject = members(&["alice"], &[], 1);
     assert!(matches!(
-        store.set_members(&t, &scope_id("s1"), &by_subject, 4, noted()).await,
+        store.set_members(&t, &scope_id("s1"), &by_subject, 4, true, noted()).await,
         Err(StoreError::VersionConflict { expected: 4, found: 0, .. })
     ));
-    store.set_members(&t, &scope_id("s1"), &by_subject, 0, noted()).await.expect("bind s1");
-    store.set_members(&t, &scope_id("s2"), &members(&[], &["ops"], 1), 0, noted()).await.expect("bind s2");
-    store.set_members(&t, &scope_id("s3"), &members(&["bob"], &["viewer"], 1), 0, noted()).await.expect("bind s3");
-    // A builtin scope id binds too; the store holds no record of it.
-    store.set_members(&t, &scope_id("read-only"), &members(&[], &["ops"], 1), 0, noted()).await.expect("builtin");
+    store.set_members(&t, &scope_id("s1"), &by_subject, 0, true, noted()).await.expect("bind s1");
+    store.set_members(&t, &scope_id("s2"), &members(&[], &["ops"], 1), 0, true, noted()).await.expect("bind s2");
     store
-        .set_members(&tenant("globex"), &scope_id("s9"), &members(&["alice"], &["ops"], 1), 0, noted())
+        .set_members(&t, &scope_id("s3"), &members(&["bob"], &["viewer"], 1), 0, true, noted())
+        .await
+        .expect("bind s3");
+    // A stored scope must exist (a binding never outlives a scope deleted meanwhile).
+    assert!(matches!(
+        store.set_members(&t, &scope_id("s8"), &members(&["alice"], &[], 1), 0, true, noted()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.get_members(&t, &scope_id("s8")).await.expect("members"), Members::default());
+    // A builtin scope id binds too; the store holds no record of it.
+    store
+        .set_members(&t, &scope_id("read-only"), &members(&[], &["ops"], 1), 0, false, noted())
+        .await
+        .expect("builtin");
+    store
+        .set_members(&tenant("globex"), &scope_id("s9"), &members(&["alice"], &["ops"], 1), 0, true, noted())
         .await
         .expect("bind");
     assert_eq!(store.get_members(&t, &scope_id("s3")).await.expect("members"), members(&["bob"], &["viewer"], 1));
@@ -831,12 +843,12 @@ pub async fn member_bindings_are_versioned_and_feed_principal_grants(store: Arc<
     assert_eq!(grant_ids(&grants), ["read-only", "s2", "s3"]);
 
     // Replacing the bindings moves the indexes.
-    store.set_members(&t, &scope_id("s1"), &members(&["bob"], &["viewer"], 2), 1, noted()).await.expect("rebind");
+    store.set_members(&t, &scope_id("s1"), &members(&["bob"], &["viewer"], 2), 1, true, noted()).await.expect("rebind");
     let grants = store.principal_grants(&t, &subject("alice"), &[]).await.expect("grants");
     assert!(grant_ids(&grants).is_empty(), "alice is no longer bound");
     let grants = store.principal_grants(&t, &subject("bob"), &[]).await.expect("grants");
     assert_eq!(grant_ids(&grants), ["s1", "s3"]);
-    store.set_members(&t, &scope_id("s1"), &members(&[], &[], 3), 2, noted()).await.expect("unbind");
+    store.set_members(&t, &scope_id("s1"), &members(&[], &[], 3), 2, true, noted()).await.expect("unbind");
     assert_eq!(store.get_members(&t, &scope_id("s1")).await.expect("members"), members(&[], &[], 3));
     let grants = store.principal_grants(&t, &subject("bob"), &[]).await.expect("grants");
     assert_eq!(grant_ids(&grants), ["s3"]);
@@ -845,7 +857,7 @@ pub async fn member_bindings_are_versioned_and_feed_principal_grants(store: Arc<
 pub async fn deleting_a_scope_drops_its_member_bindings(store: Arc<dyn Store>) {
     let t = tenant("acme");
     create_scope(&*store, &scope("acme", "s1", "one")).await;
-    store.set_members(&t, &scope_id("s1"), &members(&["alice"], &["ops"], 1), 0, noted()).await.expect("bind");
+    store.set_members(&t, &scope_id("s1"), &members(&["alice"], &["ops"], 1), 0, true, noted()).await.expect("bind");
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
     let id = scope_id("s1");
     let delete = ScopeDelete { tenant: &t, id: &id, expected_version: None, holders: &[], now, audit: noted() };
@@ -865,7 +877,7 @@ pub async fn principal_changes_record_their_audit_events(store: Arc<dyn Store>) 
     let bind =
         audit_record("acme", AuditOperation::SetScopeMembers, AuditTarget::Scope(scope_id("read-only")), "r3", 3);
     store
-        .set_members(&t, &scope_id("read-only"), &members(&["alice"], &[], 1), 0, kept(&bind, 100))
+        .set_members(&t, &scope_id("read-only"), &members(&["alice"], &[], 1), 0, false, kept(&bind, 100))
         .await
         .expect("bind");
     let delete =
