@@ -373,6 +373,31 @@ async fn envoy_with(
     }
 }
 
+/// The headers an allowed ext_authz answer sets and removes.
+async fn allowed_headers(
+    server: &TestServer,
+    headers: &[(&str, &str)],
+    context: &[(&str, &str)],
+) -> (std::collections::HashMap<String, String>, Vec<String>) {
+    let http = attribute_context::HttpRequest {
+        method: "GET".into(),
+        path: "/courses".into(),
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    };
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
+            context_extensions: context.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        }),
+    };
+    let response = AuthorizationClient::new(server.channel()).check(request).await.expect("ext_authz").into_inner();
+    let Some(HttpResponse::OkResponse(ok)) = response.http_response else { panic!("expected an allow") };
+    let set = ok.headers.iter().filter_map(|h| h.header.as_ref()).map(|h| (h.key.clone(), h.value.clone())).collect();
+    (set, ok.headers_to_remove)
+}
+
 /// Bearer principals through ext_authz's principal headers, on whatever store `server` runs on.
 async fn principal_headers_are_checked(server: &TestServer) {
     let courses = server.scope(ACME, "courses", pb::ScopeMode::Allow, read_rules(&["courses"])).await;
@@ -384,8 +409,14 @@ async fn principal_headers_are_checked(server: &TestServer) {
     let teacher = [("x-jwt-sub", "t1"), ("x-jwt-roles", "guest, teacher")];
     assert_eq!(envoy_with(server, "GET", &teacher, &route).await, None);
     assert_eq!(envoy_with(server, "PUT", &teacher, &route).await, forbidden("NOT_GRANTED"));
-    // By subject, no roles header.
+    // By subject, no roles header. Upstream gets the tenant, and no key id (a forged one is
+    // removed).
     assert_eq!(envoy_with(server, "DELETE", &[("x-jwt-sub", "root")], &route).await, None);
+    let (set, removed) =
+        allowed_headers(server, &[("x-jwt-sub", "root"), ("x-keyscope-key-id", "forged")], &route).await;
+    assert_eq!(set.get("x-keyscope-tenant").map(String::as_str), Some(ACME));
+    assert!(!set.contains_key("x-keyscope-key-id"), "{set:?}");
+    assert!(removed.iter().any(|h| h == "x-keyscope-key-id"), "{removed:?}");
     // Nothing bound.
     assert_eq!(envoy_with(server, "GET", &[("x-jwt-sub", "nobody")], &route).await, forbidden("NO_SCOPE"));
     // A registered, disabled principal.

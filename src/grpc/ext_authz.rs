@@ -172,6 +172,8 @@ impl ExtAuthzService {
         // is not shown), and so is any other client-sent `x-keyscope-*` header. Envoy applies
         // removals after additions, so a name set below must never be removed.
         let set: Vec<&str> = match answer {
+            // A bearer principal has no key: only its tenant goes upstream.
+            Some((a, _, _)) if a.key_id.is_none() => vec![&identity.tenant],
             Some((a, _, _)) if a.owner.is_empty() => vec![&identity.key_id, &identity.tenant],
             Some(_) => vec![&identity.key_id, &identity.tenant, &identity.owner],
             None => Vec::new(),
@@ -203,7 +205,9 @@ impl ExtAuthzService {
             let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
             let key_id = answer.key_id.as_ref().map(ToString::to_string).unwrap_or_default();
             let tenant = answer.tenant.as_ref().map(ToString::to_string).unwrap_or_default();
-            http.add_header(identity.key_id.clone(), key_id.clone(), overwrite, false);
+            if answer.key_id.is_some() {
+                http.add_header(identity.key_id.clone(), key_id.clone(), overwrite, false);
+            }
             http.add_header(identity.tenant.clone(), tenant.clone(), overwrite, false);
             if !answer.owner.is_empty() {
                 http.add_header(identity.owner.clone(), answer.owner.clone(), overwrite, false);
