@@ -606,8 +606,19 @@ async fn principal_and_member_admin_is_authorized_on_its_reserved_modules() {
     let listed =
         server.principals_as(Some(&reader)).list_principals(list.clone()).await.expect("reader lists").into_inner();
     assert_eq!(listed.principals.len(), 1, "its own tenant by default");
-    let other = pb::ListPrincipalsRequest { tenant: "globex".into(), ..list };
+    let other = pb::ListPrincipalsRequest { tenant: "globex".into(), ..list.clone() };
     assert_status(server.principals_as(Some(&reader)).list_principals(other).await, Code::PermissionDenied, "globex");
+    // An admin key is bounded by its owner too.
+    let (_, owned_admin) = server.owned_key(ACME, "admin-owner", &[&principal_reader.id]).await;
+    server.principals_as(Some(&owned_admin)).list_principals(list.clone()).await.expect("owner not registered");
+    server.principal(ACME, "admin-owner", &[]).await;
+    assert_status(
+        server.principals_as(Some(&owned_admin)).list_principals(list.clone()).await,
+        Code::PermissionDenied,
+        "keyscope.principals",
+    );
+    server.bind(ACME, &principal_reader.id, &["admin-owner"], &[]).await;
+    server.principals_as(Some(&owned_admin)).list_principals(list.clone()).await.expect("owner bound");
     // Members need `update` / `read` on keyscope.scopes.
     let members = pb::GetScopeMembersRequest { tenant: ACME.into(), scope_id: "read-only".into() };
     assert_status(

@@ -103,7 +103,9 @@ impl Keyscope {
         action: Action,
     ) -> Result<Caller, ServiceError> {
         let Some(bearer) = bearer else { return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())) };
-        let resolved = self.resolve(&Presented::Token(bearer.to_owned()), None).await?;
+        let mut resolved = self.resolve(&Presented::Token(bearer.to_owned()), None).await?;
+        // An admin key is bounded by its owner too.
+        self.bind_owner(&mut resolved).await?;
         let outcome = match &resolved {
             Resolved::Holder(holder) => admit(holder, tenant, module, action),
             Resolved::Refused { .. } => Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())),

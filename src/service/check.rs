@@ -234,9 +234,17 @@ impl Keyscope {
             let verified = Some(credential.key.tenant.clone());
             return Ok(Resolved::Refused { reason, key_id: Some(key_id.clone()), verified });
         }
-        let mut holder = self.holder(credential.key, credential.scopes);
+        Ok(Resolved::Holder(self.holder(credential.key, credential.scopes)))
+    }
+
+    /// Loads the owner ceiling of a resolved key (one store read, cached per replica, when the
+    /// key names an owner). Called only once the key's scopes allow something: the owner is a
+    /// later check (SPEC section 2), so a denied request costs nothing more. Returns whether
+    /// the ceiling can change an answer.
+    pub(super) async fn bind_owner(&self, resolved: &mut Resolved) -> Result<bool, ServiceError> {
+        let Resolved::Holder(holder) = resolved else { return Ok(false) };
         holder.ceiling = self.ceiling(&holder.key).await?;
-        Ok(Resolved::Holder(holder))
+        Ok(!matches!(holder.ceiling, Ceiling::None))
     }
 
     /// Resolves a key's scope ids against the builtins and the stored scopes given.
@@ -280,11 +288,17 @@ impl Keyscope {
             reason = Empty,
             cache_hit = Empty,
         );
-        let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
-        let answer = match &resolved {
+        let mut resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
+        let mut answer = match &resolved {
             Resolved::Refused { reason, key_id, .. } => refused(*reason, key_id.clone(), explain),
             Resolved::Holder(holder) => holder.decide(module, action, explain),
         };
+        if answer.allowed()
+            && self.bind_owner(&mut resolved).instrument(span.clone()).await?
+            && let Resolved::Holder(holder) = &resolved
+        {
+            answer = holder.decide(module, action, explain);
+        }
         let allowed = u64::from(answer.allowed());
         resolved.note_use(self, allowed, 1 - allowed);
         record(&span, &answer);
@@ -320,8 +334,8 @@ impl Keyscope {
             credential = Empty,
             cache_hit = Empty,
         );
-        let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
-        let (credential, answers): (Reason, Vec<CheckAnswer>) = match &resolved {
+        let mut resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
+        let (credential, mut answers): (Reason, Vec<CheckAnswer>) = match &resolved {
             Resolved::Refused { reason, key_id, .. } => {
                 (*reason, items.iter().map(|_| refused(*reason, key_id.clone(), explain)).collect())
             }
@@ -329,6 +343,12 @@ impl Keyscope {
                 (Reason::Ok, items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect())
             }
         };
+        if answers.iter().any(CheckAnswer::allowed)
+            && self.bind_owner(&mut resolved).instrument(span.clone()).await?
+            && let Resolved::Holder(holder) = &resolved
+        {
+            answers = items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect();
+        }
         span.record("credential", credential.as_str());
         if let Some(first) = answers.first() {
             record_identity(&span, first);
