@@ -134,7 +134,8 @@ impl Resolved {
 }
 
 impl Holder {
-    /// Decides one module and action for this key.
+    /// Decides one module and action for this key: its scopes, then its owner ceiling (when
+    /// loaded, see [`Keyscope::bind_owner`]).
     pub fn decide(&self, module: &Module, action: Action, explain: Explain) -> CheckAnswer {
         let scopes: Vec<&Scope> = self.scopes.iter().map(Arc::as_ref).collect();
         let (reason, scope_ids, message) = if self.missing.is_empty() {
@@ -148,15 +149,7 @@ impl Holder {
             };
             (Reason::DeniedByScope, self.missing.clone(), message)
         };
-        let (reason, scope_ids, message) = if reason == Reason::Ok {
-            match self.ceiling.bound(&self.key.owner, module, action, explain) {
-                Some(denied) => denied,
-                None => (reason, scope_ids, message),
-            }
-        } else {
-            (reason, scope_ids, message)
-        };
-        CheckAnswer {
+        let answer = CheckAnswer {
             reason,
             key_id: Some(self.key.id.clone()),
             tenant: Some(self.key.tenant.clone()),
@@ -164,7 +157,21 @@ impl Holder {
             scope_ids,
             message,
             subject: String::new(),
+        };
+        self.cap(answer, module, action, explain)
+    }
+
+    /// An allowed `answer` of this key, bounded by its owner ceiling (a denial is returned as
+    /// it is: the owner only ever takes away).
+    pub fn cap(&self, mut answer: CheckAnswer, module: &Module, action: Action, explain: Explain) -> CheckAnswer {
+        if answer.allowed()
+            && let Some((reason, scope_ids, message)) = self.ceiling.bound(&self.key.owner, module, action, explain)
+        {
+            answer.reason = reason;
+            answer.scope_ids = scope_ids;
+            answer.message = message;
         }
+        answer
     }
 }
 
@@ -297,7 +304,7 @@ impl Keyscope {
             && self.bind_owner(&mut resolved).instrument(span.clone()).await?
             && let Resolved::Holder(holder) = &resolved
         {
-            answer = holder.decide(module, action, explain);
+            answer = holder.cap(answer, module, action, explain);
         }
         let allowed = u64::from(answer.allowed());
         resolved.note_use(self, allowed, 1 - allowed);
@@ -347,7 +354,8 @@ impl Keyscope {
             && self.bind_owner(&mut resolved).instrument(span.clone()).await?
             && let Resolved::Holder(holder) = &resolved
         {
-            answers = items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect();
+            answers =
+                answers.into_iter().zip(items).map(|(answer, (m, a))| holder.cap(answer, m, *a, explain)).collect();
         }
         span.record("credential", credential.as_str());
         if let Some(first) = answers.first() {

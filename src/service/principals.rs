@@ -465,3 +465,38 @@ impl Keyscope {
         Ok(members)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::Builtins;
+
+    fn read_only() -> Arc<Scope> {
+        let builtins = Builtins::new(&[]).expect("builtins");
+        builtins.get(&"read-only".parse().expect("id")).cloned().expect("read-only")
+    }
+
+    #[test]
+    fn the_owner_ceiling_denies_what_the_owner_may_not_do() {
+        let courses: Module = "courses".parse().expect("module");
+        let none = Ceiling::None;
+        assert_eq!(none.bound("alice", &courses, Action::Read, Explain::Always), None);
+        let bound = Ceiling::Bound { scopes: vec![read_only()], missing: None };
+        assert_eq!(bound.bound("alice", &courses, Action::Read, Explain::Always), None, "read-only reads");
+        let (reason, ids, message) = bound.bound("alice", &courses, Action::Update, Explain::Always).expect("denied");
+        assert_eq!(reason, Reason::OwnerDenied);
+        assert!(ids.is_empty());
+        assert!(message.contains("owner `alice` is not allowed update on 'courses'"), "{message}");
+        let empty = Ceiling::Bound { scopes: Vec::new(), missing: None };
+        let (_, _, message) = empty.bound("alice", &courses, Action::Read, Explain::Always).expect("denied");
+        assert!(message.contains("no scope is bound"), "{message}");
+        let gone = Ceiling::Gone.bound("alice", &courses, Action::Read, Explain::Never).expect("denied");
+        assert_eq!(gone, (Reason::OwnerDenied, Vec::new(), String::new()), "no message unless explained");
+        let disabled = Ceiling::Disabled.bound("alice", &courses, Action::Read, Explain::Denials).expect("denied");
+        assert_eq!(disabled.0, Reason::OwnerDisabled);
+        let missing: ScopeId = "scp_gone".parse().expect("id");
+        let dangling = Ceiling::Bound { scopes: vec![read_only()], missing: Some(missing.clone()) };
+        let (reason, ids, _) = dangling.bound("alice", &courses, Action::Read, Explain::Never).expect("denied");
+        assert_eq!((reason, ids), (Reason::OwnerDenied, vec![missing]), "a vanished bound scope fails closed");
+    }
+}
