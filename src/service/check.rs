@@ -301,7 +301,7 @@ impl Keyscope {
             Resolved::Holder(holder) => holder.decide(module, action, explain),
         };
         if answer.allowed()
-            && self.bind_owner(&mut resolved).instrument(span.clone()).await?
+            && self.bind_owner(&mut resolved).await?
             && let Resolved::Holder(holder) = &resolved
         {
             answer = holder.cap(answer, module, action, explain);
@@ -351,7 +351,7 @@ impl Keyscope {
             }
         };
         if answers.iter().any(CheckAnswer::allowed)
-            && self.bind_owner(&mut resolved).instrument(span.clone()).await?
+            && self.bind_owner(&mut resolved).await?
             && let Resolved::Holder(holder) = &resolved
         {
             answers =
