@@ -1,19 +1,23 @@
 //! Cost of a check in the service core (no network), per credential outcome, so the cost of an
-//! unknown key can be compared with that of a wrong secret in the same run.
+//! unknown key can be compared with that of a wrong secret in the same run; and the hit-path
+//! cost of the owner ceiling (a key whose owner is a registered principal) and of a bearer
+//! principal credential, next to the plain scope check, on the memory store and behind the
+//! replica cache (as on Redis, all hits).
 //!
 //! `cargo bench --bench check_core` prints ns per check (median of 7 rounds) and the ratio of
-//! each outcome to a valid allowed check. The key-policy cases (issue 7) are allowed checks
-//! that also pass a source-network check, a rate limit, or present a rotated key's old secret
-//! during its grace period (or its new one), next to the plain scope check.
+//! each outcome to a valid allowed check. The key-policy cases are allowed checks that also
+//! pass a source-network check, a rate limit, or present a rotated key's old secret during its
+//! grace period (or its new one), next to the plain scope check.
 
 #![allow(clippy::panic)] // tests fail by panicking
 
 use std::{hint::black_box, net::IpAddr, sync::Arc, time::Duration, time::Instant};
 
 use keyscope::{
+    cache::{CacheSettings, CachedStore},
     domain::{Action, Module, Pepper, RateLimit, TokenFormat, parse_cidrs},
-    service::{Bootstrap, Builtins, Keyscope, NewKey, Presented},
-    store::MemoryStore,
+    service::{Bootstrap, Builtins, Keyscope, NewKey, Presented, PrincipalCredential},
+    store::{MemoryStore, Store},
 };
 
 const ROUNDS: usize = 7;
@@ -24,14 +28,32 @@ fn main() {
     rt.block_on(run());
 }
 
-async fn run() {
-    let tokens = TokenFormat::new("ks").expect("prefix");
-    let core = Keyscope::new(
-        Arc::new(MemoryStore::new()),
+/// Median ns per call of `call` over the rounds.
+async fn measure<F: AsyncFnMut()>(mut call: F) -> f64 {
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..PER_ROUND {
+            call().await;
+        }
+        rounds.push(start.elapsed().as_nanos() as f64 / PER_ROUND as f64);
+    }
+    rounds.sort_by(f64::total_cmp);
+    rounds[ROUNDS / 2]
+}
+
+fn new_core(store: Arc<dyn Store>, tokens: &TokenFormat) -> Keyscope {
+    Keyscope::new(
+        store,
         Builtins::new(&[]).expect("builtins"),
         tokens.clone(),
         Pepper::new(b"benchmark-pepper-0123456789").expect("pepper"),
-    );
+    )
+}
+
+async fn run() {
+    let tokens = TokenFormat::new("ks").expect("prefix");
+    let core = new_core(Arc::new(MemoryStore::new()), &tokens);
     let Bootstrap::Created(_, admin) = core.ensure_bootstrap(None).await.expect("bootstrap") else {
         panic!("fresh store")
     };
@@ -81,21 +103,69 @@ async fn run() {
     for (name, credential, source) in cases {
         let presented = Presented::Token(credential);
         let first = core.check_from(&presented, None, source, &module, Action::Read, false).await.expect("check");
-        let mut rounds = Vec::with_capacity(ROUNDS);
-        for _ in 0..ROUNDS {
-            let start = Instant::now();
-            for _ in 0..PER_ROUND {
-                let answer =
-                    core.check_from(&presented, None, source, &module, Action::Read, false).await.expect("check");
-                black_box(answer);
-            }
-            rounds.push(start.elapsed().as_nanos() as f64 / PER_ROUND as f64);
-        }
-        rounds.sort_by(f64::total_cmp);
-        let median = rounds[ROUNDS / 2];
+        let median = measure(async || {
+            let answer = core.check_from(&presented, None, source, &module, Action::Read, false).await.expect("check");
+            black_box(answer);
+        })
+        .await;
         if base == 0.0 {
             base = median;
         }
-        println!("{name:<14}{median:>9.0} ns   ratio to allowed {:.2}   ({})", median / base, first.reason);
+        println!("{name:<30}{median:>9.0} ns   ratio to allowed {:.2}   ({})", median / base, first.reason);
+    }
+
+    // The owner ceiling and bearer principals, on the memory store and behind the replica
+    // cache, each next to a plain allowed check on the same core.
+    let memory: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let cached: Arc<dyn Store> = Arc::new(CachedStore::new(Arc::new(MemoryStore::new()), CacheSettings::default()));
+    for (store_name, store) in [("memory", memory), ("cached", cached)] {
+        let core = new_core(store, &tokens);
+        let Bootstrap::Created(_, admin) = core.ensure_bootstrap(None).await.expect("bootstrap") else {
+            panic!("fresh store")
+        };
+        let admin = admin.expose().to_owned();
+        let keys = core.authorize(Some(&admin), "acme", &Module::keys(), Action::Create).await.expect("admin");
+        let scopes = core.authorize(Some(&admin), "acme", &Module::scopes(), Action::Update).await.expect("admin");
+        let principals =
+            core.authorize(Some(&admin), "acme", &Module::principals(), Action::Create).await.expect("admin");
+        let read_only = "read-only".parse().expect("id");
+        core.set_scope_members(&scopes, &read_only, Vec::new(), vec!["viewer".parse().expect("role")], 0)
+            .await
+            .expect("bind");
+        let alice = "alice".parse().expect("subject");
+        core.upsert_principal(&principals, alice, vec!["viewer".parse().expect("role")], true, None)
+            .await
+            .expect("principal");
+        let plain = NewKey { scope_ids: vec![read_only.clone()], ..Default::default() };
+        let owned = NewKey { owner: "alice".into(), ..plain.clone() };
+        let plain = Presented::Token(core.create_key(&keys, plain).await.expect("key").1.expose().to_owned());
+        let owned = Presented::Token(core.create_key(&keys, owned).await.expect("key").1.expose().to_owned());
+        let bearer = PrincipalCredential::parse("principal", "bob", &["viewer".to_owned()]).expect("principal");
+        let tenant = "acme".parse().expect("tenant");
+        let items = [(module.clone(), Action::Read)];
+
+        let plain_ns = measure(async || {
+            let answer = core.check(&plain, None, &module, Action::Read, false).await.expect("check");
+            assert!(answer.allowed());
+            black_box(answer);
+        })
+        .await;
+        let owned_ns = measure(async || {
+            let answer = core.check(&owned, None, &module, Action::Read, false).await.expect("check");
+            assert!(answer.allowed());
+            black_box(answer);
+        })
+        .await;
+        let bearer_ns = measure(async || {
+            let answers = core.check_principal(&tenant, &bearer, &items, false).await.expect("check");
+            assert!(answers[0].allowed());
+            black_box(answers);
+        })
+        .await;
+        for (name, ns) in
+            [("plain scope check", plain_ns), ("owner-bound check", owned_ns), ("bearer principal", bearer_ns)]
+        {
+            println!("{:<30}{ns:>9.0} ns   ratio to plain {:.2}", format!("{store_name}: {name}"), ns / plain_ns);
+        }
     }
 }

@@ -26,10 +26,10 @@ use async_trait::async_trait;
 use moka::sync::Cache as Moka;
 
 use crate::{
-    domain::{Day, Key, KeyId, Scope, ScopeId, Tenant, TenantPolicy},
+    domain::{Day, Key, KeyId, Members, Principal, Role, Scope, ScopeId, Subject, Tenant, TenantPolicy},
     store::{
-        AuditPage, AuditQuery, AuditWrite, Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete,
-        Store, StoreError, UsageDelta,
+        AuditPage, AuditQuery, AuditWrite, Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite,
+        PrincipalGrants, ScopeDelete, Store, StoreError, UsageDelta,
     },
 };
 
@@ -108,11 +108,16 @@ pub struct EntryCounts {
     pub unknown: u64,
 }
 
+type GrantsKey = (Tenant, Subject, Vec<Role>);
+
 struct Inner {
     keys: Moka<KeyId, Arc<Key>>,
     /// `None`: the store holds no such scope (a builtin id, or a deleted scope).
     scopes: Moka<(Tenant, ScopeId), Option<Arc<Scope>>>,
     unknown: Moka<KeyId, ()>,
+    /// A principal's grants by (tenant, subject, roles asked for). Any change to a principal,
+    /// a member binding or a scope of a tenant drops all of that tenant's entries.
+    grants: Moka<GrantsKey, PrincipalGrants>,
     /// Grows with every invalidation; a fill started before a change is not kept.
     epoch: AtomicU64,
     stats: CacheStats,
@@ -138,6 +143,11 @@ impl CachedStore {
             keys: Moka::builder().max_capacity(settings.max_keys).time_to_live(settings.time_to_live).build(),
             scopes: Moka::builder().max_capacity(settings.max_scopes).time_to_live(settings.time_to_live).build(),
             unknown: Moka::builder().max_capacity(settings.max_keys).time_to_live(settings.negative_ttl).build(),
+            grants: Moka::builder()
+                .max_capacity(settings.max_keys)
+                .time_to_live(settings.time_to_live)
+                .support_invalidation_closures()
+                .build(),
             epoch: AtomicU64::new(0),
             stats: CacheStats::default(),
         };
@@ -231,7 +241,11 @@ impl ChangeSink for Inner {
                 self.keys.invalidate(id);
                 self.unknown.invalidate(id);
             }
-            Change::Scope(tenant, id) => self.scopes.invalidate(&(tenant.clone(), id.clone())),
+            Change::Scope(tenant, id) => {
+                self.scopes.invalidate(&(tenant.clone(), id.clone()));
+                self.drop_grants(tenant);
+            }
+            Change::Principal(tenant, _) | Change::Members(tenant, _) => self.drop_grants(tenant),
         }
     }
 
@@ -241,6 +255,18 @@ impl ChangeSink for Inner {
         self.keys.invalidate_all();
         self.scopes.invalidate_all();
         self.unknown.invalidate_all();
+        self.grants.invalidate_all();
+    }
+}
+
+impl Inner {
+    fn drop_grants(&self, tenant: &Tenant) {
+        let tenant = tenant.clone();
+        // INVARIANT: the grants cache is built with `support_invalidation_closures`; should
+        // that ever fail, dropping everything is the safe fallback.
+        if self.grants.invalidate_entries_if(move |(t, _, _), _| *t == tenant).is_err() {
+            self.grants.invalidate_all();
+        }
     }
 }
 
@@ -363,5 +389,81 @@ impl Store for CachedStore {
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
         self.store.put_tenant_policy(policy, expected_version, audit).await
+    }
+
+    async fn get_principal(&self, tenant: &Tenant, subject: &Subject) -> Result<Option<Arc<Principal>>, StoreError> {
+        self.store.get_principal(tenant, subject).await
+    }
+
+    async fn list_principals(
+        &self,
+        tenant: &Tenant,
+        after: Option<&Subject>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Principal>>, StoreError> {
+        self.store.list_principals(tenant, after, limit).await
+    }
+
+    async fn put_principal(
+        &self,
+        principal: &Principal,
+        expected_version: Option<u64>,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let result = self.store.put_principal(principal, expected_version, audit).await;
+        self.inner.changed(&Change::Principal(principal.tenant.clone(), principal.subject.clone()));
+        result
+    }
+
+    async fn delete_principal(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        expected_version: Option<u64>,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let result = self.store.delete_principal(tenant, subject, expected_version, audit).await;
+        self.inner.changed(&Change::Principal(tenant.clone(), subject.clone()));
+        result
+    }
+
+    async fn get_members(&self, tenant: &Tenant, scope: &ScopeId) -> Result<Members, StoreError> {
+        self.store.get_members(tenant, scope).await
+    }
+
+    async fn set_members(
+        &self,
+        tenant: &Tenant,
+        scope: &ScopeId,
+        members: &Members,
+        expected_version: u64,
+        stored: bool,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let result = self.store.set_members(tenant, scope, members, expected_version, stored, audit).await;
+        self.inner.changed(&Change::Members(tenant.clone(), scope.clone()));
+        result
+    }
+
+    async fn principal_grants(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        roles: &[Role],
+    ) -> Result<PrincipalGrants, StoreError> {
+        let entry = (tenant.clone(), subject.clone(), roles.to_vec());
+        if let Some(found) = self.inner.grants.get(&entry) {
+            return Ok(found);
+        }
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        let found = self.store.principal_grants(tenant, subject, roles).await?;
+        // Same race rule as key records: a fill that raced a change is not kept.
+        if self.inner.epoch.load(Ordering::SeqCst) == epoch {
+            self.inner.grants.insert(entry.clone(), found.clone());
+            if self.inner.epoch.load(Ordering::SeqCst) != epoch {
+                self.inner.grants.invalidate(&entry);
+            }
+        }
+        Ok(found)
     }
 }

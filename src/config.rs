@@ -11,7 +11,7 @@ use crate::{
     domain::{Pepper, TokenFormat},
     grpc::{ExtAuthzSettings, IdentityHeaders},
     service::{Builtins, Preset, Quotas, RateLimiterSettings, UsageSettings},
-    service::{HttpMapping, Route, default_methods},
+    service::{HttpMapping, PrincipalHeaders, Route, default_methods},
     store::{RedisOptions, RedisTls},
     telemetry::TraceSettings,
     tls::{self, ClientAuth, LoadedTls, ServerTlsFiles, TlsError},
@@ -464,6 +464,19 @@ pub struct ExtAuthzConfig {
     /// 0: a check's source address is the request's source as Envoy reports it; N (up to
     /// 16): the Nth address from the right of `x-forwarded-for`.
     pub trusted_proxy_hops: u32,
+    /// Headers carrying a bearer principal set by Envoy's `jwt_authn` filter (off unless set).
+    pub principal_headers: Option<PrincipalHeaderConfig>,
+}
+
+/// `ext_authz.principal_headers.*`: only behind Envoy's `jwt_authn` filter, which sets them
+/// from a verified JWT and strips any a client sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalHeaderConfig {
+    /// The subject's header, e.g. `x-jwt-sub`.
+    pub subject: String,
+    /// The roles' header (comma-separated), e.g. `x-jwt-roles`.
+    pub roles: String,
 }
 
 impl Default for ExtAuthzConfig {
@@ -476,6 +489,7 @@ impl Default for ExtAuthzConfig {
             identity_headers: IdentityHeaderConfig::default(),
             strip_credential: false,
             trusted_proxy_hops: 0,
+            principal_headers: None,
         }
     }
 }
@@ -566,8 +580,29 @@ impl ExtAuthzConfig {
                 methods
             }
         };
+        let mut mapping = HttpMapping::new(&self.api_key_header, routes, self.allow_unmapped, methods);
+        if let Some(p) = &self.principal_headers {
+            for (key, name) in [("subject", &p.subject), ("roles", &p.roles)] {
+                let at = format!("ext_authz.principal_headers.{key}");
+                if !header_ok(name) {
+                    return Err(bad(&at, "must be a header name [A-Za-z0-9-]{1,64}"));
+                }
+                let lower = name.to_ascii_lowercase();
+                let clash = names.contains(&lower)
+                    || ["authorization", "host", api_key.as_str()].contains(&lower.as_str())
+                    || lower.starts_with("x-keyscope-");
+                if clash {
+                    return Err(bad(&at, format!("`{lower}` is a credential, host, identity or `x-keyscope-` header")));
+                }
+            }
+            if p.subject.eq_ignore_ascii_case(&p.roles) {
+                return Err(bad("ext_authz.principal_headers", "subject and roles must be different headers"));
+            }
+            mapping =
+                mapping.with_principal_headers(PrincipalHeaders { subject: p.subject.clone(), roles: p.roles.clone() });
+        }
         Ok(ExtAuthzSettings {
-            mapping: HttpMapping::new(&self.api_key_header, routes, self.allow_unmapped, methods),
+            mapping,
             identity: IdentityHeaders {
                 key_id: i.key_id.to_ascii_lowercase(),
                 tenant: i.tenant.to_ascii_lowercase(),
@@ -1127,5 +1162,29 @@ mod tests {
         let mut s = Settings::default();
         s.security.pepper = Some(SecretString("a-very-secret-pepper-value".into()));
         assert!(!format!("{s:?}").contains("a-very-secret-pepper-value"));
+    }
+
+    #[test]
+    fn principal_headers_are_off_by_default_and_validated() {
+        let v = Settings::default().validate().expect("defaults");
+        assert!(v.ext_authz.mapping.principal_headers().is_none());
+        let mut s = Settings::default();
+        s.ext_authz.principal_headers =
+            Some(PrincipalHeaderConfig { subject: "X-Jwt-Sub".into(), roles: "x-jwt-roles".into() });
+        let v = s.validate().expect("valid");
+        let want = PrincipalHeaders { subject: "x-jwt-sub".into(), roles: "x-jwt-roles".into() };
+        assert_eq!(v.ext_authz.mapping.principal_headers(), Some(&want));
+        for (subject, roles, field) in [
+            ("bad header", "x-r", "ext_authz.principal_headers.subject"),
+            ("x-s", "authorization", "ext_authz.principal_headers.roles"),
+            ("x-api-key", "x-r", "ext_authz.principal_headers.subject"),
+            ("x-keyscope-sub", "x-r", "ext_authz.principal_headers.subject"),
+            ("x-same", "X-Same", "ext_authz.principal_headers"),
+        ] {
+            s.ext_authz.principal_headers =
+                Some(PrincipalHeaderConfig { subject: subject.into(), roles: roles.into() });
+            let err = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(field), "{subject}/{roles}: {err}");
+        }
     }
 }

@@ -5,13 +5,13 @@
 //!
 //! # Layout
 //! - [`domain`]: the pure, synchronous core: names, scopes, the decision, the token format,
-//!   the audit log's records.
+//!   the audit log's records, principals and scope member bindings.
 //! - [`store`]: the `Store` trait and its backends: the embedded memory store and Redis
-//!   (standalone or cluster), with the change feed; keys, scopes, key usage and each tenant's
-//!   audit log.
+//!   (standalone or cluster), with the change feed; keys, scopes, key usage, principals, scope
+//!   member bindings and each tenant's audit log.
 //! - [`cache`]: each replica's moka cache in front of a shared store, and its invalidation.
-//! - [`service`]: the use cases: checks and admin calls, with admin authorization; key usage
-//!   counted in memory and flushed to the store.
+//! - [`service`]: the use cases: checks (with the owner ceiling, and bearer principals) and
+//!   admin calls, with admin authorization; key usage counted in memory and flushed to the store.
 //! - [`grpc`]: one thin file per gRPC service; `status.rs` maps errors to gRPC codes.
 //! - [`server`]: wires the store, cache, services, health (readiness follows the store),
 //!   reflection and the usage flusher, and serves until shutdown (then flushes usage).

@@ -22,10 +22,10 @@ use crate::{
     domain::limits,
     grpc::{
         AdminMethods, AuditLogService, CheckerService, Edge, ExtAuthzService, ExtAuthzSettings, KeyAdminService,
-        ScopeAdminService, bearer_interceptor, call_span,
+        PrincipalAdminService, ScopeAdminService, bearer_interceptor, call_span,
         pb::{
             self, audit_log_server::AuditLogServer, checker_server::CheckerServer, key_admin_server::KeyAdminServer,
-            scope_admin_server::ScopeAdminServer,
+            principal_admin_server::PrincipalAdminServer, scope_admin_server::ScopeAdminServer,
         },
     },
     service::Keyscope,
@@ -96,15 +96,16 @@ impl Health {
 pub const LIVENESS: &str = "liveness";
 
 /// The keyscope services health reports on.
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     <CheckerServer<CheckerService> as tonic::server::NamedService>::NAME,
     <KeyAdminServer<KeyAdminService> as tonic::server::NamedService>::NAME,
     <ScopeAdminServer<ScopeAdminService> as tonic::server::NamedService>::NAME,
     <AuditLogServer<AuditLogService> as tonic::server::NamedService>::NAME,
+    <PrincipalAdminServer<PrincipalAdminService> as tonic::server::NamedService>::NAME,
 ];
 
 /// The services whose calls are admin calls (counted, and traced as admin spans).
-const ADMIN_SERVICES: [&str; 3] = [SERVICES[1], SERVICES[2], SERVICES[3]];
+const ADMIN_SERVICES: [&str; 4] = [SERVICES[1], SERVICES[2], SERVICES[3], SERVICES[4]];
 
 /// [`serve`] with the options of the deployment.
 pub async fn serve_with(
@@ -149,6 +150,8 @@ pub async fn serve_with(
         .max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let audit =
         AuditLogServer::new(AuditLogService::new(core.clone())).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
+    let principals = PrincipalAdminServer::new(PrincipalAdminService::new(core.clone()))
+        .max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let scopes =
         ScopeAdminServer::new(ScopeAdminService::new(core)).max_decoding_message_size(limits::MESSAGE_MAX_BYTES);
     let methods = Arc::new(AdminMethods::new(pb::FILE_DESCRIPTOR_SET, &ADMIN_SERVICES));
@@ -157,6 +160,8 @@ pub async fn serve_with(
         Edge::admin(InterceptedService::new(scopes, bearer_interceptor), metrics.clone(), methods.clone()),
         Edge::admin(InterceptedService::new(audit, bearer_interceptor), metrics.clone(), methods.clone()),
     );
+    let admin_principals =
+        Edge::admin(InterceptedService::new(principals, bearer_interceptor), metrics.clone(), methods.clone());
 
     let drained = async move {
         shutdown.await;
@@ -183,7 +188,8 @@ pub async fn serve_with(
         .add_service(envoy)
         .add_service(admin_keys)
         .add_service(admin_scopes)
-        .add_service(admin_audit);
+        .add_service(admin_audit)
+        .add_service(admin_principals);
     let served = match tls {
         // Checks are small request/response pairs: without TCP_NODELAY, Nagle's algorithm and
         // delayed ACKs add tens of milliseconds to some of them.

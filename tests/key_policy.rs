@@ -725,3 +725,58 @@ async fn admin_keys_are_held_to_their_source_networks_and_rate_limit() {
     list(limited.clone()).await.expect("the first call");
     assert_status(list(limited).await, Code::ResourceExhausted, "rate limit");
 }
+
+// ---------------------------------------------------------------------------------------------
+// With principals: the owner ceiling comes right after the key's scopes, before the source
+// networks and the rate limit (so an owner's denial spends no quota either).
+
+async fn owner_first_scenario(server: &TestServer) {
+    let scope = courses(server).await;
+    server.principal(ACME, "pat", &["teacher"]).await;
+    server.bind(ACME, &scope, &[], &["teacher"]).await;
+    let (key, token) = key_with(
+        server,
+        &scope,
+        pb::CreateKeyRequest {
+            owner: "pat".into(),
+            rate_limit: rate(0.001, 2),
+            allowed_cidrs: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    // Demoted: the owner denies, from an allowed source or not, and no quota is spent.
+    server.bind(ACME, &scope, &[], &[]).await;
+    for _ in 0..5 {
+        assert_eq!(reason(&check_from(server, &token, "courses", "10.0.0.1").await), pb::Reason::OwnerDenied);
+        assert_eq!(reason(&check_from(server, &token, "courses", "192.0.2.1").await), pb::Reason::OwnerDenied);
+    }
+    let (status, why, _) = http(&envoy(server, envoy_request(&token, Some("192.0.2.1"), &[])).await);
+    assert_eq!((status, why.as_str()), (403, "OWNER_DENIED"));
+    // Restored: the source is checked again, then the whole burst is still there.
+    server.bind(ACME, &scope, &[], &["teacher"]).await;
+    assert_eq!(reason(&check_from(server, &token, "courses", "192.0.2.1").await), pb::Reason::SourceNotAllowed);
+    for _ in 0..2 {
+        assert_eq!(reason(&check_from(server, &token, "courses", "10.0.0.1").await), pb::Reason::Ok);
+    }
+    assert_eq!(reason(&check_from(server, &token, "courses", "10.0.0.1").await), pb::Reason::RateLimited);
+    // A rotated key keeps its owner, networks and limit: the new secret is bounded the same way.
+    let (rotated, new_token) = rotate(server, &key.id, Duration::ZERO).await;
+    assert_eq!((rotated.owner.as_str(), rotated.allowed_cidrs.len()), ("pat", 1));
+    assert!(rotated.rate_limit.is_some());
+    server.bind(ACME, &scope, &[], &[]).await;
+    assert_eq!(reason(&check_from(server, &new_token, "courses", "10.0.0.1").await), pb::Reason::OwnerDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_ceiling_comes_before_source_and_rate_limit_on_the_memory_store() {
+    let server = TestServer::start().await;
+    owner_first_scenario(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_ceiling_comes_before_source_and_rate_limit_on_redis() {
+    let redis = RedisServer::start();
+    let server = TestServer::start_on_redis(&redis.url(), &fresh_prefix(), CacheSettings::default(), None).await;
+    owner_first_scenario(&server).await;
+}

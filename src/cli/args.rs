@@ -65,6 +65,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Read the audit log of admin changes, newest first.
     Audit(AuditArgs),
+    /// Administer principals (the owners of keys, and bearer callers).
+    #[command(subcommand)]
+    Principal(super::principals::PrincipalCommand),
     /// Administer tenant settings.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -464,6 +467,9 @@ pub enum ScopeCommand {
         #[command(flatten)]
         rules: RuleArgs,
     },
+    /// Show or replace the subjects and roles a scope is bound to.
+    #[command(subcommand)]
+    Members(super::principals::MembersCommand),
 }
 
 /// `keyscope check ...`
@@ -488,4 +494,10 @@ pub struct CheckArgs {
     /// The source address to check from (IPv4 or IPv6).
     #[arg(long, value_name = "IP", default_value = "")]
     pub source: String,
+    /// Check a bearer principal with this subject instead of a key (needs --tenant).
+    #[arg(long, conflicts_with_all = ["credential", "key_id"], requires = "tenant")]
+    pub subject: Option<String>,
+    /// The bearer principal's roles (repeat or comma-separate), with --subject.
+    #[arg(long = "roles", value_delimiter = ',', requires = "subject")]
+    pub roles: Vec<String>,
 }

@@ -137,6 +137,16 @@ impl Connection {
     pub fn scopes(&self) -> ScopeAdminClient<InterceptedService<Channel, Bearer>> {
         ScopeAdminClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
+
+    /// The PrincipalAdmin client.
+    pub fn principals(
+        &self,
+    ) -> crate::grpc::pb::principal_admin_client::PrincipalAdminClient<InterceptedService<Channel, Bearer>> {
+        crate::grpc::pb::principal_admin_client::PrincipalAdminClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
+    }
 }
 
 fn source_chain(error: &dyn std::error::Error) -> String {

@@ -6,6 +6,7 @@
 mod args;
 mod client;
 mod output;
+mod principals;
 mod run;
 
 pub use args::{Cli, Command};

@@ -82,6 +82,11 @@ async fn execute(cli: Cli) -> Result<Output, CliError> {
             let conn = Connection::open(&server, &tls, token.as_deref()).await?;
             policy(&conn, cmd).await
         }
+        Command::Principal(cmd) => {
+            let conn = Connection::open(&server, &tls, token.as_deref()).await?;
+            let (text, json) = super::principals::principal(&conn, cmd).await?;
+            Ok(Output::new(text, json))
+        }
     }
 }
 
@@ -164,8 +169,11 @@ fn action(raw: &str) -> Result<i32, CliError> {
 }
 
 async fn check(conn: &Connection, args: CheckArgs, token: Option<String>) -> Result<Output, CliError> {
-    let CheckArgs { module, action: raw_action, tenant, credential, key_id, secret, source } = args;
+    let CheckArgs { module, action: raw_action, tenant, credential, key_id, secret, source, subject, roles } = args;
     let credential = match (credential.or(token), key_id, secret) {
+        _ if subject.is_some() => {
+            pb::check_request::Credential::Principal(pb::Principal { subject: subject.unwrap_or_default(), roles })
+        }
         (_, Some(key_id), Some(secret)) => pb::check_request::Credential::KeyPair(pb::KeyPair { key_id, secret }),
         (Some(token), _, _) => pb::check_request::Credential::Token(token),
         _ => {
@@ -397,6 +405,10 @@ fn scope_output(scope: &pb::Scope) -> Output {
 async fn scope(conn: &Connection, cmd: ScopeCommand) -> Result<Output, CliError> {
     let mut client = conn.scopes();
     let scope = match cmd {
+        ScopeCommand::Members(cmd) => {
+            let (text, json) = super::principals::members(conn, cmd).await?;
+            return Ok(Output::new(text, json));
+        }
         ScopeCommand::Create { tenant, label, description, mode: m, rules: r } => {
             let request = pb::CreateScopeRequest {
                 tenant: tenant.tenant,

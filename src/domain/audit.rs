@@ -13,7 +13,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::{KeyId, Problem, ScopeId, Tenant, token::RandomError};
+use super::{KeyId, Problem, ScopeId, Subject, Tenant, token::RandomError};
 
 /// What an admin change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,11 +40,17 @@ pub enum AuditOperation {
     RotateKey,
     /// A tenant's policy (maximum key lifetime) was set.
     SetTenantPolicy,
+    /// A principal was registered, or its roles or enabled flag changed.
+    PutPrincipal,
+    /// A principal was deleted (its keys are denied from then on).
+    DeletePrincipal,
+    /// A scope's member bindings (subjects and roles) were replaced.
+    SetScopeMembers,
 }
 
 impl AuditOperation {
     /// Every operation, in wire order.
-    pub const ALL: [AuditOperation; 11] = [
+    pub const ALL: [AuditOperation; 14] = [
         AuditOperation::CreateKey,
         AuditOperation::UpdateKey,
         AuditOperation::DisableKey,
@@ -56,6 +62,9 @@ impl AuditOperation {
         AuditOperation::DeleteScope,
         AuditOperation::RotateKey,
         AuditOperation::SetTenantPolicy,
+        AuditOperation::PutPrincipal,
+        AuditOperation::DeletePrincipal,
+        AuditOperation::SetScopeMembers,
     ];
 
     /// The stored and printed name, e.g. `create_key`.
@@ -72,6 +81,9 @@ impl AuditOperation {
             AuditOperation::DeleteScope => "delete_scope",
             AuditOperation::RotateKey => "rotate_key",
             AuditOperation::SetTenantPolicy => "set_tenant_policy",
+            AuditOperation::PutPrincipal => "put_principal",
+            AuditOperation::DeletePrincipal => "delete_principal",
+            AuditOperation::SetScopeMembers => "set_scope_members",
         }
     }
 }
@@ -136,6 +148,8 @@ pub enum AuditTarget {
     Scope(ScopeId),
     /// A tenant's own settings (its policy).
     Tenant(Tenant),
+    /// A principal, by subject.
+    Principal(Subject),
 }
 
 impl AuditTarget {
@@ -145,6 +159,7 @@ impl AuditTarget {
             AuditTarget::Key(_) => "key",
             AuditTarget::Scope(_) => "scope",
             AuditTarget::Tenant(_) => "tenant",
+            AuditTarget::Principal(_) => "principal",
         }
     }
 
@@ -154,6 +169,7 @@ impl AuditTarget {
             AuditTarget::Key(id) => id.as_str(),
             AuditTarget::Scope(id) => id.as_str(),
             AuditTarget::Tenant(tenant) => tenant.as_str(),
+            AuditTarget::Principal(subject) => subject.as_str(),
         }
     }
 
@@ -163,6 +179,7 @@ impl AuditTarget {
             "key" => id.parse().ok().map(AuditTarget::Key),
             "scope" => id.parse().ok().map(AuditTarget::Scope),
             "tenant" => id.parse().ok().map(AuditTarget::Tenant),
+            "principal" => id.parse().ok().map(AuditTarget::Principal),
             _ => None,
         }
     }

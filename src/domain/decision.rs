@@ -37,6 +37,13 @@ pub enum Reason {
     SourceNotAllowed,
     /// The key's rate limit is reached.
     RateLimited,
+    /// The key's scopes allow, but its owner (a registered principal) is not allowed, or is
+    /// gone (deleted).
+    OwnerDenied,
+    /// The key's owner is a registered principal that is disabled.
+    OwnerDisabled,
+    /// The bearer principal is registered and disabled.
+    PrincipalDisabled,
 }
 
 impl Reason {
@@ -55,6 +62,9 @@ impl Reason {
             Reason::NotGranted => "NOT_GRANTED",
             Reason::SourceNotAllowed => "SOURCE_NOT_ALLOWED",
             Reason::RateLimited => "RATE_LIMITED",
+            Reason::OwnerDenied => "OWNER_DENIED",
+            Reason::OwnerDisabled => "OWNER_DISABLED",
+            Reason::PrincipalDisabled => "PRINCIPAL_DISABLED",
         }
     }
 }

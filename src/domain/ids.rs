@@ -121,8 +121,13 @@ impl Module {
     }
 
     /// Every reserved module keyscope knows today.
-    pub fn reserved_known() -> [Module; 3] {
-        [Module::keys(), Module::scopes(), Module::audit()]
+    pub fn reserved_known() -> [Module; 4] {
+        [Module::keys(), Module::scopes(), Module::audit(), Module::principals()]
+    }
+
+    /// The principal administration module.
+    pub fn principals() -> Self {
+        Module(Arc::from("keyscope.principals"))
     }
 
     /// Whether the module administers keyscope (`keyscope` or below it).

@@ -44,3 +44,15 @@ pub const CIDRS_PER_KEY_MAX: usize = 32;
 pub const RATE_LIMIT_MAX: u32 = 1_000_000;
 /// Longest grace period of a rotation: 30 days.
 pub const ROTATION_GRACE_MAX_SECS: u64 = 30 * 24 * 3600;
+/// Longest principal subject, in bytes.
+pub const SUBJECT_MAX: usize = 256;
+/// Longest role name.
+pub const ROLE_MAX: usize = 64;
+/// Most roles of one principal (and in one bearer-principal credential).
+pub const ROLES_PER_PRINCIPAL_MAX: usize = 32;
+/// Most subjects one scope is bound to.
+pub const MEMBER_SUBJECTS_MAX: usize = 1000;
+/// Most roles one scope is bound to.
+pub const MEMBER_ROLES_MAX: usize = 100;
+/// Longest page token of ListPrincipals (its cursor is a subject of up to 256 bytes).
+pub const PRINCIPAL_PAGE_TOKEN_MAX: usize = 512;

@@ -15,6 +15,7 @@ mod key;
 pub mod limits;
 mod network;
 mod policy;
+mod principal;
 mod scope;
 mod token;
 
@@ -34,5 +35,6 @@ pub use network::{canonical as canonical_address, parse_cidrs, parse_source_addr
 pub use policy::{
     MAX_KEY_LIFETIME_LIMIT, TenantPolicy, check_key_lifetime, format_duration, validate_max_key_lifetime,
 };
+pub use principal::{Members, Principal, Role, Subject, parse_names};
 pub use scope::{Rules, Scope, ScopeMode};
 pub use token::{Malformed, Pepper, RandomError, Secret, SecretHash, Token, TokenFormat};

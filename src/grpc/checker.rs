@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     domain::{InputError, Module, Tenant, limits, parse_field, parse_source_address},
-    service::{CheckAnswer, Keyscope, Presented},
+    service::{CheckAnswer, Keyscope, Presented, PrincipalCredential},
     telemetry::{CheckPath, CheckTracer, Metrics, propagation, spans},
 };
 
@@ -33,7 +33,14 @@ impl CheckerService {
 }
 
 fn missing_credential() -> InputError {
-    InputError::invalid("credential", "set `token` or `key_pair`")
+    InputError::invalid("credential", "set `token`, `key_pair` or `principal`")
+}
+
+/// A bearer principal credential; it names no tenant, so the request must.
+fn principal(raw: pb::Principal, tenant: Option<Tenant>) -> Result<(Tenant, PrincipalCredential), InputError> {
+    let pb::Principal { subject, roles } = raw;
+    let tenant = tenant.ok_or_else(|| InputError::invalid("tenant", "is required with a `principal` credential"))?;
+    Ok((tenant, PrincipalCredential::parse("principal", &subject, &roles)?))
 }
 
 fn pair(pair: pb::KeyPair) -> Presented {
@@ -101,6 +108,12 @@ impl CheckerService {
         let presented = match credential.ok_or_else(missing_credential)? {
             check_request::Credential::Token(token) => Presented::Token(token),
             check_request::Credential::KeyPair(p) => pair(p),
+            check_request::Credential::Principal(p) => {
+                let (tenant, credential) = principal(p, tenant)?;
+                let mut answers = self.core.check_principal(&tenant, &credential, &[(module, action)], explain).await?;
+                // INVARIANT: one answer per item, and there is one item.
+                return answers.pop().ok_or_else(|| Status::internal("no answer"));
+            }
         };
         Ok(self.core.check_from(&presented, tenant.as_ref(), source, &module, action, explain).await?)
     }
@@ -124,6 +137,10 @@ impl CheckerService {
         let presented = match credential.ok_or_else(missing_credential)? {
             batch_check_request::Credential::Token(token) => Presented::Token(token),
             batch_check_request::Credential::KeyPair(p) => pair(p),
+            batch_check_request::Credential::Principal(p) => {
+                let (tenant, credential) = principal(p, tenant)?;
+                return Ok(self.core.check_principal(&tenant, &credential, &items, explain).await?);
+            }
         };
         Ok(self.core.batch_check_from(&presented, tenant.as_ref(), source, &items, explain).await?)
     }

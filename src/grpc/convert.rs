@@ -13,7 +13,7 @@ use super::pb;
 use crate::{
     domain::{
         Action, AuditEvent, AuditOperation, InputError, Key, KeyId, KeyState, Metadata, Problem, RateLimit, Reason,
-        Rules, Scope, ScopeId, ScopeMode, TenantPolicy, limits, parse_field, validate_metadata,
+        Rules, Scope, ScopeId, ScopeMode, Subject, TenantPolicy, limits, parse_field, validate_metadata,
     },
     service::{CheckAnswer, KeyUsage},
 };
@@ -86,6 +86,9 @@ pub fn reason_to_pb(reason: Reason) -> pb::Reason {
         Reason::NotGranted => pb::Reason::NotGranted,
         Reason::SourceNotAllowed => pb::Reason::SourceNotAllowed,
         Reason::RateLimited => pb::Reason::RateLimited,
+        Reason::OwnerDenied => pb::Reason::OwnerDenied,
+        Reason::OwnerDisabled => pb::Reason::OwnerDisabled,
+        Reason::PrincipalDisabled => pb::Reason::PrincipalDisabled,
     }
 }
 
@@ -226,7 +229,7 @@ pub fn scope_to_pb(scope: &Scope) -> pb::Scope {
 /// The wire form of a check answer.
 pub fn answer_to_pb(answer: CheckAnswer) -> pb::CheckResponse {
     let allowed = answer.allowed();
-    let CheckAnswer { reason, key_id, tenant, owner, scope_ids, message, retry_after } = answer;
+    let CheckAnswer { reason, key_id, tenant, owner, scope_ids, message, retry_after, subject } = answer;
     pb::CheckResponse {
         allowed,
         reason: reason_to_pb(reason).into(),
@@ -236,6 +239,7 @@ pub fn answer_to_pb(answer: CheckAnswer) -> pb::CheckResponse {
         scope_ids: scope_ids.iter().map(ToString::to_string).collect(),
         message,
         retry_after: retry_after.map(duration_to_pb),
+        subject,
     }
 }
 
@@ -253,6 +257,9 @@ pub fn operation_to_pb(operation: AuditOperation) -> pb::AuditOperation {
         AuditOperation::DeleteScope => pb::AuditOperation::DeleteScope,
         AuditOperation::RotateKey => pb::AuditOperation::RotateKey,
         AuditOperation::SetTenantPolicy => pb::AuditOperation::SetTenantPolicy,
+        AuditOperation::PutPrincipal => pb::AuditOperation::PutPrincipal,
+        AuditOperation::DeletePrincipal => pb::AuditOperation::DeletePrincipal,
+        AuditOperation::SetScopeMembers => pb::AuditOperation::SetScopeMembers,
     }
 }
 
@@ -278,10 +285,10 @@ pub fn target_filter(field: &str, raw: &str) -> Result<Option<String>, InputErro
     if raw.is_empty() {
         return Ok(None);
     }
-    if raw.parse::<KeyId>().is_ok() || raw.parse::<ScopeId>().is_ok() {
+    if raw.parse::<KeyId>().is_ok() || raw.parse::<ScopeId>().is_ok() || raw.parse::<Subject>().is_ok() {
         return Ok(Some(raw.to_owned()));
     }
-    Err(InputError::invalid(field, "must be a key id or a scope id"))
+    Err(InputError::invalid(field, "must be a key id, a scope id or a principal's subject"))
 }
 
 /// A page size from the wire: 0 means the default, larger than the maximum means the maximum.
@@ -302,11 +309,20 @@ pub fn page_token(last_id: &str) -> String {
 
 /// The cursor inside a page token (`""`: the first page).
 pub fn page_cursor<T: std::str::FromStr<Err = Problem>>(field: &str, raw: &str) -> Result<Option<T>, InputError> {
+    page_cursor_within(field, raw, limits::PAGE_TOKEN_MAX)
+}
+
+/// [`page_cursor`] for cursors longer than ids (principal subjects): tokens up to `max` long.
+pub fn page_cursor_within<T: std::str::FromStr<Err = Problem>>(
+    field: &str,
+    raw: &str,
+    max: usize,
+) -> Result<Option<T>, InputError> {
     if raw.is_empty() {
         return Ok(None);
     }
     let bad = || InputError::invalid(field, "is not a page token from a previous response");
-    if raw.len() > limits::PAGE_TOKEN_MAX {
+    if raw.len() > max {
         return Err(bad());
     }
     let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
@@ -347,6 +363,29 @@ pub fn required<T: std::str::FromStr<Err = Problem>>(field: &str, raw: &str) -> 
         return Err(InputError::invalid(field, "is required"));
     }
     parse_field(field, raw)
+}
+
+/// The wire form of a principal.
+pub fn principal_to_pb(principal: &crate::domain::Principal) -> pb::RegisteredPrincipal {
+    pb::RegisteredPrincipal {
+        tenant: principal.tenant.to_string(),
+        subject: principal.subject.to_string(),
+        roles: principal.roles.iter().map(ToString::to_string).collect(),
+        enabled: principal.enabled,
+        version: principal.version,
+        created_at: Some(timestamp_to_pb(principal.created_at)),
+        updated_at: Some(timestamp_to_pb(principal.updated_at)),
+    }
+}
+
+/// The wire form of a scope's member bindings.
+pub fn members_to_pb(scope_id: &ScopeId, members: &crate::domain::Members) -> pb::ScopeMembers {
+    pb::ScopeMembers {
+        scope_id: scope_id.to_string(),
+        subjects: members.subjects.iter().map(ToString::to_string).collect(),
+        roles: members.roles.iter().map(ToString::to_string).collect(),
+        version: members.version,
+    }
 }
 
 #[cfg(test)]

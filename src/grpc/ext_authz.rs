@@ -197,6 +197,8 @@ fn unmapped_message(why: Unmapped) -> &'static str {
         Unmapped::UnknownMethod => "the request method maps to no action",
         Unmapped::BadRouteConfig => "the route's keyscope_module or keyscope_tenant is invalid",
         Unmapped::UnsafePath => "the path has dot segments, empty segments or encoded separators",
+        Unmapped::NoTenant => "a principal credential needs the route's tenant (`keyscope_tenant` or a route's tenant)",
+        Unmapped::BadPrincipal => "the principal headers hold no valid subject or roles",
     }
 }
 
@@ -213,6 +215,8 @@ impl ExtAuthzService {
         // is not shown), and so is any other client-sent `x-keyscope-*` header. Envoy applies
         // removals after additions, so a name set below must never be removed.
         let set: Vec<&str> = match answer {
+            // A bearer principal has no key: only its tenant goes upstream.
+            Some((a, _, _)) if a.key_id.is_none() => vec![&identity.tenant],
             Some((a, _, _)) if a.owner.is_empty() => vec![&identity.key_id, &identity.tenant],
             Some(_) => vec![&identity.key_id, &identity.tenant, &identity.owner],
             None => Vec::new(),
@@ -244,7 +248,9 @@ impl ExtAuthzService {
             let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
             let key_id = answer.key_id.as_ref().map(ToString::to_string).unwrap_or_default();
             let tenant = answer.tenant.as_ref().map(ToString::to_string).unwrap_or_default();
-            http.add_header(identity.key_id.clone(), key_id.clone(), overwrite, false);
+            if answer.key_id.is_some() {
+                http.add_header(identity.key_id.clone(), key_id.clone(), overwrite, false);
+            }
             http.add_header(identity.tenant.clone(), tenant.clone(), overwrite, false);
             if !answer.owner.is_empty() {
                 http.add_header(identity.owner.clone(), answer.owner.clone(), overwrite, false);
@@ -306,6 +312,27 @@ impl ExtAuthzService {
             Mapped::Refused(why) => {
                 annotate(|| decided(false, why.as_str()));
                 (false, why.as_str(), denied(why.as_str(), unmapped_message(why), None))
+            }
+            Mapped::Principal { credential, module, action, tenant } => {
+                let items = [(module, action)];
+                let mut answers = self.core.check_principal(&tenant, &credential, &items, Explain::Denials).await?;
+                let [(module, action)] = items;
+                // INVARIANT: one answer per item, and there is one item.
+                let answer = answers.pop().ok_or_else(|| Status::internal("no answer"))?;
+                let reason = answer.reason.as_str();
+                if answer.allowed() {
+                    (true, reason, self.allowed(&headers, Some((&answer, module.as_str(), action))))
+                } else {
+                    let mut response = denied(reason, &answer.message, answer.retry_after);
+                    let fields = [
+                        ("subject", answer.subject.as_str()),
+                        ("module", module.as_str()),
+                        ("action", action.as_str()),
+                        ("reason", reason),
+                    ];
+                    response.set_dynamic_metadata(Some(metadata(&fields)));
+                    (false, reason, response)
+                }
             }
             Mapped::Check { presented, module, action, tenant } => {
                 // The message is only needed for a denial's body: an allowed check skips it.

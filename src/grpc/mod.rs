@@ -9,6 +9,7 @@ pub mod convert;
 mod ext_authz;
 mod key_admin;
 mod observe;
+mod principal_admin;
 mod scope_admin;
 mod status;
 
@@ -18,6 +19,7 @@ pub use checker::CheckerService;
 pub use ext_authz::{ExtAuthzService, ExtAuthzSettings, IdentityHeaders};
 pub use key_admin::KeyAdminService;
 pub use observe::{AdminMethods, Edge, call_span};
+pub use principal_admin::PrincipalAdminService;
 pub use scope_admin::ScopeAdminService;
 
 /// The generated protobuf messages, clients and servers of `keyscope.v1`.

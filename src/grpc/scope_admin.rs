@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{auth::admin, convert, pb};
 use crate::{
-    domain::{Action, InputError, Label, Module, ScopeId, limits, parse_field, validate_description},
+    domain::{Action, InputError, Label, Module, ScopeId, limits, parse_field, parse_names, validate_description},
     service::{Keyscope, ScopeChanges, ScopeDraft, inline_scope},
 };
 
@@ -154,6 +154,31 @@ impl pb::scope_admin_server::ScopeAdmin for ScopeAdminService {
             scope_ids: ids.iter().map(ToString::to_string).collect(),
             message,
             retry_after: None,
+            subject: String::new(),
         }))
+    }
+
+    async fn set_scope_members(
+        &self,
+        request: Request<pb::SetScopeMembersRequest>,
+    ) -> Result<Response<pb::ScopeMembers>, Status> {
+        let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::scopes(), Action::Update).await?;
+        let pb::SetScopeMembersRequest { tenant: _, scope_id, subjects, roles, version } = request.into_inner();
+        let id: ScopeId = convert::required("scope_id", &scope_id)?;
+        let subjects = parse_names("subjects", &subjects, limits::MEMBER_SUBJECTS_MAX)?;
+        let roles = parse_names("roles", &roles, limits::MEMBER_ROLES_MAX)?;
+        let members = self.core.set_scope_members(&caller, &id, subjects, roles, version).await?;
+        Ok(Response::new(convert::members_to_pb(&id, &members)))
+    }
+
+    async fn get_scope_members(
+        &self,
+        request: Request<pb::GetScopeMembersRequest>,
+    ) -> Result<Response<pb::ScopeMembers>, Status> {
+        let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::scopes(), Action::Read).await?;
+        let pb::GetScopeMembersRequest { tenant: _, scope_id } = request.into_inner();
+        let id: ScopeId = convert::required("scope_id", &scope_id)?;
+        let members = self.core.get_scope_members(&caller, &id).await?;
+        Ok(Response::new(convert::members_to_pb(&id, &members)))
     }
 }

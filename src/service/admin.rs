@@ -117,7 +117,9 @@ impl Keyscope {
         action: Action,
     ) -> Result<Caller, ServiceError> {
         let Some(bearer) = bearer else { return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())) };
-        let resolved = self.resolve(&Presented::Token(bearer.to_owned()), None).await?;
+        let mut resolved = self.resolve(&Presented::Token(bearer.to_owned()), None).await?;
+        // An admin key is bounded by its owner too.
+        self.bind_owner(&mut resolved).await?;
         let outcome = match &resolved {
             Resolved::Holder(holder) => {
                 admit(holder, tenant, module, action).and_then(|caller| self.admit_policy(holder, source, caller))
@@ -146,6 +148,7 @@ impl Keyscope {
             scope_ids: Vec::new(),
             message: String::new(),
             retry_after: None,
+            subject: String::new(),
         };
         let answer = self.after_scopes(holder, source, allowed, super::Explain::Always);
         match answer.reason {

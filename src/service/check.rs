@@ -6,7 +6,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use opentelemetry::KeyValue;
 use tracing::{Instrument, field::Empty};
 
-use super::{Keyscope, ServiceError};
+use super::{Keyscope, ServiceError, principals::Ceiling};
 use crate::domain::{
     Action, Decision, Key, KeyId, Module, Reason, Scope, ScopeId, Tenant, Token, evaluate, key_status, source_allowed,
 };
@@ -76,6 +76,8 @@ pub struct CheckAnswer {
     pub message: String,
     /// With [`Reason::RateLimited`]: how long until the key's limit admits one more check.
     pub retry_after: Option<Duration>,
+    /// The subject of a bearer principal credential (empty for a key).
+    pub subject: String,
 }
 
 impl CheckAnswer {
@@ -103,6 +105,8 @@ pub(super) struct Holder {
     /// Scope ids the key names that exist neither in the store nor among the builtins; they
     /// deny everything (fail closed).
     pub missing: Vec<ScopeId>,
+    /// What the key's owner allows (applied after the key's scopes allow).
+    pub ceiling: Ceiling,
 }
 
 /// How a credential resolved: a verified key, or the reason it was refused.
@@ -132,7 +136,8 @@ impl Resolved {
 }
 
 impl Holder {
-    /// Decides one module and action for this key.
+    /// Decides one module and action for this key: its scopes, then its owner ceiling (when
+    /// loaded, see [`Keyscope::bind_owner`]).
     pub fn decide(&self, module: &Module, action: Action, explain: Explain) -> CheckAnswer {
         let scopes: Vec<&Scope> = self.scopes.iter().map(Arc::as_ref).collect();
         let (reason, scope_ids, message) = if self.missing.is_empty() {
@@ -146,7 +151,7 @@ impl Holder {
             };
             (Reason::DeniedByScope, self.missing.clone(), message)
         };
-        CheckAnswer {
+        let answer = CheckAnswer {
             reason,
             key_id: Some(self.key.id.clone()),
             tenant: Some(self.key.tenant.clone()),
@@ -154,7 +159,22 @@ impl Holder {
             scope_ids,
             message,
             retry_after: None,
+            subject: String::new(),
+        };
+        self.cap(answer, module, action, explain)
+    }
+
+    /// An allowed `answer` of this key, bounded by its owner ceiling (a denial is returned as
+    /// it is: the owner only ever takes away).
+    pub fn cap(&self, mut answer: CheckAnswer, module: &Module, action: Action, explain: Explain) -> CheckAnswer {
+        if answer.allowed()
+            && let Some((reason, scope_ids, message)) = self.ceiling.bound(&self.key.owner, module, action, explain)
+        {
+            answer.reason = reason;
+            answer.scope_ids = scope_ids;
+            answer.message = message;
         }
+        answer
     }
 }
 
@@ -180,6 +200,7 @@ fn refused(reason: Reason, key_id: Option<KeyId>, explain: Explain) -> CheckAnsw
         scope_ids: Vec::new(),
         message,
         retry_after: None,
+        subject: String::new(),
     }
 }
 
@@ -232,6 +253,16 @@ impl Keyscope {
         Ok(Resolved::Holder(self.holder(credential.key, credential.scopes)))
     }
 
+    /// Loads the owner ceiling of a resolved key (one store read, cached per replica, when the
+    /// key names an owner). Called only once the key's scopes allow something: the owner is a
+    /// later check (SPEC section 2), so a denied request costs nothing more. Returns whether
+    /// the ceiling can change an answer.
+    pub(super) async fn bind_owner(&self, resolved: &mut Resolved) -> Result<bool, ServiceError> {
+        let Resolved::Holder(holder) = resolved else { return Ok(false) };
+        holder.ceiling = self.ceiling(&holder.key).await?;
+        Ok(!matches!(holder.ceiling, Ceiling::None))
+    }
+
     /// Resolves a key's scope ids against the builtins and the stored scopes given.
     pub(super) fn holder(&self, key: Arc<Key>, stored: Vec<Arc<Scope>>) -> Holder {
         let mut scopes = Vec::with_capacity(key.scope_ids.len());
@@ -242,7 +273,7 @@ impl Keyscope {
                 None => missing.push(id.clone()),
             }
         }
-        Holder { key, scopes, missing }
+        Holder { key, scopes, missing, ceiling: Ceiling::None }
     }
 
     /// Each of `ids` as a builtin or one of the `stored` scopes; `None` where it is neither.
@@ -287,13 +318,20 @@ impl Keyscope {
             reason = Empty,
             cache_hit = Empty,
         );
-        let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
-        let answer = match &resolved {
+        let mut resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
+        let mut answer = match &resolved {
             Resolved::Refused { reason, key_id, .. } => refused(*reason, key_id.clone(), explain),
-            Resolved::Holder(holder) => {
-                self.after_scopes(holder, source, holder.decide(module, action, explain), explain)
-            }
+            Resolved::Holder(holder) => holder.decide(module, action, explain),
         };
+        if answer.allowed()
+            && self.bind_owner(&mut resolved).await?
+            && let Resolved::Holder(holder) = &resolved
+        {
+            answer = holder.cap(answer, module, action, explain);
+        }
+        if let Resolved::Holder(holder) = &resolved {
+            answer = self.after_scopes(holder, source, answer, explain);
+        }
         let allowed = u64::from(answer.allowed());
         resolved.note_use(self, allowed, 1 - allowed);
         record(&span, &answer);
@@ -342,18 +380,25 @@ impl Keyscope {
             credential = Empty,
             cache_hit = Empty,
         );
-        let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
-        let (credential, answers): (Reason, Vec<CheckAnswer>) = match &resolved {
+        let mut resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
+        let (credential, mut answers): (Reason, Vec<CheckAnswer>) = match &resolved {
             Resolved::Refused { reason, key_id, .. } => {
                 (*reason, items.iter().map(|_| refused(*reason, key_id.clone(), explain)).collect())
             }
             Resolved::Holder(holder) => {
-                let answers = items
-                    .iter()
-                    .map(|(m, a)| self.after_scopes(holder, source, holder.decide(m, *a, explain), explain));
-                (Reason::Ok, answers.collect())
+                (Reason::Ok, items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect())
             }
         };
+        if answers.iter().any(CheckAnswer::allowed)
+            && self.bind_owner(&mut resolved).await?
+            && let Resolved::Holder(holder) = &resolved
+        {
+            answers =
+                answers.into_iter().zip(items).map(|(answer, (m, a))| holder.cap(answer, m, *a, explain)).collect();
+        }
+        if let Resolved::Holder(holder) = &resolved {
+            answers = answers.into_iter().map(|answer| self.after_scopes(holder, source, answer, explain)).collect();
+        }
         span.record("credential", credential.as_str());
         if let Some(first) = answers.first() {
             record_identity(&span, first);
@@ -376,8 +421,9 @@ impl Keyscope {
 }
 
 impl Keyscope {
-    /// The checks of SPEC section 2 that follow an allowing scope decision, in order: the
-    /// source address, then the rate limit (last, so that a denied check spends no quota).
+    /// The checks of SPEC section 2 that follow an allowing scope decision and owner ceiling, in
+    /// order: the source address, then the rate limit (last, so that a denied check spends no
+    /// quota).
     pub(super) fn after_scopes(
         &self,
         holder: &Holder,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::Presented;
+use super::{Presented, PrincipalCredential};
 use crate::domain::{Action, Module, Tenant, limits};
 
 /// How requests map to checks (config `ext_authz.*`).
@@ -17,6 +17,19 @@ pub struct HttpMapping {
     pub allow_unmapped: bool,
     /// HTTP method (upper case) -> action.
     methods: HashMap<String, Action>,
+    /// Where a bearer principal (set by Envoy's `jwt_authn`) is read from, if anywhere.
+    principal: Option<PrincipalHeaders>,
+}
+
+/// The request headers that carry an already authenticated principal (config
+/// `ext_authz.principal_headers`). Only to be configured behind Envoy's `jwt_authn` filter,
+/// which sets them from a verified JWT and strips any a client sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalHeaders {
+    /// The subject's header, e.g. `x-jwt-sub` (lowercase).
+    pub subject: String,
+    /// The roles' header, comma-separated, e.g. `x-jwt-roles` (lowercase).
+    pub roles: String,
 }
 
 /// One entry of the route table.
@@ -65,6 +78,10 @@ pub enum Unmapped {
     /// The path has dot segments, empty segments or encoded separators; the route table
     /// refuses to guess where it leads.
     UnsafePath,
+    /// A principal credential on a route that names no tenant.
+    NoTenant,
+    /// The principal headers hold no valid subject or roles.
+    BadPrincipal,
 }
 
 impl Unmapped {
@@ -76,6 +93,8 @@ impl Unmapped {
             Unmapped::UnknownMethod => "UNKNOWN_METHOD",
             Unmapped::BadRouteConfig => "BAD_ROUTE_CONFIG",
             Unmapped::UnsafePath => "UNSAFE_PATH",
+            Unmapped::NoTenant => "NO_TENANT",
+            Unmapped::BadPrincipal => "MALFORMED_CREDENTIAL",
         }
     }
 }
@@ -93,6 +112,17 @@ pub enum Mapped {
         action: Action,
         /// The tenant the key must belong to, when the route names one.
         tenant: Option<Tenant>,
+    },
+    /// Check this bearer principal (from the principal headers) for this module and action.
+    Principal {
+        /// The principal.
+        credential: PrincipalCredential,
+        /// The module.
+        module: Module,
+        /// The action.
+        action: Action,
+        /// The route's tenant.
+        tenant: Tenant,
     },
     /// Allowed through unchecked (an unmapped route, with `allow_unmapped`).
     Unchecked,
@@ -133,7 +163,57 @@ impl HttpMapping {
     ) -> Self {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let methods = methods.into_iter().map(|(m, a)| (m.to_ascii_uppercase(), a)).collect();
-        HttpMapping { api_key_header: api_key_header.to_ascii_lowercase(), routes, allow_unmapped, methods }
+        HttpMapping {
+            api_key_header: api_key_header.to_ascii_lowercase(),
+            routes,
+            allow_unmapped,
+            methods,
+            principal: None,
+        }
+    }
+
+    /// The mapping reading a bearer principal from `headers` when a request carries the
+    /// subject header and no API-key header.
+    pub fn with_principal_headers(mut self, headers: PrincipalHeaders) -> Self {
+        self.principal = Some(PrincipalHeaders {
+            subject: headers.subject.to_ascii_lowercase(),
+            roles: headers.roles.to_ascii_lowercase(),
+        });
+        self
+    }
+
+    /// The principal headers configured, if any.
+    pub fn principal_headers(&self) -> Option<&PrincipalHeaders> {
+        self.principal.as_ref()
+    }
+
+    /// A bearer principal from the principal headers: `None` when none are configured, the
+    /// subject header is absent or the API-key header is present (a key then decides).
+    fn principal(
+        &self,
+        request: &HttpRequestView<'_>,
+        module: &Module,
+        action: Action,
+        tenant: Option<&Tenant>,
+    ) -> Option<Mapped> {
+        let names = self.principal.as_ref()?;
+        let subject = request.header(&names.subject)?;
+        if request.header(&self.api_key_header).is_some() {
+            return None;
+        }
+        let roles: Vec<String> = request
+            .header(&names.roles)
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let Ok(credential) = PrincipalCredential::parse("principal", subject.trim(), &roles) else {
+            return Some(Mapped::Refused(Unmapped::BadPrincipal));
+        };
+        let Some(tenant) = tenant else { return Some(Mapped::Refused(Unmapped::NoTenant)) };
+        Some(Mapped::Principal { credential, module: module.clone(), action, tenant: tenant.clone() })
     }
 
     /// Maps a request: credential, then module (context extensions, else the route table),
@@ -148,6 +228,9 @@ impl HttpMapping {
         let Some(action) = self.methods.get(&request.method.to_ascii_uppercase()).copied() else {
             return Mapped::Refused(Unmapped::UnknownMethod);
         };
+        if let Some(mapped) = self.principal(request, &module, action, tenant.as_ref()) {
+            return mapped;
+        }
         let Some(presented) = self.credential(request) else { return Mapped::Refused(Unmapped::NoCredential) };
         Mapped::Check { presented, module, action, tenant }
     }

@@ -216,6 +216,14 @@ impl Keyscope {
                     holders.len()
                 )));
             }
+            let members = self.store.get_members(&caller.tenant, id).await?;
+            if !members.is_empty() && !force {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "scope `{id}` is bound to {} subject(s) and {} role(s); delete with force to drop the bindings",
+                    members.subjects.len(),
+                    members.roles.len()
+                )));
+            }
             // An allow-mode scope only ever adds grants, so removing it cannot widen access;
             // only a deny-mode scope needs the per-key comparison.
             if scope.mode == ScopeMode::Deny {

@@ -400,6 +400,60 @@ mod tests {
         ) -> Result<(), StoreError> {
             self.inner.put_tenant_policy(p, v, a).await
         }
+        async fn get_principal(
+            &self,
+            t: &Tenant,
+            s: &crate::domain::Subject,
+        ) -> Result<Option<Arc<crate::domain::Principal>>, StoreError> {
+            self.inner.get_principal(t, s).await
+        }
+        async fn list_principals(
+            &self,
+            t: &Tenant,
+            after: Option<&crate::domain::Subject>,
+            limit: usize,
+        ) -> Result<Vec<Arc<crate::domain::Principal>>, StoreError> {
+            self.inner.list_principals(t, after, limit).await
+        }
+        async fn put_principal(
+            &self,
+            p: &crate::domain::Principal,
+            v: Option<u64>,
+            a: crate::store::AuditWrite<'_>,
+        ) -> Result<(), StoreError> {
+            self.inner.put_principal(p, v, a).await
+        }
+        async fn delete_principal(
+            &self,
+            t: &Tenant,
+            s: &crate::domain::Subject,
+            v: Option<u64>,
+            a: crate::store::AuditWrite<'_>,
+        ) -> Result<(), StoreError> {
+            self.inner.delete_principal(t, s, v, a).await
+        }
+        async fn get_members(&self, t: &Tenant, id: &ScopeId) -> Result<crate::domain::Members, StoreError> {
+            self.inner.get_members(t, id).await
+        }
+        async fn set_members(
+            &self,
+            t: &Tenant,
+            id: &ScopeId,
+            m: &crate::domain::Members,
+            v: u64,
+            stored: bool,
+            a: crate::store::AuditWrite<'_>,
+        ) -> Result<(), StoreError> {
+            self.inner.set_members(t, id, m, v, stored, a).await
+        }
+        async fn principal_grants(
+            &self,
+            t: &Tenant,
+            s: &crate::domain::Subject,
+            r: &[crate::domain::Role],
+        ) -> Result<crate::store::PrincipalGrants, StoreError> {
+            self.inner.principal_grants(t, s, r).await
+        }
     }
 
     fn core(store: Arc<dyn Store>) -> Keyscope {

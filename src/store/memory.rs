@@ -12,10 +12,12 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError,
-    UsageDelta,
+    AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, Owner, PrincipalGrants, ScopeDelete,
+    Store, StoreError, UsageDelta,
 };
-use crate::domain::{AuditEvent, AuditId, Day, Key, KeyId, Scope, ScopeId, Tenant, TenantPolicy};
+use crate::domain::{
+    AuditEvent, AuditId, Day, Key, KeyId, Members, Principal, Role, Scope, ScopeId, Subject, Tenant, TenantPolicy,
+};
 
 /// Keys and scopes in memory. Cloning shares the same data.
 #[derive(Debug, Default, Clone)]
@@ -51,6 +53,16 @@ struct TenantData {
     audit: VecDeque<AuditEvent>,
     /// The tenant's key policy, once set.
     policy: Option<TenantPolicy>,
+    /// Registered principals.
+    principals: BTreeMap<Subject, Arc<Principal>>,
+    /// Subjects of deleted principals (until registered again).
+    gone: BTreeSet<Subject>,
+    /// Member bindings per scope id (builtin ids included).
+    members: HashMap<ScopeId, Members>,
+    /// Subject -> scopes bound to it.
+    by_subject: HashMap<Subject, BTreeSet<ScopeId>>,
+    /// Role -> scopes bound to it.
+    by_role: HashMap<Role, BTreeSet<ScopeId>>,
 }
 
 impl MemoryStore {
@@ -76,6 +88,14 @@ fn key_name(id: &KeyId) -> String {
 
 fn scope_name(id: &ScopeId) -> String {
     format!("scope `{id}`")
+}
+
+fn principal_name(subject: &Subject) -> String {
+    format!("principal `{subject}`")
+}
+
+fn members_name(id: &ScopeId) -> String {
+    format!("members of scope `{id}`")
 }
 
 impl Inner {
@@ -149,6 +169,38 @@ impl TenantData {
             self.holders.entry(id.clone()).or_default().insert(key.id.clone());
         }
         self.key_ids.insert(key.id.clone());
+    }
+
+    /// Replaces the member bindings of a scope and the indexes that follow them.
+    fn bind(&mut self, scope: &ScopeId, members: &Members) {
+        if let Some(old) = self.members.remove(scope) {
+            for subject in &old.subjects {
+                if let Some(set) = self.by_subject.get_mut(subject) {
+                    set.remove(scope);
+                    if set.is_empty() {
+                        self.by_subject.remove(subject);
+                    }
+                }
+            }
+            for role in &old.roles {
+                if let Some(set) = self.by_role.get_mut(role) {
+                    set.remove(scope);
+                    if set.is_empty() {
+                        self.by_role.remove(role);
+                    }
+                }
+            }
+        }
+        if members.is_empty() && members.version == 0 {
+            return;
+        }
+        for subject in &members.subjects {
+            self.by_subject.entry(subject.clone()).or_default().insert(scope.clone());
+        }
+        for role in &members.roles {
+            self.by_role.entry(role.clone()).or_default().insert(scope.clone());
+        }
+        self.members.insert(scope.clone(), members.clone());
     }
 }
 
@@ -304,6 +356,7 @@ impl Store for MemoryStore {
             }
         }
         data.holders.remove(delete.id);
+        data.bind(delete.id, &Members::default());
         if let Some(scope) = data.scopes.remove(delete.id) {
             data.labels.remove(&scope.label.folded());
         }
@@ -415,5 +468,117 @@ impl Store for MemoryStore {
         data.policy = Some(policy.clone());
         data.record(&policy.tenant, audit);
         Ok(())
+    }
+
+    async fn get_principal(&self, tenant: &Tenant, subject: &Subject) -> Result<Option<Arc<Principal>>, StoreError> {
+        Ok(self.read().tenants.get(tenant).and_then(|d| d.principals.get(subject).cloned()))
+    }
+
+    async fn list_principals(
+        &self,
+        tenant: &Tenant,
+        after: Option<&Subject>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Principal>>, StoreError> {
+        let inner = self.read();
+        let Some(data) = inner.tenants.get(tenant) else { return Ok(Vec::new()) };
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.clone()));
+        Ok(data.principals.range((start, Bound::Unbounded)).take(limit).map(|(_, p)| p.clone()).collect())
+    }
+
+    async fn put_principal(
+        &self,
+        principal: &Principal,
+        expected_version: Option<u64>,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.write();
+        let data = inner.tenants.entry(principal.tenant.clone()).or_default();
+        let name = || principal_name(&principal.subject);
+        match (expected_version, data.principals.get(&principal.subject)) {
+            (None, Some(_)) => return Err(StoreError::AlreadyExists(name())),
+            (Some(_), None) => return Err(StoreError::NotFound(name())),
+            (Some(expected), Some(old)) if old.version != expected => {
+                return Err(StoreError::VersionConflict { what: name(), expected, found: old.version });
+            }
+            _ => {}
+        }
+        data.gone.remove(&principal.subject);
+        data.principals.insert(principal.subject.clone(), Arc::new(principal.clone()));
+        data.record(&principal.tenant, audit);
+        Ok(())
+    }
+
+    async fn delete_principal(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        expected_version: Option<u64>,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.write();
+        let data = inner.tenants.get_mut(tenant).ok_or_else(|| StoreError::NotFound(principal_name(subject)))?;
+        let old = data.principals.get(subject).ok_or_else(|| StoreError::NotFound(principal_name(subject)))?;
+        if let Some(expected) = expected_version.filter(|&v| v != old.version) {
+            return Err(StoreError::VersionConflict { what: principal_name(subject), expected, found: old.version });
+        }
+        data.principals.remove(subject);
+        data.gone.insert(subject.clone());
+        data.record(tenant, audit);
+        Ok(())
+    }
+
+    async fn get_members(&self, tenant: &Tenant, scope: &ScopeId) -> Result<Members, StoreError> {
+        Ok(self.read().tenants.get(tenant).and_then(|d| d.members.get(scope).cloned()).unwrap_or_default())
+    }
+
+    async fn set_members(
+        &self,
+        tenant: &Tenant,
+        scope: &ScopeId,
+        members: &Members,
+        expected_version: u64,
+        stored: bool,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.write();
+        let data = inner.tenants.entry(tenant.clone()).or_default();
+        if stored && !data.scopes.contains_key(scope) {
+            return Err(StoreError::NotFound(scope_name(scope)));
+        }
+        let found = data.members.get(scope).map_or(0, |m| m.version);
+        if found != expected_version {
+            return Err(StoreError::VersionConflict { what: members_name(scope), expected: expected_version, found });
+        }
+        data.bind(scope, members);
+        data.record(tenant, audit);
+        Ok(())
+    }
+
+    async fn principal_grants(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        roles: &[Role],
+    ) -> Result<PrincipalGrants, StoreError> {
+        let inner = self.read();
+        let Some(data) = inner.tenants.get(tenant) else {
+            return Ok(PrincipalGrants { owner: Owner::Unregistered, scope_ids: Vec::new(), scopes: Vec::new() });
+        };
+        let owner = match data.principals.get(subject) {
+            Some(p) => Owner::Registered(p.clone()),
+            None if data.gone.contains(subject) => Owner::Gone,
+            None => Owner::Unregistered,
+        };
+        let held: &[Role] = match &owner {
+            Owner::Registered(p) => &p.roles,
+            _ => &[],
+        };
+        let mut ids: BTreeSet<ScopeId> = data.by_subject.get(subject).cloned().unwrap_or_default();
+        for role in roles.iter().chain(held) {
+            ids.extend(data.by_role.get(role).into_iter().flatten().cloned());
+        }
+        let scopes = ids.iter().filter_map(|id| data.scopes.get(id).cloned()).collect();
+        Ok(PrincipalGrants { owner, scope_ids: ids.into_iter().collect(), scopes })
     }
 }

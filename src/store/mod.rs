@@ -16,7 +16,8 @@ pub use self::redis::{RedisOptions, RedisStore, RedisTls, SCHEMA_VERSION};
 pub use memory::MemoryStore;
 
 use crate::domain::{
-    Actor, AuditEvent, AuditId, AuditRecord, Day, Key, KeyId, KeyState, Scope, ScopeId, Tenant, TenantPolicy, millis,
+    Actor, AuditEvent, AuditId, AuditRecord, Day, Key, KeyId, KeyState, Members, Principal, Role, Scope, ScopeId,
+    Subject, Tenant, TenantPolicy, millis,
 };
 
 /// What a store can fail with. Every variant means nothing was written.
@@ -226,6 +227,10 @@ pub enum Change {
     Key(KeyId),
     /// A stored scope of a tenant.
     Scope(Tenant, ScopeId),
+    /// A principal of a tenant (registered, changed or deleted).
+    Principal(Tenant, Subject),
+    /// The member bindings of a scope of a tenant.
+    Members(Tenant, ScopeId),
 }
 
 impl Change {
@@ -234,6 +239,8 @@ impl Change {
         match self {
             Change::Key(id) => format!("k:{id}"),
             Change::Scope(tenant, id) => format!("s:{tenant}:{id}"),
+            Change::Principal(tenant, subject) => format!("p:{tenant}:{subject}"),
+            Change::Members(tenant, id) => format!("m:{tenant}:{id}"),
         }
     }
 
@@ -244,6 +251,14 @@ impl Change {
             ("s", rest) => {
                 let (tenant, id) = rest.split_once(':')?;
                 Some(Change::Scope(tenant.parse().ok()?, id.parse().ok()?))
+            }
+            ("p", rest) => {
+                let (tenant, subject) = rest.split_once(':')?;
+                Some(Change::Principal(tenant.parse().ok()?, subject.parse().ok()?))
+            }
+            ("m", rest) => {
+                let (tenant, id) = rest.split_once(':')?;
+                Some(Change::Members(tenant.parse().ok()?, id.parse().ok()?))
             }
             _ => None,
         }
@@ -347,4 +362,88 @@ pub trait Store: Send + Sync + 'static {
         expected_version: u64,
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError>;
+
+    /// One registered principal of a tenant (a deleted one is `None`).
+    async fn get_principal(&self, tenant: &Tenant, subject: &Subject) -> Result<Option<Arc<Principal>>, StoreError>;
+
+    /// A tenant's registered principals by ascending subject, after `after`, at most `limit`.
+    async fn list_principals(
+        &self,
+        tenant: &Tenant,
+        after: Option<&Subject>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Principal>>, StoreError>;
+
+    /// Writes a principal: registers it when `expected_version` is `None` (refused if it is
+    /// registered; a deleted one may be registered again), else replaces the registered record
+    /// at that version. The role -> scopes index is not touched: bindings live on the scopes.
+    async fn put_principal(
+        &self,
+        principal: &Principal,
+        expected_version: Option<u64>,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes a registered principal at `expected_version` (when given), leaving a marker so
+    /// that keys naming it as their owner are denied ([`Owner::Gone`]) until it is registered
+    /// again. Member bindings naming its subject are kept.
+    async fn delete_principal(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        expected_version: Option<u64>,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError>;
+
+    /// The member bindings of a scope (empty, version 0, for a scope never bound). The store
+    /// does not check that the scope exists (builtin scope ids are bound too).
+    async fn get_members(&self, tenant: &Tenant, scope: &ScopeId) -> Result<Members, StoreError>;
+
+    /// Replaces the member bindings of a scope if they are at `expected_version` (0: never
+    /// bound); `members.version` is the new version. With `stored`, the scope must be a stored
+    /// scope of the tenant (else `NotFound`, so no binding outlives a scope deleted meanwhile);
+    /// without, it is a builtin id. The subject -> scopes and role -> scopes indexes follow.
+    async fn set_members(
+        &self,
+        tenant: &Tenant,
+        scope: &ScopeId,
+        members: &Members,
+        expected_version: u64,
+        stored: bool,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError>;
+
+    /// Everything a check needs about a principal, in one read (one round trip on Redis): the
+    /// registered principal named `subject` (or whether it was deleted), and the scopes bound
+    /// to `subject`, to any of `roles` or to any of the registered principal's roles.
+    async fn principal_grants(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        roles: &[Role],
+    ) -> Result<PrincipalGrants, StoreError>;
+}
+
+/// What a store knows of a principal named by a key's owner or a bearer credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// Never registered (or registered and deleted long ago and registered again: then it is
+    /// [`Owner::Registered`]).
+    Unregistered,
+    /// Registered once and deleted since.
+    Gone,
+    /// Registered now.
+    Registered(Arc<Principal>),
+}
+
+/// A principal and the scopes bound to it, read together for a check.
+#[derive(Debug, Clone)]
+pub struct PrincipalGrants {
+    /// The principal's record, if any.
+    pub owner: Owner,
+    /// Ids of the scopes bound to the subject or to any of the roles asked for or held,
+    /// sorted and distinct (builtin scope ids included).
+    pub scope_ids: Vec<ScopeId>,
+    /// Those of `scope_ids` that the store holds, in no particular order.
+    pub scopes: Vec<Arc<Scope>>,
 }

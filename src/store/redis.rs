@@ -20,6 +20,12 @@
 //! | `P:{T}:usage:<key id>:<YYYY-MM-DD>` | hash | `a` allowed, `d` denied checks that UTC day; expires with the retention |
 //! | `P:{T}:audit` | stream | the tenant's audit events (field `e`: JSON), newest `max_events` kept |
 //! | `P:{T}:policy` | hash | the tenant's key policy: `v` version, `body` JSON (`max_key_lifetime_ms`, `updated_at`) |
+//! | `P:{T}:principal:<subject>` | hash | `v` version, `roles` newline-separated, `body` JSON |
+//! | `P:{T}:principals` | sorted set | the tenant's registered subjects (score 0, ordered by subject) |
+//! | `P:{T}:gone` | set | subjects of deleted principals (their keys are denied) until registered again |
+//! | `P:{T}:members:<scope id>` | hash | `v` version, `subjects` and `roles` newline-separated |
+//! | `P:{T}:bound:s:<subject>` | set | ids of the scopes bound to the subject |
+//! | `P:{T}:bound:r:<role>` | set | ids of the scopes bound to the role |
 //!
 //! Mutations are Lua scripts (`src/store/lua/`), atomic by construction; each one appends its
 //! audit event to the tenant's stream in the same script (`lua/audit.lua`). A check that misses
@@ -48,11 +54,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AUDIT_SCAN_MAX, AuditPage, AuditQuery, AuditWrite, Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite,
-    ScopeDelete, Store, StoreError, UsageDelta,
+    Owner, PrincipalGrants, ScopeDelete, Store, StoreError, UsageDelta,
 };
 use crate::domain::{
-    AuditEvent, AuditId, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Pattern, Rules, Scope, ScopeId,
-    ScopeMode, SecretHash, Tenant, millis,
+    AuditEvent, AuditId, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Members, Pattern, Principal, Role, Rules,
+    Scope, ScopeId, ScopeMode, SecretHash, Subject, Tenant, millis,
 };
 use crate::domain::{PreviousSecret, RateLimit, TenantPolicy};
 
@@ -203,6 +209,10 @@ struct Scripts {
     credential: Script,
     record_usage: Script,
     put_policy: Script,
+    put_principal: Script,
+    delete_principal: Script,
+    set_members: Script,
+    principal_grants: Script,
 }
 
 /// Keys and scopes in Redis. Cloning shares the connection.
@@ -273,6 +283,16 @@ impl RedisStore {
                 credential: Script::new(include_str!("lua/credential.lua")),
                 record_usage: Script::new(include_str!("lua/record_usage.lua")),
                 put_policy: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/put_policy.lua"))),
+                put_principal: Script::new(concat!(
+                    include_str!("lua/audit.lua"),
+                    include_str!("lua/put_principal.lua")
+                )),
+                delete_principal: Script::new(concat!(
+                    include_str!("lua/audit.lua"),
+                    include_str!("lua/delete_principal.lua")
+                )),
+                set_members: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/set_members.lua"))),
+                principal_grants: Script::new(include_str!("lua/principal_grants.lua")),
             }),
         };
         store.check_schema().await?;
@@ -660,6 +680,35 @@ fn decode_scope(tenant: &Tenant, id: &str, row: &[Option<String>]) -> Result<Opt
         created_at: system_time(body.created_at),
         updated_at: system_time(body.updated_at),
     }))
+}
+
+#[derive(Serialize, Deserialize)]
+struct PrincipalBody {
+    enabled: bool,
+    created_at: Instant,
+    updated_at: Instant,
+}
+
+fn join_lines<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+fn split_lines<T: std::str::FromStr>(text: &str, what: &str) -> Result<Vec<T>, StoreError> {
+    text.split('\n').filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| corrupt(what, "name"))).collect()
+}
+
+fn decode_principal(tenant: &Tenant, subject: &str, v: &str, roles: &str, body: &str) -> Result<Principal, StoreError> {
+    let what = format!("principal `{subject}`");
+    let body: PrincipalBody = serde_json::from_str(body).map_err(|e| corrupt(&what, e))?;
+    Ok(Principal {
+        tenant: tenant.clone(),
+        subject: subject.parse().map_err(|_| corrupt(&what, "subject"))?,
+        roles: split_lines(roles, &what)?,
+        enabled: body.enabled,
+        version: v.parse().map_err(|_| corrupt(&what, "version"))?,
+        created_at: system_time(body.created_at),
+        updated_at: system_time(body.updated_at),
+    })
 }
 
 /// An audit event as stored in the stream (its tenant and time come from the stream key and id).
@@ -1075,6 +1124,166 @@ impl Store for RedisStore {
         call.arg(self.deadline());
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
         outcome(&reply, || format!("the policy of tenant `{}`", policy.tenant), Some(expected_version))
+    }
+
+    async fn get_principal(&self, tenant: &Tenant, subject: &Subject) -> Result<Option<Arc<Principal>>, StoreError> {
+        Ok(self.principals_by_subject(tenant, &[subject.to_string()]).await?.pop())
+    }
+
+    async fn list_principals(
+        &self,
+        tenant: &Tenant,
+        after: Option<&Subject>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Principal>>, StoreError> {
+        let set = format!("{}principals", self.base(tenant));
+        let subjects = self.ids_after(&set, after.map(Subject::as_str), limit).await?;
+        self.principals_by_subject(tenant, &subjects).await
+    }
+
+    async fn put_principal(
+        &self,
+        principal: &Principal,
+        expected_version: Option<u64>,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let base = self.base(&principal.tenant);
+        let body = PrincipalBody {
+            enabled: principal.enabled,
+            created_at: instant(principal.created_at),
+            updated_at: instant(principal.updated_at),
+        };
+        let body = serde_json::to_string(&body).map_err(|e| corrupt("principal body", e))?;
+        let mut call = self.scripts.put_principal.key(format!("{base}principals"));
+        call.arg(&base)
+            .arg(principal.subject.as_str())
+            .arg(expected_version.map(|v| v.to_string()).unwrap_or_default())
+            .arg(principal.version)
+            .arg(join_lines(&principal.roles))
+            .arg(body);
+        audit_args(&mut call, audit)?;
+        call.arg(self.deadline());
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
+        outcome(&reply, || format!("principal `{}`", principal.subject), expected_version)
+    }
+
+    async fn delete_principal(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        expected_version: Option<u64>,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let base = self.base(tenant);
+        let mut call = self.scripts.delete_principal.key(format!("{base}principals"));
+        call.arg(&base).arg(subject.as_str()).arg(expected_version.map(|v| v.to_string()).unwrap_or_default());
+        audit_args(&mut call, audit)?;
+        call.arg(self.deadline());
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
+        outcome(&reply, || format!("principal `{subject}`"), expected_version)
+    }
+
+    async fn get_members(&self, tenant: &Tenant, scope: &ScopeId) -> Result<Members, StoreError> {
+        let key = format!("{}members:{scope}", self.base(tenant));
+        let rows = self.hashes(&[key], &["v", "subjects", "roles"]).await?;
+        let Some([Some(v), subjects, roles]) = rows.first().map(Vec::as_slice) else { return Ok(Members::default()) };
+        let what = format!("members of scope `{scope}`");
+        Ok(Members {
+            subjects: split_lines(subjects.as_deref().unwrap_or(""), &what)?,
+            roles: split_lines(roles.as_deref().unwrap_or(""), &what)?,
+            version: v.parse().map_err(|_| corrupt(&what, "version"))?,
+        })
+    }
+
+    async fn set_members(
+        &self,
+        tenant: &Tenant,
+        scope: &ScopeId,
+        members: &Members,
+        expected_version: u64,
+        stored: bool,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let base = self.base(tenant);
+        let mut call = self.scripts.set_members.key(format!("{base}members:{scope}"));
+        call.arg(&base)
+            .arg(scope.as_str())
+            .arg(expected_version)
+            .arg(members.version)
+            .arg(if stored { "1" } else { "0" })
+            .arg(members.subjects.len())
+            .arg(members.subjects.iter().map(Subject::as_str).collect::<Vec<_>>())
+            .arg(members.roles.len())
+            .arg(members.roles.iter().map(Role::as_str).collect::<Vec<_>>());
+        audit_args(&mut call, audit)?;
+        call.arg(self.deadline());
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
+        match reply.first().map(String::as_str) {
+            Some("notfound") => Err(StoreError::NotFound(format!("scope `{scope}`"))),
+            _ => outcome(&reply, || format!("members of scope `{scope}`"), Some(expected_version)),
+        }
+    }
+
+    async fn principal_grants(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        roles: &[Role],
+    ) -> Result<PrincipalGrants, StoreError> {
+        let base = self.base(tenant);
+        let mut call = self.scripts.principal_grants.key(format!("{base}principal:{subject}"));
+        call.arg(&base).arg(subject.as_str()).arg(roles.iter().map(Role::as_str).collect::<Vec<_>>());
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = Self::bounded(self.check_timeout, call.invoke_async(&mut conn)).await?;
+        let what = format!("principal `{subject}`");
+        let [state, v, held, body, count, rest @ ..] = reply.as_slice() else {
+            return Err(corrupt(&what, "grants reply"));
+        };
+        let owner = match state.as_str() {
+            "reg" => Owner::Registered(Arc::new(decode_principal(tenant, subject.as_str(), v, held, body)?)),
+            "gone" => Owner::Gone,
+            _ => Owner::Unregistered,
+        };
+        let count: usize = count.parse().map_err(|_| corrupt(&what, "grants reply"))?;
+        let (ids, found) = rest.split_at(count.min(rest.len()));
+        let mut scope_ids = ids
+            .iter()
+            .map(|id| id.parse().map_err(|_| corrupt(&what, "scope id")))
+            .collect::<Result<Vec<ScopeId>, _>>()?;
+        scope_ids.sort();
+        let mut scopes = Vec::new();
+        for chunk in found.chunks(4) {
+            if let [sid, sv, label, sbody] = chunk {
+                let row = [Some(sv.clone()), Some(label.clone()), Some(sbody.clone())];
+                if let Some(scope) = decode_scope(tenant, sid, &row)? {
+                    scopes.push(Arc::new(scope));
+                }
+            }
+        }
+        Ok(PrincipalGrants { owner, scope_ids, scopes })
+    }
+}
+
+impl RedisStore {
+    /// Registered principals of a tenant by subject (missing ones left out), in one round trip.
+    async fn principals_by_subject(
+        &self,
+        tenant: &Tenant,
+        subjects: &[String],
+    ) -> Result<Vec<Arc<Principal>>, StoreError> {
+        let base = self.base(tenant);
+        let names: Vec<String> = subjects.iter().map(|s| format!("{base}principal:{s}")).collect();
+        let rows = self.hashes(&names, &["v", "roles", "body"]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (subject, row) in subjects.iter().zip(rows) {
+            if let [Some(v), roles, Some(body)] = row.as_slice() {
+                out.push(Arc::new(decode_principal(tenant, subject, v, roles.as_deref().unwrap_or(""), body)?));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -9,10 +9,10 @@ use async_trait::async_trait;
 
 use super::Metrics;
 use crate::{
-    domain::{Day, Key, KeyId, Scope, ScopeId, Tenant, TenantPolicy},
+    domain::{Day, Key, KeyId, Members, Principal, Role, Scope, ScopeId, Subject, Tenant, TenantPolicy},
     store::{
-        AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError,
-        UsageDelta,
+        AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, PrincipalGrants, ScopeDelete,
+        Store, StoreError, UsageDelta,
     },
 };
 
@@ -139,5 +139,63 @@ impl Store for MeteredStore {
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
         self.timed("put_tenant_policy", self.inner.put_tenant_policy(policy, expected_version, audit)).await
+    }
+
+    async fn get_principal(&self, tenant: &Tenant, subject: &Subject) -> Result<Option<Arc<Principal>>, StoreError> {
+        self.timed("get_principal", self.inner.get_principal(tenant, subject)).await
+    }
+
+    async fn list_principals(
+        &self,
+        tenant: &Tenant,
+        after: Option<&Subject>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Principal>>, StoreError> {
+        self.timed("list_principals", self.inner.list_principals(tenant, after, limit)).await
+    }
+
+    async fn put_principal(
+        &self,
+        principal: &Principal,
+        expected_version: Option<u64>,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        self.timed("put_principal", self.inner.put_principal(principal, expected_version, audit)).await
+    }
+
+    async fn delete_principal(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        expected_version: Option<u64>,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        self.timed("delete_principal", self.inner.delete_principal(tenant, subject, expected_version, audit)).await
+    }
+
+    async fn get_members(&self, tenant: &Tenant, scope: &ScopeId) -> Result<Members, StoreError> {
+        self.timed("get_members", self.inner.get_members(tenant, scope)).await
+    }
+
+    async fn set_members(
+        &self,
+        tenant: &Tenant,
+        scope: &ScopeId,
+        members: &Members,
+        expected_version: u64,
+        stored: bool,
+        audit: AuditWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let call = self.inner.set_members(tenant, scope, members, expected_version, stored, audit);
+        self.timed("set_members", call).await
+    }
+
+    async fn principal_grants(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        roles: &[Role],
+    ) -> Result<PrincipalGrants, StoreError> {
+        self.timed("principal_grants", self.inner.principal_grants(tenant, subject, roles)).await
     }
 }

@@ -11,12 +11,13 @@ use std::{
 
 use keyscope::{
     domain::{
-        Actor, AuditEvent, AuditId, AuditOperation, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Metadata,
-        PreviousSecret, RateLimit, RequestId, Rules, Scope, ScopeId, ScopeMode, SecretHash, Tenant, TenantPolicy,
-        parse_cidrs,
+        Actor, AuditEvent, AuditId, AuditOperation, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Members,
+        Metadata, PreviousSecret, Principal, RateLimit, RequestId, Role, Rules, Scope, ScopeId, ScopeMode, SecretHash,
+        Subject, Tenant, TenantPolicy, parse_cidrs,
     },
     store::{
-        AuditPage, AuditQuery, AuditWrite, DailyUsage, KeyQuery, KeyWrite, ScopeDelete, Store, StoreError, UsageDelta,
+        AuditPage, AuditQuery, AuditWrite, DailyUsage, KeyQuery, KeyWrite, Owner, PrincipalGrants, ScopeDelete, Store,
+        StoreError, UsageDelta,
     },
 };
 
@@ -701,6 +702,11 @@ macro_rules! contract_cases {
             audit_listing_pages_newest_first_with_filters,
             rotation_source_networks_and_rate_limits_round_trip,
             tenant_policies_are_versioned_audited_and_isolated,
+            principals_are_registered_changed_listed_and_isolated_by_tenant,
+            deleted_principals_are_remembered_as_gone_until_registered_again,
+            member_bindings_are_versioned_and_feed_principal_grants,
+            deleting_a_scope_drops_its_member_bindings,
+            principal_changes_record_their_audit_events,
         );
     };
 }
@@ -765,6 +771,203 @@ pub async fn tenant_policies_are_versioned_audited_and_isolated(store: Arc<dyn S
     let page = audit_page(&*store, "acme", &AuditQuery { limit: 1, ..Default::default() }).await;
     assert_eq!(page.events[0].record.target, AuditTarget::Tenant(tenant("acme")));
     assert_eq!(page.events[0].record.operation, AuditOperation::SetTenantPolicy);
+}
+
+pub fn subject(s: &str) -> Subject {
+    s.parse().expect("subject")
+}
+
+pub fn role(r: &str) -> Role {
+    r.parse().expect("role")
+}
+
+pub fn principal(t: &str, s: &str, roles: &[&str], version: u64) -> Principal {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    Principal {
+        tenant: tenant(t),
+        subject: subject(s),
+        roles: roles.iter().map(|r| role(r)).collect(),
+        enabled: true,
+        version,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+pub fn members(subjects: &[&str], roles: &[&str], version: u64) -> Members {
+    Members {
+        subjects: subjects.iter().map(|s| subject(s)).collect(),
+        roles: roles.iter().map(|r| role(r)).collect(),
+        version,
+    }
+}
+
+fn grant_ids(grants: &PrincipalGrants) -> Vec<String> {
+    grants.scope_ids.iter().map(ToString::to_string).collect()
+}
+
+fn stored_grant_ids(grants: &PrincipalGrants) -> Vec<String> {
+    let mut ids: Vec<String> = grants.scopes.iter().map(|s| s.id.to_string()).collect();
+    ids.sort();
+    ids
+}
+
+pub async fn principals_are_registered_changed_listed_and_isolated_by_tenant(store: Arc<dyn Store>) {
+    let alice = principal("acme", "alice@example.com", &["admin", "viewer"], 1);
+    store.put_principal(&alice, None, noted()).await.expect("register");
+    assert!(matches!(store.put_principal(&alice, None, noted()).await, Err(StoreError::AlreadyExists(_))));
+    let got = store.get_principal(&tenant("acme"), &alice.subject).await.expect("get").expect("present");
+    assert_eq!(*got, alice, "read back exactly");
+    assert!(store.get_principal(&tenant("globex"), &alice.subject).await.expect("get").is_none(), "per tenant");
+    let mut changed = principal("acme", "alice@example.com", &["viewer"], 2);
+    changed.enabled = false;
+    assert!(matches!(
+        store.put_principal(&changed, Some(7), noted()).await,
+        Err(StoreError::VersionConflict { expected: 7, found: 1, .. })
+    ));
+    store.put_principal(&changed, Some(1), noted()).await.expect("change");
+    let got = store.get_principal(&tenant("acme"), &alice.subject).await.expect("get").expect("present");
+    assert_eq!(*got, changed);
+    let nobody = principal("acme", "nobody", &[], 2);
+    assert!(matches!(store.put_principal(&nobody, Some(1), noted()).await, Err(StoreError::NotFound(_))));
+    for s in ["carol", "bob", "dave"] {
+        store.put_principal(&principal("acme", s, &[], 1), None, noted()).await.expect("register");
+    }
+    store.put_principal(&principal("globex", "zed", &[], 1), None, noted()).await.expect("register");
+    let page = store.list_principals(&tenant("acme"), None, 2).await.expect("list");
+    let names: Vec<&str> = page.iter().map(|p| p.subject.as_str()).collect();
+    assert_eq!(names, ["alice@example.com", "bob"]);
+    let page = store.list_principals(&tenant("acme"), Some(&subject("bob")), 10).await.expect("list");
+    let names: Vec<&str> = page.iter().map(|p| p.subject.as_str()).collect();
+    assert_eq!(names, ["carol", "dave"]);
+}
+
+pub async fn deleted_principals_are_remembered_as_gone_until_registered_again(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    let bob = principal("acme", "bob", &["ops"], 1);
+    let grants = store.principal_grants(&t, &bob.subject, &[]).await.expect("grants");
+    assert_eq!(grants.owner, Owner::Unregistered);
+    store.put_principal(&bob, None, noted()).await.expect("register");
+    let grants = store.principal_grants(&t, &bob.subject, &[]).await.expect("grants");
+    assert_eq!(grants.owner, Owner::Registered(Arc::new(bob.clone())));
+    assert!(matches!(
+        store.delete_principal(&t, &bob.subject, Some(3), noted()).await,
+        Err(StoreError::VersionConflict { .. })
+    ));
+    store.delete_principal(&t, &bob.subject, Some(1), noted()).await.expect("delete");
+    assert!(store.get_principal(&t, &bob.subject).await.expect("get").is_none());
+    assert!(store.list_principals(&t, None, 10).await.expect("list").is_empty());
+    assert_eq!(store.principal_grants(&t, &bob.subject, &[]).await.expect("grants").owner, Owner::Gone);
+    assert!(matches!(store.delete_principal(&t, &bob.subject, None, noted()).await, Err(StoreError::NotFound(_))));
+    store.put_principal(&bob, None, noted()).await.expect("register again");
+    assert!(matches!(store.principal_grants(&t, &bob.subject, &[]).await.expect("grants").owner, Owner::Registered(_)));
+}
+
+pub async fn member_bindings_are_versioned_and_feed_principal_grants(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    for (id, label) in [("s1", "one"), ("s2", "two"), ("s3", "three")] {
+        create_scope(&*store, &scope("acme", id, label)).await;
+    }
+    create_scope(&*store, &scope("globex", "s9", "nine")).await;
+    assert_eq!(store.get_members(&t, &scope_id("s1")).await.expect("members"), Members::default());
+    let by_subject = members(&["alice"], &[], 1);
+    assert!(matches!(
+        store.set_members(&t, &scope_id("s1"), &by_subject, 4, true, noted()).await,
+        Err(StoreError::VersionConflict { expected: 4, found: 0, .. })
+    ));
+    store.set_members(&t, &scope_id("s1"), &by_subject, 0, true, noted()).await.expect("bind s1");
+    store.set_members(&t, &scope_id("s2"), &members(&[], &["ops"], 1), 0, true, noted()).await.expect("bind s2");
+    store
+        .set_members(&t, &scope_id("s3"), &members(&["bob"], &["viewer"], 1), 0, true, noted())
+        .await
+        .expect("bind s3");
+    // A stored scope must exist (a binding never outlives a scope deleted meanwhile).
+    assert!(matches!(
+        store.set_members(&t, &scope_id("s8"), &members(&["alice"], &[], 1), 0, true, noted()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.get_members(&t, &scope_id("s8")).await.expect("members"), Members::default());
+    // A builtin scope id binds too; the store holds no record of it.
+    store
+        .set_members(&t, &scope_id("read-only"), &members(&[], &["ops"], 1), 0, false, noted())
+        .await
+        .expect("builtin");
+    store
+        .set_members(&tenant("globex"), &scope_id("s9"), &members(&["alice"], &["ops"], 1), 0, true, noted())
+        .await
+        .expect("bind");
+    assert_eq!(store.get_members(&t, &scope_id("s3")).await.expect("members"), members(&["bob"], &["viewer"], 1));
+
+    // By subject only (an unregistered subject still has its subject bindings).
+    let grants = store.principal_grants(&t, &subject("alice"), &[]).await.expect("grants");
+    assert_eq!(grant_ids(&grants), ["s1"]);
+    assert_eq!(stored_grant_ids(&grants), ["s1"]);
+    // Roles asked for.
+    let grants = store.principal_grants(&t, &subject("alice"), &[role("ops")]).await.expect("grants");
+    assert_eq!(grant_ids(&grants), ["read-only", "s1", "s2"]);
+    assert_eq!(stored_grant_ids(&grants), ["s1", "s2"], "builtin ids are not stored");
+    // Roles held by the registered principal.
+    store.put_principal(&principal("acme", "carol", &["viewer", "ops"], 1), None, noted()).await.expect("register");
+    let grants = store.principal_grants(&t, &subject("carol"), &[]).await.expect("grants");
+    assert_eq!(grant_ids(&grants), ["read-only", "s2", "s3"]);
+
+    // Replacing the bindings moves the indexes.
+    store.set_members(&t, &scope_id("s1"), &members(&["bob"], &["viewer"], 2), 1, true, noted()).await.expect("rebind");
+    let grants = store.principal_grants(&t, &subject("alice"), &[]).await.expect("grants");
+    assert!(grant_ids(&grants).is_empty(), "alice is no longer bound");
+    let grants = store.principal_grants(&t, &subject("bob"), &[]).await.expect("grants");
+    assert_eq!(grant_ids(&grants), ["s1", "s3"]);
+    store.set_members(&t, &scope_id("s1"), &members(&[], &[], 3), 2, true, noted()).await.expect("unbind");
+    assert_eq!(store.get_members(&t, &scope_id("s1")).await.expect("members"), members(&[], &[], 3));
+    let grants = store.principal_grants(&t, &subject("bob"), &[]).await.expect("grants");
+    assert_eq!(grant_ids(&grants), ["s3"]);
+}
+
+pub async fn deleting_a_scope_drops_its_member_bindings(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    create_scope(&*store, &scope("acme", "s1", "one")).await;
+    store.set_members(&t, &scope_id("s1"), &members(&["alice"], &["ops"], 1), 0, true, noted()).await.expect("bind");
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+    let id = scope_id("s1");
+    let delete = ScopeDelete { tenant: &t, id: &id, expected_version: None, holders: &[], now, audit: noted() };
+    store.delete_scope(delete).await.expect("delete");
+    assert_eq!(store.get_members(&t, &id).await.expect("members"), Members::default());
+    let grants = store.principal_grants(&t, &subject("alice"), &[role("ops")]).await.expect("grants");
+    assert!(grant_ids(&grants).is_empty(), "no binding outlives its scope");
+}
+
+pub async fn principal_changes_record_their_audit_events(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    let alice = principal("acme", "alice", &[], 1);
+    let put = audit_record("acme", AuditOperation::PutPrincipal, AuditTarget::Principal(subject("alice")), "r1", 1);
+    store.put_principal(&alice, None, kept(&put, 100)).await.expect("register");
+    let refused = audit_record("acme", AuditOperation::PutPrincipal, AuditTarget::Principal(subject("alice")), "r2", 2);
+    assert!(store.put_principal(&alice, None, kept(&refused, 100)).await.is_err());
+    let bind =
+        audit_record("acme", AuditOperation::SetScopeMembers, AuditTarget::Scope(scope_id("read-only")), "r3", 3);
+    store
+        .set_members(&t, &scope_id("read-only"), &members(&["alice"], &[], 1), 0, false, kept(&bind, 100))
+        .await
+        .expect("bind");
+    let delete =
+        audit_record("acme", AuditOperation::DeletePrincipal, AuditTarget::Principal(subject("alice")), "r4", 4);
+    store.delete_principal(&t, &subject("alice"), None, kept(&delete, 100)).await.expect("delete");
+    let page = audit_page(&*store, "acme", &AuditQuery { limit: 10, ..Default::default() }).await;
+    let seen: Vec<(AuditOperation, String, String)> = page
+        .events
+        .iter()
+        .map(|e| (e.record.operation, e.record.target.id().to_owned(), e.record.request_id.to_string()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (AuditOperation::DeletePrincipal, "alice".to_owned(), "r4".to_owned()),
+            (AuditOperation::SetScopeMembers, "read-only".to_owned(), "r3".to_owned()),
+            (AuditOperation::PutPrincipal, "alice".to_owned(), "r1".to_owned()),
+        ],
+        "refused changes record nothing"
+    );
+    assert_eq!(page.events[2].record.target.kind(), "principal");
 }
 
 /// One `#[tokio::test]` per case; `$factory` is an async expression yielding a fresh empty

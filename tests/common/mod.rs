@@ -424,3 +424,113 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+pub type Principals = pb::principal_admin_client::PrincipalAdminClient<InterceptedService<Channel, Bearer>>;
+
+impl TestServer {
+    /// PrincipalAdmin with the given bearer token.
+    pub fn principals_as(&self, token: Option<&str>) -> Principals {
+        pb::principal_admin_client::PrincipalAdminClient::with_interceptor(self.channel.clone(), bearer(token))
+    }
+
+    /// PrincipalAdmin as the `system` admin.
+    pub fn principals(&self) -> Principals {
+        self.principals_as(Some(&self.admin_token))
+    }
+
+    /// Registers (or replaces) a principal of `tenant` as the system admin.
+    pub async fn principal(&self, tenant: &str, subject: &str, roles: &[&str]) -> pb::RegisteredPrincipal {
+        self.principals()
+            .upsert_principal(pb::UpsertPrincipalRequest {
+                tenant: tenant.into(),
+                subject: subject.into(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("upsert principal")
+            .into_inner()
+    }
+
+    /// Replaces the member bindings of a scope of `tenant` as the system admin, whatever their
+    /// version.
+    pub async fn bind(&self, tenant: &str, scope_id: &str, subjects: &[&str], roles: &[&str]) -> pb::ScopeMembers {
+        let current = self
+            .scopes()
+            .get_scope_members(pb::GetScopeMembersRequest { tenant: tenant.into(), scope_id: scope_id.into() })
+            .await
+            .expect("get members")
+            .into_inner();
+        self.scopes()
+            .set_scope_members(pb::SetScopeMembersRequest {
+                tenant: tenant.into(),
+                scope_id: scope_id.into(),
+                subjects: subjects.iter().map(|s| s.to_string()).collect(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                version: current.version,
+            })
+            .await
+            .expect("set members")
+            .into_inner()
+    }
+
+    /// Creates a key in `tenant` holding `scopes` and owned by `owner`; returns it and its token.
+    pub async fn owned_key(&self, tenant: &str, owner: &str, scopes: &[&str]) -> (pb::Key, String) {
+        let response = self
+            .keys()
+            .create_key(pb::CreateKeyRequest {
+                tenant: tenant.into(),
+                owner: owner.into(),
+                scope_ids: scopes.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("create key")
+            .into_inner();
+        (response.key.expect("key"), response.token)
+    }
+
+    /// Checks a bearer principal credential with explain, keeping a gRPC error as is.
+    pub async fn try_check_principal(
+        &self,
+        tenant: &str,
+        subject: &str,
+        roles: &[&str],
+        module: &str,
+        action: pb::Action,
+    ) -> Result<pb::CheckResponse, Status> {
+        let principal = pb::Principal { subject: subject.into(), roles: roles.iter().map(|r| r.to_string()).collect() };
+        self.checker()
+            .check(pb::CheckRequest {
+                credential: Some(pb::check_request::Credential::Principal(principal)),
+                tenant: tenant.into(),
+                module: module.into(),
+                action: action.into(),
+                explain: true,
+                source_address: String::new(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+impl TestServer {
+    /// [`TestServer::start_on_redis`] (the first replica of a prefix) with these ext_authz
+    /// settings.
+    pub async fn start_on_redis_with_ext_authz(url: &str, prefix: &str, ext_authz: ExtAuthzSettings) -> TestServer {
+        let options = RedisOptions {
+            prefix: prefix.to_owned(),
+            check_timeout: Duration::from_millis(300),
+            admin_timeout: Duration::from_millis(1500),
+            ..RedisOptions::new(url)
+        };
+        let redis = RedisStore::connect(options).await.expect("connect to the test redis");
+        let metrics = Arc::new(Metrics::new());
+        let cached = CachedStore::new(Arc::new(redis.clone()), CacheSettings::default());
+        let feed = redis.follow_changes(cached.sink()).await.expect("follow the change feed");
+        let mut server = Self::launch(Arc::new(cached.clone()), &[], None, ext_authz, metrics).await;
+        server.cache = Some(cached);
+        server.feed = Some(feed);
+        server
+    }
+}

@@ -1,0 +1,503 @@
+//! Principals and scope members (issue 7, parts 1 to 3): their administration, the owner
+//! ceiling of keys, and checks of bearer principal credentials.
+//!
+//! A principal's permissions are the scopes bound to its subject or to any of its roles,
+//! evaluated with the ordinary decision rules (deny wins). A key whose owner is a registered
+//! principal of its tenant is allowed only what both its scopes and its owner allow: the
+//! owner is evaluated after the key's scopes allow (SPEC section 2: later checks come after
+//! the scopes). A key whose owner is not registered is bounded by its scopes only. A deleted
+//! owner is remembered by the store (it leaves a marker), so its keys are denied
+//! (`OWNER_DENIED`) until a principal of that subject is registered again: deleting an owner
+//! never widens a key.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use opentelemetry::KeyValue;
+use tracing::field::Empty;
+
+use super::{Caller, CheckAnswer, Explain, Keyscope, Page, RETRIES, ServiceError, check::explained};
+use crate::{
+    domain::{
+        Action, AuditOperation, AuditRecord, AuditTarget, InputError, Key, Members, Module, Principal, Reason, Role,
+        Scope, ScopeId, Subject, Tenant, evaluate, limits, parse_field, parse_names,
+    },
+    store::{Owner, PrincipalGrants, StoreError},
+    telemetry::annotate,
+};
+
+/// What a key's owner allows, resolved once per check.
+#[derive(Debug, Clone)]
+pub(crate) enum Ceiling {
+    /// No owner, or one that is not a registered principal: the key's scopes alone decide.
+    None,
+    /// The owner was registered and deleted: the key is denied everything.
+    Gone,
+    /// The owner is registered and disabled: the key is denied everything.
+    Disabled,
+    /// The owner is registered: the scopes bound to it or its roles bound the key.
+    Bound {
+        /// The bound scopes that exist (builtins included).
+        scopes: Vec<Arc<Scope>>,
+        /// A bound scope id that exists nowhere (deleted meanwhile): the owner is then
+        /// denied everything, since a missing deny-mode scope must not widen.
+        missing: Option<ScopeId>,
+    },
+}
+
+impl Ceiling {
+    /// The denial the owner adds to an allowed answer, if any: reason, deciding scopes and
+    /// (when `explain` wants it) the message.
+    pub(super) fn bound(
+        &self,
+        owner: &str,
+        module: &Module,
+        action: Action,
+        explain: Explain,
+    ) -> Option<(Reason, Vec<ScopeId>, String)> {
+        let say = |text: &dyn Fn() -> String| if explain == Explain::Never { String::new() } else { text() };
+        match self {
+            Ceiling::None => None,
+            Ceiling::Gone => Some((
+                Reason::OwnerDenied,
+                Vec::new(),
+                say(&|| format!("the key's owner `{owner}` was deleted; the key is denied everything")),
+            )),
+            Ceiling::Disabled => {
+                Some((Reason::OwnerDisabled, Vec::new(), say(&|| format!("the key's owner `{owner}` is disabled"))))
+            }
+            Ceiling::Bound { missing: Some(id), .. } => Some((
+                Reason::OwnerDenied,
+                vec![id.clone()],
+                say(&|| format!("scope `{id}` bound to the key's owner `{owner}` no longer exists; the key is denied")),
+            )),
+            Ceiling::Bound { scopes, missing: None } => {
+                let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
+                let decision = evaluate(&refs, module, action);
+                if decision.allowed() {
+                    return None;
+                }
+                let (_, ids, _) = explained(&decision, module, action, Explain::Never);
+                let message = say(&|| {
+                    let why = if refs.is_empty() {
+                        "no scope is bound to it or its roles".to_owned()
+                    } else {
+                        decision.message(module, action)
+                    };
+                    format!("the key's owner `{owner}` is not allowed {action} on '{module}': {why}")
+                });
+                Some((Reason::OwnerDenied, ids, message))
+            }
+        }
+    }
+}
+
+/// A bearer principal credential: a caller the client has already authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalCredential {
+    /// The subject.
+    pub subject: Subject,
+    /// The roles the caller presents (the registered principal's roles are added to them).
+    pub roles: Vec<Role>,
+}
+
+impl PrincipalCredential {
+    /// Validates a credential from the wire, naming `field.subject` or `field.roles[i]`.
+    pub fn parse(field: &str, subject: &str, roles: &[String]) -> Result<Self, InputError> {
+        Ok(PrincipalCredential {
+            subject: parse_field(&format!("{field}.subject"), subject)?,
+            roles: parse_names(&format!("{field}.roles"), roles, limits::ROLES_PER_PRINCIPAL_MAX)?,
+        })
+    }
+}
+
+fn principal_not_found(subject: &Subject, tenant: &Tenant) -> ServiceError {
+    ServiceError::NotFound(format!("no principal `{subject}` in tenant `{tenant}`"))
+}
+
+fn retry_exhausted(what: &str) -> ServiceError {
+    ServiceError::Aborted(format!("{what} kept changing; retry"))
+}
+
+impl Keyscope {
+    /// The owner ceiling of a verified key: one store read (cached per replica) when the key
+    /// names an owner.
+    pub(super) async fn ceiling(&self, key: &Key) -> Result<Ceiling, ServiceError> {
+        if key.owner.is_empty() {
+            return Ok(Ceiling::None);
+        }
+        // An owner that is not a valid subject can never be a registered principal.
+        let Ok(subject) = key.owner.parse::<Subject>() else { return Ok(Ceiling::None) };
+        let grants = self.store.principal_grants(&key.tenant, &subject, &[]).await?;
+        Ok(match &grants.owner {
+            Owner::Unregistered => Ceiling::None,
+            Owner::Gone => Ceiling::Gone,
+            Owner::Registered(p) if !p.enabled => Ceiling::Disabled,
+            Owner::Registered(_) => {
+                let (scopes, missing) = self.bound_scopes(&grants);
+                Ceiling::Bound { scopes, missing }
+            }
+        })
+    }
+
+    /// The scopes of `grants` resolved against the builtins, and the first id that exists
+    /// nowhere.
+    fn bound_scopes(&self, grants: &PrincipalGrants) -> (Vec<Arc<Scope>>, Option<ScopeId>) {
+        let mut scopes = Vec::with_capacity(grants.scope_ids.len());
+        let mut missing = None;
+        for (id, scope) in grants.scope_ids.iter().zip(self.resolve_ids(&grants.scope_ids, &grants.scopes)) {
+            match scope {
+                Some(scope) => scopes.push(scope),
+                None => missing = missing.or(Some(id.clone())),
+            }
+        }
+        (scopes, missing)
+    }
+
+    /// Answers checks for a bearer principal credential in `tenant`: through the scopes bound
+    /// to its subject, to the roles it presents and to the roles of the registered principal
+    /// of that subject (if any). A registered, disabled principal is denied everything
+    /// (`PRINCIPAL_DISABLED`). No usage is counted (there is no key).
+    pub async fn check_principal(
+        &self,
+        tenant: &Tenant,
+        credential: &PrincipalCredential,
+        items: &[(Module, Action)],
+        explain: impl Into<Explain>,
+    ) -> Result<Vec<CheckAnswer>, ServiceError> {
+        let explain = explain.into();
+        let span = tracing::debug_span!("check_principal", %tenant, items = items.len(), allowed = Empty);
+        let grants = self.store.principal_grants(tenant, &credential.subject, &credential.roles).await?;
+        let disabled = matches!(&grants.owner, Owner::Registered(p) if !p.enabled);
+        let (scopes, missing) = self.bound_scopes(&grants);
+        let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
+        let subject = &credential.subject;
+        let answers: Vec<CheckAnswer> = items
+            .iter()
+            .map(|(module, action)| {
+                let (reason, scope_ids, message) = if disabled {
+                    let message = if explain == Explain::Never {
+                        String::new()
+                    } else {
+                        format!("principal `{subject}` is disabled")
+                    };
+                    (Reason::PrincipalDisabled, Vec::new(), message)
+                } else if let Some(id) = &missing {
+                    let message = if explain == Explain::Never {
+                        String::new()
+                    } else {
+                        format!("scope `{id}` bound to principal `{subject}` no longer exists; it is denied everything")
+                    };
+                    (Reason::DeniedByScope, vec![id.clone()], message)
+                } else {
+                    let decision = evaluate(&refs, module, *action);
+                    let (reason, ids, mut message) = explained(&decision, module, *action, explain);
+                    if reason == Reason::NoScope && !message.is_empty() {
+                        message = format!("no scope is bound to principal `{subject}` or its roles");
+                    }
+                    (reason, ids, message)
+                };
+                CheckAnswer {
+                    reason,
+                    key_id: None,
+                    tenant: Some(tenant.clone()),
+                    owner: String::new(),
+                    scope_ids,
+                    message,
+                    retry_after: None,
+                    subject: subject.to_string(),
+                }
+            })
+            .collect();
+        let allowed = answers.iter().filter(|a| a.allowed()).count();
+        span.record("allowed", allowed);
+        annotate(|| {
+            let mut attributes = vec![
+                KeyValue::new("tenant", tenant.as_str().to_owned()),
+                KeyValue::new("credential", "principal"),
+                KeyValue::new("items", items.len() as i64),
+                KeyValue::new("allowed", allowed as i64),
+            ];
+            if let [(module, action)] = items {
+                let answer = &answers[0];
+                attributes.extend([
+                    KeyValue::new("module", module.as_str().to_owned()),
+                    KeyValue::new("action", action.as_str()),
+                    KeyValue::new("decision", answer.decision()),
+                    KeyValue::new("reason", answer.reason.as_str()),
+                ]);
+            }
+            attributes
+        });
+        span.in_scope(|| tracing::debug!("principal check answered"));
+        Ok(answers)
+    }
+
+    fn principal_event(
+        &self,
+        caller: &Caller,
+        operation: AuditOperation,
+        old: Option<&Principal>,
+        new: &Principal,
+    ) -> AuditRecord {
+        let mut changed = Vec::new();
+        if old.is_none_or(|o| o.roles != new.roles) {
+            changed.push("roles".to_owned());
+        }
+        if old.is_none_or(|o| o.enabled != new.enabled) {
+            changed.push("enabled".to_owned());
+        }
+        let details = BTreeMap::from([
+            ("version".to_owned(), new.version.to_string()),
+            ("roles".to_owned(), new.roles.iter().map(Role::as_str).collect::<Vec<_>>().join(",")),
+            ("enabled".to_owned(), new.enabled.to_string()),
+        ]);
+        self.audit_record(caller, operation, AuditTarget::Principal(new.subject.clone()), changed, details)
+    }
+
+    fn audit_record(
+        &self,
+        caller: &Caller,
+        operation: AuditOperation,
+        target: AuditTarget,
+        changed: Vec<String>,
+        details: BTreeMap<String, String>,
+    ) -> AuditRecord {
+        AuditRecord {
+            tenant: caller.tenant.clone(),
+            at: self.clock.now(),
+            actor: caller.author().actor,
+            operation,
+            target,
+            changed,
+            details,
+            request_id: caller.request_id.clone(),
+        }
+    }
+
+    /// Registers a principal in the caller's tenant, or replaces the roles and enabled flag
+    /// of a registered one (at `version`, when given).
+    pub async fn upsert_principal(
+        &self,
+        caller: &Caller,
+        subject: Subject,
+        roles: Vec<Role>,
+        enabled: bool,
+        version: Option<u64>,
+    ) -> Result<Principal, ServiceError> {
+        self.change_principal(caller, &subject, version, true, |old| Principal {
+            roles: roles.clone(),
+            enabled,
+            ..old.clone()
+        })
+        .await
+    }
+
+    /// Replaces a registered principal's roles, if it is at `version`.
+    pub async fn set_principal_roles(
+        &self,
+        caller: &Caller,
+        subject: &Subject,
+        roles: Vec<Role>,
+        version: u64,
+    ) -> Result<Principal, ServiceError> {
+        self.change_principal(caller, subject, Some(version), false, |old| Principal {
+            roles: roles.clone(),
+            ..old.clone()
+        })
+        .await
+    }
+
+    /// Disables or enables a registered principal.
+    pub async fn set_principal_enabled(
+        &self,
+        caller: &Caller,
+        subject: &Subject,
+        enabled: bool,
+    ) -> Result<Principal, ServiceError> {
+        self.change_principal(caller, subject, None, false, |old| Principal { enabled, ..old.clone() }).await
+    }
+
+    /// Read-modify-write of a principal: `change` makes the new record from the registered
+    /// one (or, with `create`, from a fresh one when none is registered).
+    async fn change_principal(
+        &self,
+        caller: &Caller,
+        subject: &Subject,
+        version: Option<u64>,
+        create: bool,
+        change: impl Fn(&Principal) -> Principal,
+    ) -> Result<Principal, ServiceError> {
+        for _ in 0..RETRIES {
+            let now = self.clock.now();
+            let old = self.store.get_principal(&caller.tenant, subject).await?;
+            let (new, expected, operation) = match &old {
+                Some(old) => {
+                    if let Some(expected) = version.filter(|&v| v != old.version) {
+                        let what = format!("principal `{subject}`");
+                        return Err(StoreError::VersionConflict { what, expected, found: old.version }.into());
+                    }
+                    let mut new = change(old);
+                    new.version = old.version + 1;
+                    new.updated_at = now;
+                    (new, Some(old.version), AuditOperation::PutPrincipal)
+                }
+                None if create && version.is_none() => {
+                    let fresh = Principal {
+                        tenant: caller.tenant.clone(),
+                        subject: subject.clone(),
+                        roles: Vec::new(),
+                        enabled: true,
+                        version: 0,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    let mut new = change(&fresh);
+                    new.version = 1;
+                    (new, None, AuditOperation::PutPrincipal)
+                }
+                None => return Err(principal_not_found(subject, &caller.tenant)),
+            };
+            let audit = self.principal_event(caller, operation, old.as_deref(), &new);
+            match self.store.put_principal(&new, expected, self.audit_write(&audit)).await {
+                // Someone else registered or changed it meanwhile: start over, unless the
+                // caller pinned a version.
+                Err(StoreError::AlreadyExists(_) | StoreError::NotFound(_)) if version.is_none() => continue,
+                Err(StoreError::VersionConflict { .. }) if version.is_none() => continue,
+                other => other?,
+            }
+            tracing::info!(%subject, tenant = %caller.tenant, actor = %caller.key.id, "principal written");
+            return Ok(new);
+        }
+        Err(retry_exhausted(&format!("principal `{subject}`")))
+    }
+
+    /// One registered principal of the caller's tenant.
+    pub async fn get_principal(&self, caller: &Caller, subject: &Subject) -> Result<Arc<Principal>, ServiceError> {
+        self.store
+            .get_principal(&caller.tenant, subject)
+            .await?
+            .ok_or_else(|| principal_not_found(subject, &caller.tenant))
+    }
+
+    /// A page of the caller's tenant's registered principals, by subject.
+    pub async fn list_principals(
+        &self,
+        caller: &Caller,
+        after: Option<&Subject>,
+        limit: usize,
+    ) -> Result<Page<Arc<Principal>>, ServiceError> {
+        let items = self.store.list_principals(&caller.tenant, after, limit + 1).await?;
+        Ok(Page::cut(items, limit))
+    }
+
+    /// Deletes a registered principal (at `version`, when given); its keys are denied from
+    /// then on.
+    pub async fn delete_principal(
+        &self,
+        caller: &Caller,
+        subject: &Subject,
+        version: Option<u64>,
+    ) -> Result<(), ServiceError> {
+        let old = self.get_principal(caller, subject).await?;
+        let details = BTreeMap::from([("version".to_owned(), old.version.to_string())]);
+        let audit = self.audit_record(
+            caller,
+            AuditOperation::DeletePrincipal,
+            AuditTarget::Principal(subject.clone()),
+            Vec::new(),
+            details,
+        );
+        match self.store.delete_principal(&caller.tenant, subject, version, self.audit_write(&audit)).await {
+            Err(StoreError::NotFound(_)) => Err(principal_not_found(subject, &caller.tenant)),
+            other => Ok(other?),
+        }
+    }
+
+    /// The scope (builtin or stored) of the caller's tenant, or NOT_FOUND.
+    async fn member_scope(&self, caller: &Caller, id: &ScopeId) -> Result<Arc<Scope>, ServiceError> {
+        self.lookup_scopes(&caller.tenant, std::slice::from_ref(id))
+            .await?
+            .pop()
+            .flatten()
+            .ok_or_else(|| ServiceError::NotFound(format!("no scope `{id}` in tenant `{}`", caller.tenant)))
+    }
+
+    /// The member bindings of a scope of the caller's tenant.
+    pub async fn get_scope_members(&self, caller: &Caller, id: &ScopeId) -> Result<Members, ServiceError> {
+        self.member_scope(caller, id).await?;
+        Ok(self.store.get_members(&caller.tenant, id).await?)
+    }
+
+    /// Replaces the member bindings of a scope of the caller's tenant, if they are at
+    /// `version` (0: never bound). Binding a scope that grants reserved modules is refused
+    /// unless the caller holds those grants itself (no escalation).
+    pub async fn set_scope_members(
+        &self,
+        caller: &Caller,
+        id: &ScopeId,
+        subjects: Vec<Subject>,
+        roles: Vec<Role>,
+        version: u64,
+    ) -> Result<Members, ServiceError> {
+        let scope = self.member_scope(caller, id).await?;
+        caller.may_grant("scope_id", &[scope.as_ref()])?;
+        let members = Members { subjects, roles, version: version + 1 };
+        let details = BTreeMap::from([
+            ("version".to_owned(), members.version.to_string()),
+            ("subjects".to_owned(), members.subjects.len().to_string()),
+            ("roles".to_owned(), members.roles.iter().map(Role::as_str).collect::<Vec<_>>().join(",")),
+        ]);
+        let changed = vec!["subjects".to_owned(), "roles".to_owned()];
+        let audit = self.audit_record(
+            caller,
+            AuditOperation::SetScopeMembers,
+            AuditTarget::Scope(id.clone()),
+            changed,
+            details,
+        );
+        let stored = !self.builtins.contains(id);
+        match self.store.set_members(&caller.tenant, id, &members, version, stored, self.audit_write(&audit)).await {
+            Err(StoreError::NotFound(_)) => {
+                return Err(ServiceError::NotFound(format!("no scope `{id}` in tenant `{}`", caller.tenant)));
+            }
+            other => other?,
+        }
+        tracing::info!(scope_id = %id, tenant = %caller.tenant, actor = %caller.key.id, "scope members set");
+        Ok(members)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::Builtins;
+
+    fn read_only() -> Arc<Scope> {
+        let builtins = Builtins::new(&[]).expect("builtins");
+        builtins.get(&"read-only".parse().expect("id")).cloned().expect("read-only")
+    }
+
+    #[test]
+    fn the_owner_ceiling_denies_what_the_owner_may_not_do() {
+        let courses: Module = "courses".parse().expect("module");
+        let none = Ceiling::None;
+        assert_eq!(none.bound("alice", &courses, Action::Read, Explain::Always), None);
+        let bound = Ceiling::Bound { scopes: vec![read_only()], missing: None };
+        assert_eq!(bound.bound("alice", &courses, Action::Read, Explain::Always), None, "read-only reads");
+        let (reason, ids, message) = bound.bound("alice", &courses, Action::Update, Explain::Always).expect("denied");
+        assert_eq!(reason, Reason::OwnerDenied);
+        assert!(ids.is_empty());
+        assert!(message.contains("owner `alice` is not allowed update on 'courses'"), "{message}");
+        let empty = Ceiling::Bound { scopes: Vec::new(), missing: None };
+        let (_, _, message) = empty.bound("alice", &courses, Action::Read, Explain::Always).expect("denied");
+        assert!(message.contains("no scope is bound"), "{message}");
+        let gone = Ceiling::Gone.bound("alice", &courses, Action::Read, Explain::Never).expect("denied");
+        assert_eq!(gone, (Reason::OwnerDenied, Vec::new(), String::new()), "no message unless explained");
+        let disabled = Ceiling::Disabled.bound("alice", &courses, Action::Read, Explain::Denials).expect("denied");
+        assert_eq!(disabled.0, Reason::OwnerDisabled);
+        let missing: ScopeId = "scp_gone".parse().expect("id");
+        let dangling = Ceiling::Bound { scopes: vec![read_only()], missing: Some(missing.clone()) };
+        let (reason, ids, _) = dangling.bound("alice", &courses, Action::Read, Explain::Never).expect("denied");
+        assert_eq!((reason, ids), (Reason::OwnerDenied, vec![missing]), "a vanished bound scope fails closed");
+    }
+}
