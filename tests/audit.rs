@@ -437,3 +437,39 @@ async fn events_are_kept_in_redis_across_a_restart() {
     );
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_type_tells_apart_targets_that_share_an_id() {
+    let server = TestServer::start().await;
+    // Tenant `acme`'s policy and a principal whose subject is `acme`: both targets are `acme`.
+    let policy = pb::SetTenantPolicyRequest {
+        tenant: "acme".into(),
+        max_key_lifetime: Some(prost_types::Duration { seconds: 86_400, nanos: 0 }),
+        expected_version: 0,
+    };
+    server.keys().set_tenant_policy(policy).await.expect("policy");
+    server.principal("acme", "acme", &[]).await;
+    let list = |target_type: &str| pb::ListAuditEventsRequest {
+        tenant: "acme".into(),
+        target_id: "acme".into(),
+        target_type: target_type.into(),
+        ..Default::default()
+    };
+    let operations = |events: &[pb::AuditEvent]| -> Vec<pb::AuditOperation> {
+        events.iter().map(|e| pb::AuditOperation::try_from(e.operation).expect("known")).collect()
+    };
+    let mut audit = server.audit();
+    let both = audit.list_audit_events(list("")).await.expect("list").into_inner().events;
+    assert_eq!(operations(&both), [pb::AuditOperation::PutPrincipal, pb::AuditOperation::SetTenantPolicy]);
+    for (kind, want) in [
+        ("principal", vec![pb::AuditOperation::PutPrincipal]),
+        ("tenant", vec![pb::AuditOperation::SetTenantPolicy]),
+        ("key", vec![]),
+    ] {
+        let got = audit.list_audit_events(list(kind)).await.expect("list").into_inner().events;
+        assert_eq!(operations(&got), want, "target_type {kind}");
+        assert!(got.iter().all(|e| e.target_type == kind));
+    }
+    assert_status(audit.list_audit_events(list("user")).await, Code::InvalidArgument, "target_type");
+    server.stop().await;
+}

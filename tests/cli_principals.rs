@@ -59,6 +59,12 @@ fn principals_and_members_from_the_command_line() {
     assert!(denied.stdout.contains("NOT_GRANTED"), "{}", denied.describe());
     // --subject needs --tenant.
     Cli::new().args(["check", "courses", "read", "--subject", "bob"]).run().expect_code(2);
+    // A bearer principal has no source address to check.
+    let both = Cli::new()
+        .args(["check", "courses", "read", "--subject", "bob", "--tenant", "acme", "--source", "10.0.0.1"])
+        .run()
+        .expect_code(2);
+    assert!(both.stderr.contains("--source"), "{}", both.describe());
 
     let key = cli()
         .args(["--json", "key", "create", "--tenant", "acme", "--scope", "full-access", "--owner", "alice"])

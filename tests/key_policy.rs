@@ -118,7 +118,14 @@ fn http(r: &CheckResponse) -> (i32, String, std::collections::HashMap<String, St
                 .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
                 .collect();
             let reason = body["reason"].as_str().unwrap_or_default().to_owned();
-            (d.status.as_ref().map_or(0, |s| s.code), reason, headers)
+            let status = d.status.as_ref().map_or(0, |s| s.code);
+            let error = match status {
+                401 => "unauthorized",
+                429 => "too_many_requests",
+                _ => "forbidden",
+            };
+            assert_eq!(body["error"], error, "the body's error matches the status {status}");
+            (status, reason, headers)
         }
         other => panic!("no HTTP response: {other:?}"),
     }

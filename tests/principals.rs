@@ -706,3 +706,39 @@ async fn scope_members_are_validated_versioned_and_guard_scope_deletes() {
     assert_status(scopes.get_scope_members(get(&scope.id)).await, Code::NotFound, &scope.id);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_key_hands_out_only_what_its_owner_holds_too() {
+    let server = TestServer::start().await;
+    let admin = server
+        .scope(ACME, "keys and scopes", pb::ScopeMode::Allow, all_rules(&["keyscope.keys", "keyscope.scopes"]))
+        .await;
+    let keys_only = server.scope(ACME, "keys only", pb::ScopeMode::Allow, all_rules(&["keyscope.keys"])).await;
+    let (_, owned_admin) = server.owned_key(ACME, "ops", &[&admin.id]).await;
+    let create =
+        |scope: &str| pb::CreateKeyRequest { tenant: ACME.into(), scope_ids: vec![scope.into()], ..Default::default() };
+    // Owner not registered: the key's own scopes bound what it hands out.
+    server.keys_as(Some(&owned_admin)).create_key(create(&admin.id)).await.expect("the key holds `admin`");
+
+    // Registered and bound to key administration only: the key may still create keys, but
+    // only with grants its owner holds too.
+    server.principal(ACME, "ops", &[]).await;
+    server.bind(ACME, &keys_only.id, &["ops"], &[]).await;
+    server.keys_as(Some(&owned_admin)).create_key(create(&keys_only.id)).await.expect("within the owner");
+    assert_status(
+        server.keys_as(Some(&owned_admin)).create_key(create(&admin.id)).await,
+        Code::PermissionDenied,
+        "owner `ops` does not hold",
+    );
+    // Nor may it take over a key that holds more, by rotating it.
+    let (victim, _) = server.key(ACME, &[&admin.id]).await;
+    let rotate = pb::RotateKeyRequest { tenant: ACME.into(), id: victim.id.clone(), grace: None, expected_version: 0 };
+    assert_status(
+        server.keys_as(Some(&owned_admin)).rotate_key(rotate).await,
+        Code::PermissionDenied,
+        "owner `ops` does not hold",
+    );
+    let untouched = server.keys().get_key(pb::GetKeyRequest { tenant: ACME.into(), id: victim.id }).await;
+    assert_eq!(untouched.expect("get").into_inner().version, victim.version, "a refused rotation changes nothing");
+    server.stop().await;
+}

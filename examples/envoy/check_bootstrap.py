@@ -10,11 +10,14 @@ import sys
 import yaml
 from google.protobuf import json_format
 
-# The descriptors of every extension the example names must be loaded for `@type` to resolve.
+# The descriptors of every extension the examples name must be loaded for `@type` to resolve.
 import envoy.config.bootstrap.v3.bootstrap_pb2 as bootstrap_pb2
 import envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2  # noqa: F401
+import envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2  # noqa: F401
+import envoy.extensions.filters.http.jwt_authn.v3.config_pb2  # noqa: F401
 import envoy.extensions.filters.http.router.v3.router_pb2  # noqa: F401
 import envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2  # noqa: F401
+import envoy.extensions.transport_sockets.tls.v3.tls_pb2  # noqa: F401
 import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
 
 

@@ -124,9 +124,12 @@ pub struct KeyPolicyArgs {
 pub struct AuditArgs {
     #[command(flatten)]
     pub tenant: TenantArg,
-    /// Only changes to this key or scope id.
+    /// Only changes to this key id, scope id, principal subject or tenant.
     #[arg(long, value_name = "ID")]
     pub target: Option<String>,
+    /// Only changes to this kind of target.
+    #[arg(long, value_name = "KIND", value_parser = crate::domain::AuditTarget::KINDS)]
+    pub target_type: Option<String>,
     /// Only changes made by this admin key id (`keyscope`: made by keyscope itself).
     #[arg(long, value_name = "KEY_ID")]
     pub actor: Option<String>,
@@ -491,8 +494,8 @@ pub struct CheckArgs {
     /// The token's last part, with --key-id.
     #[arg(long, requires = "key_id", env = "KEYSCOPE_CHECK_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
-    /// The source address to check from (IPv4 or IPv6).
-    #[arg(long, value_name = "IP", default_value = "")]
+    /// The source address to check from (IPv4 or IPv6; keys only).
+    #[arg(long, value_name = "IP", default_value = "", conflicts_with = "subject")]
     pub source: String,
     /// Check a bearer principal with this subject instead of a key (needs --tenant).
     #[arg(long, conflicts_with_all = ["credential", "key_id"], requires = "tenant")]

@@ -121,7 +121,7 @@ async fn policy(conn: &Connection, cmd: PolicyCommand) -> Result<Output, CliErro
 
 /// Lists audit events newest first, following page tokens until `--limit` events are found.
 async fn audit(conn: &Connection, args: AuditArgs) -> Result<Output, CliError> {
-    let AuditArgs { tenant, target, actor, since, until, limit } = args;
+    let AuditArgs { tenant, target, target_type, actor, since, until, limit } = args;
     let limit = limit as usize;
     let request = pb::ListAuditEventsRequest {
         tenant: tenant.tenant,
@@ -131,6 +131,7 @@ async fn audit(conn: &Connection, args: AuditArgs) -> Result<Output, CliError> {
         actor_key_id: actor.unwrap_or_default(),
         start_time: output::parse_time("--since", since.as_deref()).map_err(CliError::Usage)?,
         end_time: output::parse_time("--until", until.as_deref()).map_err(CliError::Usage)?,
+        target_type: target_type.unwrap_or_default(),
     };
     let mut client = conn.audit();
     let mut events = Vec::new();

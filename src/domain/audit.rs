@@ -153,7 +153,10 @@ pub enum AuditTarget {
 }
 
 impl AuditTarget {
-    /// `key` or `scope`.
+    /// Every [`AuditTarget::kind`].
+    pub const KINDS: [&'static str; 4] = ["key", "scope", "principal", "tenant"];
+
+    /// `key`, `scope`, `principal` or `tenant`.
     pub fn kind(&self) -> &'static str {
         match self {
             AuditTarget::Key(_) => "key",

@@ -39,11 +39,13 @@ impl pb::audit_log_server::AuditLog for AuditLogService {
             actor_key_id,
             start_time,
             end_time,
+            target_type,
         } = request.into_inner();
         let query = AuditQuery {
             before: convert::page_cursor("page_token", &page_token)?,
             limit: convert::page_size("page_size", page_size)?,
             target: convert::target_filter("target_id", &target_id)?,
+            target_type: convert::target_type_filter("target_type", &target_type)?,
             actor: if actor_key_id.is_empty() { None } else { Some(parse_field("actor_key_id", &actor_key_id)?) },
             since: convert::timestamp("start_time", start_time.as_ref())?,
             until: convert::timestamp("end_time", end_time.as_ref())?,

@@ -12,8 +12,9 @@ use prost_types::Timestamp;
 use super::pb;
 use crate::{
     domain::{
-        Action, AuditEvent, AuditOperation, InputError, Key, KeyId, KeyState, Metadata, Problem, RateLimit, Reason,
-        Rules, Scope, ScopeId, ScopeMode, Subject, TenantPolicy, limits, parse_field, validate_metadata,
+        Action, AuditEvent, AuditOperation, AuditTarget, InputError, Key, KeyId, KeyState, Metadata, Problem,
+        RateLimit, Reason, Rules, Scope, ScopeId, ScopeMode, Subject, TenantPolicy, limits, parse_field,
+        validate_metadata,
     },
     service::{CheckAnswer, KeyUsage},
 };
@@ -289,6 +290,17 @@ pub fn target_filter(field: &str, raw: &str) -> Result<Option<String>, InputErro
         return Ok(Some(raw.to_owned()));
     }
     Err(InputError::invalid(field, "must be a key id, a scope id or a principal's subject"))
+}
+
+/// An audit target kind filter from the wire (empty: any).
+pub fn target_type_filter(field: &str, raw: &str) -> Result<Option<&'static str>, InputError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    match AuditTarget::KINDS.into_iter().find(|k| *k == raw) {
+        Some(kind) => Ok(Some(kind)),
+        None => Err(InputError::invalid(field, format!("must be one of {}", AuditTarget::KINDS.join(", ")))),
+    }
 }
 
 /// A page size from the wire: 0 means the default, larger than the maximum means the maximum.

@@ -148,8 +148,13 @@ fn source_address(request: &CheckRequest, headers: &HashMap<String, String>, hop
 fn denied(reason: &str, message: &str, retry_after: Option<Duration>) -> CheckResponse {
     let status = http_status(reason);
     let unauthorized = status == HttpStatusCode::Unauthorized;
+    let error = match status {
+        HttpStatusCode::Unauthorized => "unauthorized",
+        HttpStatusCode::TooManyRequests => "too_many_requests",
+        _ => "forbidden",
+    };
     let body = serde_json::json!({
-        "error": if unauthorized { "unauthorized" } else { "forbidden" },
+        "error": error,
         "reason": reason,
         "message": message,
     });

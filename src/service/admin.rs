@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::{
     Keyscope, Presented, ServiceError,
     check::{CheckAnswer, Holder, Resolved},
+    principals::Ceiling,
 };
 use crate::domain::{
     Action, InputError, Key, Module, RequestId, Scope, ScopeId, Tenant, change_grants_reserved, describe_module,
@@ -20,6 +21,9 @@ pub struct Caller {
     pub key: Arc<Key>,
     /// The calling key's scopes.
     pub scopes: Vec<Arc<Scope>>,
+    /// The scopes bound to the calling key's owner, when the owner is a registered principal
+    /// (its ceiling): what the caller may hand out is bounded by both.
+    pub owner_scopes: Option<Vec<Arc<Scope>>>,
     /// The tenant the call acts in: the one the request named, or the key's own.
     pub tenant: Tenant,
     /// The id of the request, recorded in the audit events it causes: a fresh one unless
@@ -37,32 +41,43 @@ impl Caller {
         self
     }
 
-    fn scope_refs(&self) -> Vec<&Scope> {
-        self.scopes.iter().map(Arc::as_ref).collect()
-    }
-
     /// Refuses to hand out administrative grants the caller does not hold itself: those a
-    /// key's scopes give.
+    /// key's scopes give, within what its owner (when registered) allows.
     pub(super) fn may_grant(&self, field: &str, granted: &[&Scope]) -> Result<(), ServiceError> {
-        self.refuse(field, grants_reserved(granted, &self.scope_refs()))
+        self.refuse(field, |holder| grants_reserved(granted, holder))
     }
 
     /// The same for a scope changing from `old` (none: created) to `new`: what `new` grants,
     /// and every reserved denial `old` had and `new` drops.
     pub(super) fn may_change_scope(&self, old: Option<&Scope>, new: &Scope) -> Result<(), ServiceError> {
-        self.refuse("scope", change_grants_reserved(old, new, &self.scope_refs()))
+        self.refuse("scope", |holder| change_grants_reserved(old, new, holder))
     }
 
-    fn refuse(&self, field: &str, handed_out: Option<(Action, Module)>) -> Result<(), ServiceError> {
-        match handed_out {
+    /// Applies `handed_out` to the key's scopes, then to its owner's: the first administrative
+    /// grant either lacks refuses the call.
+    fn refuse(
+        &self,
+        field: &str,
+        handed_out: impl Fn(&[&Scope]) -> Option<(Action, Module)>,
+    ) -> Result<(), ServiceError> {
+        let lacking =
+            handed_out(&refs(&self.scopes)).map(|found| (found, format!("the calling key `{}`", self.key.id)));
+        let lacking = lacking.or_else(|| {
+            let owner = self.owner_scopes.as_deref()?;
+            Some((handed_out(&refs(owner))?, format!("the calling key's owner `{}`", self.key.owner)))
+        });
+        match lacking {
             None => Ok(()),
-            Some((action, module)) => Err(ServiceError::PermissionDenied(format!(
-                "{field}: would grant {action} on {}, which the calling key `{}` does not hold",
-                describe_module(&module),
-                self.key.id
+            Some(((action, module), who)) => Err(ServiceError::PermissionDenied(format!(
+                "{field}: would grant {action} on {}, which {who} does not hold",
+                describe_module(&module)
             ))),
         }
     }
+}
+
+fn refs(scopes: &[Arc<Scope>]) -> Vec<&Scope> {
+    scopes.iter().map(Arc::as_ref).collect()
 }
 
 const BAD_TOKEN: &str = "missing or invalid admin credential: send `authorization: Bearer <token>`";
@@ -89,7 +104,19 @@ fn admit(holder: &Holder, tenant: &str, module: &Module, action: Action) -> Resu
     let span = tracing::Span::current();
     span.record("tenant", tenant.as_str());
     span.record("actor_key_id", holder.key.id.as_str());
-    Ok(Caller { key: holder.key.clone(), scopes: holder.scopes.clone(), tenant, request_id: RequestId::generate()? })
+    // Admitted, so any owner ceiling is a registered owner's bound scopes (a deleted or
+    // disabled owner, or a missing bound scope, denies everything).
+    let owner_scopes = match &holder.ceiling {
+        Ceiling::Bound { scopes, missing: None } => Some(scopes.clone()),
+        _ => None,
+    };
+    Ok(Caller {
+        key: holder.key.clone(),
+        scopes: holder.scopes.clone(),
+        owner_scopes,
+        tenant,
+        request_id: RequestId::generate()?,
+    })
 }
 
 impl Keyscope {

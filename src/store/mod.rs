@@ -168,8 +168,10 @@ pub struct AuditQuery {
     pub before: Option<AuditId>,
     /// At most this many.
     pub limit: usize,
-    /// Only events on this target id (a key id or a scope id).
+    /// Only events on this target id (a key id, a scope id, a subject or a tenant).
     pub target: Option<String>,
+    /// Only events on this kind of target (one of [`AuditTarget::KINDS`]).
+    pub target_type: Option<&'static str>,
     /// Only events by this actor.
     pub actor: Option<Actor>,
     /// Only events at or after this instant. Event times are kept in whole milliseconds, so
@@ -198,6 +200,7 @@ impl AuditQuery {
     pub fn matches(&self, event: &AuditEvent) -> bool {
         let r = &event.record;
         self.target.as_deref().is_none_or(|t| r.target.id() == t)
+            && self.target_type.is_none_or(|k| r.target.kind() == k)
             && self.actor.as_ref().is_none_or(|a| r.actor == *a)
             && self.since.is_none_or(|s| millis(r.at) >= millis(s))
             && self.until.is_none_or(|u| millis(r.at) <= millis(u))
