@@ -266,7 +266,22 @@ async fn spans_of_checks_batches_ext_authz_and_admin_calls_reach_the_collector()
     let refused_anonymous = keys.get_key(with_traceparent(anonymous, &traceparent(t5, p5))).await;
     assert_eq!(refused_anonymous.map(|_| ()).map_err(|s| s.code()), Err(tonic::Code::Unauthenticated));
 
-    let checks = receiver.wait_for("check", 4).await;
+    // A bearer principal (no key): nothing is bound to it, so it is denied.
+    let (t6, p6) = ("99999999999999999999999999999999", "aaaaaaaaaaaaaaaa");
+    let principal = pb::CheckRequest {
+        credential: Some(pb::check_request::Credential::Principal(pb::Principal {
+            subject: "alice@example.com".into(),
+            roles: vec!["teacher".into()],
+        })),
+        tenant: "acme".into(),
+        module: "courses".into(),
+        action: pb::Action::Read.into(),
+        ..Default::default()
+    };
+    let answer = checker.check(with_traceparent(principal, &traceparent(t6, p6))).await.expect("check").into_inner();
+    assert_eq!(answer.reason, pb::Reason::NoScope as i32);
+
+    let checks = receiver.wait_for("check", 5).await;
     let batches = receiver.wait_for("batch_check", 1).await;
     let admin_spans = receiver.wait_for("keyscope.v1.KeyAdmin/CreateKey", 1).await;
     receiver.wait_for("keyscope.v1.KeyAdmin/GetKey", 2).await;
@@ -298,6 +313,22 @@ async fn spans_of_checks_batches_ext_authz_and_admin_calls_reach_the_collector()
     assert_eq!(a.get("cache_hit").map(String::as_str), Some("true"));
     assert!(second.parent_span_id.is_empty(), "no traceparent: a root span");
     assert_ne!(hex(&second.trace_id), t1);
+
+    // A bearer principal's check says so, and names no key.
+    let by_principal = checks.iter().find(|s| hex(&s.trace_id) == t6).expect("the principal check joined to t6");
+    assert_eq!(hex(&by_principal.parent_span_id), p6);
+    let a = attributes(&by_principal.attributes);
+    for (name, value) in [
+        ("credential", "principal"),
+        ("tenant", "acme"),
+        ("module", "courses"),
+        ("action", "read"),
+        ("decision", "deny"),
+        ("reason", "NO_SCOPE"),
+    ] {
+        assert_eq!(a.get(name).map(String::as_str), Some(value), "principal check attribute {name} in {a:?}");
+    }
+    assert!(!a.contains_key("key_id"), "{a:?}");
 
     let batch = batches.iter().find(|s| hex(&s.trace_id) == t2).expect("the batch joined to trace t2");
     assert_eq!(hex(&batch.parent_span_id), p2);
