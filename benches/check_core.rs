@@ -15,7 +15,7 @@ use std::{hint::black_box, net::IpAddr, sync::Arc, time::Duration, time::Instant
 
 use keyscope::{
     cache::{CacheSettings, CachedStore},
-    domain::{Action, Module, Pepper, RateLimit, TokenFormat, parse_cidrs},
+    domain::{Action, Module, Pepper, RateLimit, Reason, TokenFormat, parse_cidrs},
     service::{Bootstrap, Builtins, Keyscope, NewKey, Presented, PrincipalCredential},
     store::{MemoryStore, Store},
 };
@@ -89,22 +89,25 @@ async fn run() {
     let source: Option<IpAddr> = Some("10.1.2.3".parse().expect("ip"));
 
     let cases = [
-        ("allowed", token, None),
-        ("+ cidr", cidr_token, source),
-        ("+ rate limit", limited_token, None),
-        ("rotated, old", old_secret.expose().to_owned(), None),
-        ("rotated, new", new_secret.expose().to_owned(), None),
-        ("wrong secret", wrong, None),
-        ("unknown key", unknown, None),
-        ("malformed", malformed, None),
+        ("allowed", token, None, Reason::Ok),
+        ("+ cidr", cidr_token, source, Reason::Ok),
+        ("+ rate limit", limited_token, None, Reason::Ok),
+        ("rotated, old", old_secret.expose().to_owned(), None, Reason::Ok),
+        ("rotated, new", new_secret.expose().to_owned(), None, Reason::Ok),
+        ("wrong secret", wrong, None, Reason::UnknownKey),
+        ("unknown key", unknown, None, Reason::UnknownKey),
+        ("malformed", malformed, None, Reason::MalformedCredential),
     ];
     let mut base = 0.0;
     println!("check_core: {PER_ROUND} checks x {ROUNDS} rounds, median ns/check");
-    for (name, credential, source) in cases {
+    for (name, credential, source, expected) in cases {
         let presented = Presented::Token(credential);
         let first = core.check_from(&presented, None, source, &module, Action::Read, false).await.expect("check");
+        // The case measures what it says: an allowed case is allowed, on every round too.
+        assert_eq!(first.reason, expected, "{name}");
         let median = measure(async || {
             let answer = core.check_from(&presented, None, source, &module, Action::Read, false).await.expect("check");
+            assert_eq!(answer.reason, expected);
             black_box(answer);
         })
         .await;

@@ -672,6 +672,7 @@ async fn rate_limits_can_be_set_and_removed_and_bad_ones_name_the_field() {
     let server = TestServer::start().await;
     let scope = courses(&server).await;
     let good = pb::CreateKeyRequest { tenant: ACME.into(), scope_ids: vec![scope.clone()], ..Default::default() };
+    let holders = pb::ListKeysRequest { tenant: ACME.into(), scope_id: scope.clone(), ..Default::default() };
     for (limit, field) in [
         (rate(0.0, 1), "rate_limit.requests_per_second"),
         (rate(-1.0, 1), "rate_limit.requests_per_second"),
@@ -685,21 +686,33 @@ async fn rate_limits_can_be_set_and_removed_and_bad_ones_name_the_field() {
         let status = assert_status(server.keys().create_key(request).await, Code::InvalidArgument, field);
         assert!(status.message().starts_with(field), "{status:?}");
     }
+    let created = server.keys().list_keys(holders).await.expect("list").into_inner().keys;
+    assert!(created.is_empty(), "a refused CreateKey creates nothing: {created:?}");
     let (key, token) =
         key_with(&server, &scope, pb::CreateKeyRequest { rate_limit: rate(0.001, 1), ..Default::default() }).await;
     assert_eq!(key.rate_limit, rate(0.001, 1));
     assert_eq!(reason(&server.check(&token, "courses", pb::Action::Read).await), pb::Reason::Ok);
     assert_eq!(reason(&server.check(&token, "courses", pb::Action::Read).await), pb::Reason::RateLimited);
-    let update = |limit| pb::UpdateKeyRequest {
+    let update = |limit, version| pb::UpdateKeyRequest {
         tenant: ACME.into(),
         id: key.id.clone(),
-        version: key.version,
+        version,
         update_mask: mask(&["rate_limit"]),
         rate_limit: limit,
         ..Default::default()
     };
-    assert_status(server.keys().update_key(update(rate(1.0, 0))).await, Code::InvalidArgument, "rate_limit.burst");
-    let cleared = server.keys().update_key(update(None)).await.expect("clear").into_inner();
+    assert_status(
+        server.keys().update_key(update(rate(1.0, 0), key.version)).await,
+        Code::InvalidArgument,
+        "rate_limit.burst",
+    );
+    // Raised: the debt run up under the old limit (1000 s) is not carried over.
+    let raised = server.keys().update_key(update(rate(1000.0, 1000), key.version)).await.expect("raise").into_inner();
+    eventually("the raised limit applies", WITHIN, || async {
+        reason(&server.check(&token, "courses", pb::Action::Read).await) == pb::Reason::Ok
+    })
+    .await;
+    let cleared = server.keys().update_key(update(None, raised.version)).await.expect("clear").into_inner();
     assert_eq!(cleared.rate_limit, None);
     assert_eq!(reason(&server.check(&token, "courses", pb::Action::Read).await), pb::Reason::Ok);
 }

@@ -431,10 +431,18 @@ async fn principal_headers_are_checked(server: &TestServer) {
     // Bad header values are a malformed credential (401).
     let bad_role = [("x-jwt-sub", "root"), ("x-jwt-roles", "Admin")];
     assert_eq!(envoy_with(server, "GET", &bad_role, &route).await, Some((401, "MALFORMED_CREDENTIAL".to_owned())));
+    let bad_subject = [("x-jwt-sub", "two words")];
+    assert_eq!(envoy_with(server, "GET", &bad_subject, &route).await, Some((401, "MALFORMED_CREDENTIAL".to_owned())));
     // The API-key header wins over the principal headers: a key then decides.
     let (_, token) = server.key(ACME, &[&courses.id]).await;
     let both = [("x-jwt-sub", "root"), ("x-api-key", token.as_str())];
     assert_eq!(envoy_with(server, "DELETE", &both, &route).await, forbidden("NOT_GRANTED"));
+    // Behind jwt_authn the JWT stays in `authorization` (forward: true): it is not read as a
+    // keyscope token, the API key is.
+    let jwt = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyb290In0.c2lnbmF0dXJl";
+    let with_jwt = [("x-jwt-sub", "root"), ("authorization", jwt), ("x-api-key", token.as_str())];
+    assert_eq!(envoy_with(server, "GET", &with_jwt, &route).await, None);
+    assert_eq!(envoy_with(server, "DELETE", &with_jwt, &route).await, forbidden("NOT_GRANTED"));
     // No principal header and no key: no credential.
     assert_eq!(envoy_with(server, "GET", &[], &route).await, Some((401, "MISSING_CREDENTIAL".to_owned())));
 }
@@ -678,6 +686,13 @@ async fn scope_members_are_validated_versioned_and_guard_scope_deletes() {
     );
     let roles: Vec<String> = (0..101).map(|i| format!("r{i}")).collect();
     assert_status(scopes.set_scope_members(set(&scope.id, vec![], roles, 1)).await, Code::ResourceExhausted, "roles");
+    // A version no bindings can be at is bad input, not a crash.
+    assert_status(
+        scopes.set_scope_members(set(&scope.id, vec![], vec![], u64::MAX)).await,
+        Code::InvalidArgument,
+        "version",
+    );
+    assert_status(scopes.get_scope_members(get("not an id")).await, Code::InvalidArgument, "scope_id");
     assert_eq!(scopes.get_scope_members(get(&scope.id)).await.expect("get").into_inner(), bound, "nothing changed");
     // Binding a scope that grants reserved modules needs the grant (the system admin has it).
     let admin_scope = scopes
@@ -740,5 +755,69 @@ async fn an_admin_key_hands_out_only_what_its_owner_holds_too() {
     );
     let untouched = server.keys().get_key(pb::GetKeyRequest { tenant: ACME.into(), id: victim.id }).await;
     assert_eq!(untouched.expect("get").into_inner().version, victim.version, "a refused rotation changes nothing");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_subjects_and_roles_name_the_field_on_every_principal_call() {
+    let server = TestServer::start().await;
+    let registered = server.principal(ACME, "alice", &["ops"]).await;
+    let mut admin = server.principals();
+    for subject in ["", "two words", &"x".repeat(257)] {
+        let state = pb::PrincipalStateRequest { tenant: ACME.into(), subject: subject.into() };
+        assert_status(admin.disable_principal(state.clone()).await, Code::InvalidArgument, "subject");
+        assert_status(admin.enable_principal(state).await, Code::InvalidArgument, "subject");
+        let get = pb::GetPrincipalRequest { tenant: ACME.into(), subject: subject.into() };
+        assert_status(admin.get_principal(get).await, Code::InvalidArgument, "subject");
+        let delete = pb::DeletePrincipalRequest { tenant: ACME.into(), subject: subject.into(), version: 0 };
+        assert_status(admin.delete_principal(delete).await, Code::InvalidArgument, "subject");
+        let roles = pb::SetPrincipalRolesRequest {
+            tenant: ACME.into(),
+            subject: subject.into(),
+            roles: vec![],
+            version: registered.version,
+        };
+        assert_status(admin.set_principal_roles(roles).await, Code::InvalidArgument, "subject");
+    }
+    let bad_roles = pb::SetPrincipalRolesRequest {
+        tenant: ACME.into(),
+        subject: "alice".into(),
+        roles: vec!["ops".into(), "Admin".into()],
+        version: registered.version,
+    };
+    assert_status(admin.set_principal_roles(bad_roles).await, Code::InvalidArgument, "roles[1]");
+    let too_many = pb::SetPrincipalRolesRequest {
+        tenant: ACME.into(),
+        subject: "alice".into(),
+        roles: (0..33).map(|i| format!("r{i}")).collect(),
+        version: registered.version,
+    };
+    assert_status(admin.set_principal_roles(too_many).await, Code::ResourceExhausted, "roles");
+    let get = pb::GetPrincipalRequest { tenant: ACME.into(), subject: "alice".into() };
+    let unchanged = admin.get_principal(get).await.expect("get").into_inner();
+    assert_eq!(
+        (unchanged.roles, unchanged.version, unchanged.enabled),
+        (vec!["ops".to_owned()], registered.version, true)
+    );
+
+    // A bearer principal in BatchCheck is validated like one in Check.
+    let batch = |subject: &str, roles: Vec<String>| pb::BatchCheckRequest {
+        credential: Some(pb::batch_check_request::Credential::Principal(pb::Principal {
+            subject: subject.into(),
+            roles,
+        })),
+        tenant: ACME.into(),
+        items: vec![pb::CheckItem { module: "courses".into(), action: pb::Action::Read.into() }],
+        ..Default::default()
+    };
+    let mut checker = server.checker();
+    assert_status(checker.batch_check(batch("two words", vec![])).await, Code::InvalidArgument, "principal.subject");
+    assert_status(
+        checker.batch_check(batch("alice", vec!["Ops".into()])).await,
+        Code::InvalidArgument,
+        "principal.roles[0]",
+    );
+    let no_tenant = pb::BatchCheckRequest { tenant: String::new(), ..batch("alice", vec![]) };
+    assert_status(checker.batch_check(no_tenant).await, Code::InvalidArgument, "tenant");
     server.stop().await;
 }

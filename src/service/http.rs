@@ -231,7 +231,11 @@ impl HttpMapping {
         if let Some(mapped) = self.principal(request, &module, action, tenant.as_ref()) {
             return mapped;
         }
-        let Some(presented) = self.credential(request) else { return Mapped::Refused(Unmapped::NoCredential) };
+        // Behind jwt_authn, `authorization` holds the caller's JWT: a key comes from the API-key
+        // header only.
+        let jwt_carried = self.principal.as_ref().is_some_and(|names| request.header(&names.subject).is_some());
+        let presented = if jwt_carried { self.api_key(request) } else { self.credential(request) };
+        let Some(presented) = presented else { return Mapped::Refused(Unmapped::NoCredential) };
         Mapped::Check { presented, module, action, tenant }
     }
 
@@ -267,6 +271,11 @@ impl HttpMapping {
                 return Some(basic(rest).unwrap_or_else(|| Presented::Token(String::new())));
             }
         }
+        self.api_key(request)
+    }
+
+    /// The API-key header's token, if any.
+    fn api_key(&self, request: &HttpRequestView<'_>) -> Option<Presented> {
         request
             .header(&self.api_key_header)
             .filter(|v| !v.trim().is_empty())

@@ -441,7 +441,9 @@ impl Keyscope {
     ) -> Result<Members, ServiceError> {
         let scope = self.member_scope(caller, id).await?;
         caller.may_grant("scope_id", &[scope.as_ref()])?;
-        let members = Members { subjects, roles, version: version + 1 };
+        // No bindings ever reach u64::MAX: a version that large is bad input, not a conflict.
+        let next = version.checked_add(1).ok_or_else(|| InputError::invalid("version", "is out of range"))?;
+        let members = Members { subjects, roles, version: next };
         let details = BTreeMap::from([
             ("version".to_owned(), members.version.to_string()),
             ("subjects".to_owned(), members.subjects.len().to_string()),

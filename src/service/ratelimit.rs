@@ -67,6 +67,11 @@ impl RateLimiter {
         let window = interval.mul_f64(burst);
         let bucket = self.buckets.get_with_by_ref(key, || Arc::new(Mutex::new(now)));
         let mut tat = bucket.lock().unwrap_or_else(|p| p.into_inner());
+        // A bucket never owes more than one window of the limit it is checked against: under
+        // the same limit this changes nothing; after the key's limit changed, debt run up under
+        // the old one is cut to the new window (an empty bucket), so a raised limit applies
+        // within one of its own intervals.
+        *tat = (*tat).min(now + window);
         let next = (*tat).max(now) + interval;
         let ahead = next.saturating_duration_since(now);
         if ahead > window {
@@ -119,6 +124,29 @@ mod tests {
         assert_eq!(limiter.acquire(&key(), l, now), Ok(()));
         assert_eq!(limiter.acquire(&key(), l, now), Ok(()));
         let wait = limiter.acquire(&key(), l, now).expect_err("half the burst");
-        assert!(wait <= Duration::from_millis(500), "half the rate: one per 500 ms, {wait:?}");
+        // Half the rate (one per 500 ms) and half the burst (2): the next one in 500 ms. Halving
+        // only the burst would say 250 ms; halving only the rate would admit a third one.
+        assert_eq!(wait, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_changed_limit_applies_within_one_of_its_intervals() {
+        let limiter = RateLimiter::new(RateLimiterSettings::default());
+        let now = Instant::now();
+        let slow = limit(0.001, 2);
+        assert_eq!(limiter.acquire(&key(), slow, now), Ok(()));
+        assert_eq!(limiter.acquire(&key(), slow, now), Ok(()));
+        let wait = limiter.acquire(&key(), slow, now).expect_err("the burst is spent");
+        assert!(wait > Duration::from_secs(900), "{wait:?}");
+        // Raised to 1000/s: the old debt (2000 s) is not carried over; the bucket starts empty
+        // under the new limit and admits one check per millisecond.
+        let fast = limit(1000.0, 1000);
+        let wait = limiter.acquire(&key(), fast, now).expect_err("an empty bucket");
+        assert!(wait <= Duration::from_millis(1), "{wait:?}");
+        assert_eq!(limiter.acquire(&key(), fast, now + Duration::from_millis(2)), Ok(()));
+        // Lowered again: never more than the slow limit's own burst at once.
+        let later = now + Duration::from_millis(2);
+        let admitted = (0..5).filter(|_| limiter.acquire(&key(), slow, later).is_ok()).count();
+        assert!((1..=2).contains(&admitted), "{admitted}");
     }
 }
