@@ -11,7 +11,7 @@ mod fixtures;
 use std::collections::HashMap;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use common::TestServer;
+use common::{TestServer, envoy_denial};
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, attribute_context, authorization_client::AuthorizationClient,
     check_response::HttpResponse,
@@ -42,19 +42,6 @@ async fn ask(server: &TestServer, request: CheckRequest) -> CheckResponse {
 
 fn code(r: &CheckResponse) -> i32 {
     r.status.as_ref().expect("the status is always set explicitly").code
-}
-
-/// (HTTP status, body JSON, headers) of a denial.
-fn denial(r: &CheckResponse) -> (i32, serde_json::Value, HashMap<String, String>) {
-    let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else { panic!("expected a denial, got {r:?}") };
-    let headers = d
-        .headers
-        .iter()
-        .filter_map(|h| h.header.as_ref())
-        .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
-        .collect();
-    let body = serde_json::from_str(&d.body).expect("a JSON body");
-    (d.status.as_ref().map_or(0, |s| s.code), body, headers)
 }
 
 /// (headers set, headers removed) of an allow.
@@ -117,7 +104,7 @@ async fn decision_cases_hold_through_ext_authz() {
             let (set, _) = allowed(&r);
             assert_eq!(set.get("x-keyscope-tenant"), Some(&tenant), "{}", case.name);
         } else {
-            let (status, body, _) = denial(&r);
+            let (status, body, _) = envoy_denial(&r);
             assert_eq!(status, 403, "{}", case.name);
             assert_eq!(body["reason"], case.expect.reason.as_str(), "{}", case.name);
         }
@@ -146,12 +133,12 @@ async fn every_credential_form_is_accepted_and_missing_or_bad_ones_are_401() {
         assert_eq!(set.get("x-keyscope-key-id"), Some(&key.id), "{headers:?}");
     }
     let missing = ask(&server, request("GET", "/courses", &[], &module)).await;
-    let (status, body, headers) = denial(&missing);
+    let (status, body, headers) = envoy_denial(&missing);
     assert_eq!((status, body["reason"].as_str()), (401, Some("MISSING_CREDENTIAL")));
     assert!(headers.get("www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
     assert_eq!(headers.get("content-type").map(String::as_str), Some("application/json"));
     let garbage = ask(&server, request("GET", "/courses", &[("authorization", "Bearer nonsense")], &module)).await;
-    let (status, body, headers) = denial(&garbage);
+    let (status, body, headers) = envoy_denial(&garbage);
     assert_eq!((status, body["reason"].as_str()), (401, Some("MALFORMED_CREDENTIAL")));
     assert!(headers["www-authenticate"].contains("invalid_token"));
     assert_ne!(code(&garbage), 0, "a denial never carries an OK status");
@@ -162,7 +149,7 @@ async fn every_credential_form_is_accepted_and_missing_or_bad_ones_are_401() {
         .await
         .expect("revoke");
     let revoked = ask(&server, request("GET", "/courses", &[("authorization", &bearer)], &module)).await;
-    let (status, body, _) = denial(&revoked);
+    let (status, body, _) = envoy_denial(&revoked);
     assert_eq!((status, body["reason"].as_str()), (401, Some("KEY_REVOKED")));
     assert!(!body.to_string().contains(secret));
     server.stop().await;
@@ -201,13 +188,14 @@ async fn unmapped_routes_unknown_methods_and_malformed_requests_are_denied() {
     let (_, token) = server.key(ACME, &["full-access"]).await;
     let bearer = format!("Bearer {token}");
     let auth = [("authorization", bearer.as_str())];
-    let unmapped = denial(&ask(&server, request("GET", "/courses", &auth, &[])).await);
+    let unmapped = envoy_denial(&ask(&server, request("GET", "/courses", &auth, &[])).await);
     assert_eq!((unmapped.0, unmapped.1["reason"].as_str()), (403, Some("UNMAPPED_ROUTE")));
-    let method = denial(&ask(&server, request("TRACE", "/x", &auth, &[("keyscope_module", "courses")])).await);
+    let method = envoy_denial(&ask(&server, request("TRACE", "/x", &auth, &[("keyscope_module", "courses")])).await);
     assert_eq!((method.0, method.1["reason"].as_str()), (403, Some("UNKNOWN_METHOD")));
-    let bad_route = denial(&ask(&server, request("GET", "/x", &auth, &[("keyscope_module", "Not A Module")])).await);
+    let bad_route =
+        envoy_denial(&ask(&server, request("GET", "/x", &auth, &[("keyscope_module", "Not A Module")])).await);
     assert_eq!(bad_route.1["reason"], "BAD_ROUTE_CONFIG");
-    let empty = denial(&ask(&server, CheckRequest { attributes: None }).await);
+    let empty = envoy_denial(&ask(&server, CheckRequest { attributes: None }).await);
     assert_eq!((empty.0, empty.1["reason"].as_str()), (403, Some("NO_HTTP_ATTRIBUTES")));
     let huge = "x".repeat(100_000);
     let odd_path = "/\u{0}\u{7f}%ff/../../courses?x=\u{fffd}";
@@ -254,12 +242,12 @@ async fn the_route_table_maps_paths_by_longest_prefix_and_context_extensions_win
     let (_, removed) = allowed(&ask(&server, request("GET", "/api/billing/invoices?x=/api", &key_header, &[])).await);
     assert!(removed.iter().any(|h| h == "x-api-key"), "strip_credential removes the credential header");
     // /api -> api (not granted): 403.
-    let other = denial(&ask(&server, request("GET", "/api/courses", &key_header, &[])).await);
+    let other = envoy_denial(&ask(&server, request("GET", "/api/courses", &key_header, &[])).await);
     assert_eq!((other.0, other.1["reason"].as_str()), (403, Some("NOT_GRANTED")));
     // context_extensions win over the table.
     allowed(&ask(&server, request("GET", "/api/courses", &key_header, &[("keyscope_module", "billing")])).await);
     // A route's tenant must be the key's.
-    let wrong = denial(
+    let wrong = envoy_denial(
         &ask(
             &server,
             request("GET", "/x", &key_header, &[("keyscope_module", "billing"), ("keyscope_tenant", "globex")]),

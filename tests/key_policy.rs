@@ -107,28 +107,17 @@ async fn envoy(server: &TestServer, request: CheckRequest) -> CheckResponse {
 
 /// The HTTP status Envoy would answer (200 for an allow), the reason and the response headers.
 fn http(r: &CheckResponse) -> (i32, String, std::collections::HashMap<String, String>) {
-    match &r.http_response {
-        Some(HttpResponse::OkResponse(_)) => (200, "OK".into(), Default::default()),
-        Some(HttpResponse::DeniedResponse(d)) => {
-            let body: serde_json::Value = serde_json::from_str(&d.body).expect("JSON body");
-            let headers = d
-                .headers
-                .iter()
-                .filter_map(|h| h.header.as_ref())
-                .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
-                .collect();
-            let reason = body["reason"].as_str().unwrap_or_default().to_owned();
-            let status = d.status.as_ref().map_or(0, |s| s.code);
-            let error = match status {
-                401 => "unauthorized",
-                429 => "too_many_requests",
-                _ => "forbidden",
-            };
-            assert_eq!(body["error"], error, "the body's error matches the status {status}");
-            (status, reason, headers)
-        }
-        other => panic!("no HTTP response: {other:?}"),
+    if let Some(HttpResponse::OkResponse(_)) = &r.http_response {
+        return (200, "OK".into(), Default::default());
     }
+    let (status, body, headers) = common::envoy_denial(r);
+    let error = match status {
+        401 => "unauthorized",
+        429 => "too_many_requests",
+        _ => "forbidden",
+    };
+    assert_eq!(body["error"], error, "the body's error matches the status {status}");
+    (status, body["reason"].as_str().unwrap_or_default().to_owned(), headers)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,7 +440,7 @@ async fn bad_policies_name_the_field_and_change_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Source networks
 
-async fn cidr_scenario(server: &TestServer, envoy_peer: bool) {
+async fn cidr_scenario(server: &TestServer) {
     let scope = courses(server).await;
     let cidrs = vec!["10.0.0.0/8".to_owned(), "2001:db8::1/32".to_owned()];
     let (key, token) =
@@ -473,17 +462,15 @@ async fn cidr_scenario(server: &TestServer, envoy_peer: bool) {
     }
     // The scopes come first: a module no scope grants is NOT_GRANTED from anywhere.
     assert_eq!(reason(&check_from(server, &token, "billing", "11.0.0.1").await), pb::Reason::NotGranted);
-    if envoy_peer {
-        for (peer, status, why) in [
-            (Some("10.1.2.3"), 200, "OK"),
-            (Some("2001:db8::9"), 200, "OK"),
-            (Some("192.0.2.1"), 403, "SOURCE_NOT_ALLOWED"),
-            (Some("not an address"), 403, "SOURCE_NOT_ALLOWED"),
-            (None, 403, "SOURCE_NOT_ALLOWED"),
-        ] {
-            let (got, reason, _) = http(&envoy(server, envoy_request(&token, peer, &[])).await);
-            assert_eq!((got, reason.as_str()), (status, why), "{peer:?}");
-        }
+    for (peer, status, why) in [
+        (Some("10.1.2.3"), 200, "OK"),
+        (Some("2001:db8::9"), 200, "OK"),
+        (Some("192.0.2.1"), 403, "SOURCE_NOT_ALLOWED"),
+        (Some("not an address"), 403, "SOURCE_NOT_ALLOWED"),
+        (None, 403, "SOURCE_NOT_ALLOWED"),
+    ] {
+        let (got, reason, _) = http(&envoy(server, envoy_request(&token, peer, &[])).await);
+        assert_eq!((got, reason.as_str()), (status, why), "{peer:?}");
     }
     // Clearing the list (an empty list in the mask) lets any source in again.
     let clear = pb::UpdateKeyRequest {
@@ -501,18 +488,7 @@ async fn cidr_scenario(server: &TestServer, envoy_peer: bool) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn source_networks_on_the_memory_store() {
-    let server = TestServer::start().await;
-    cidr_scenario(&server, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn source_networks_on_redis() {
-    let redis = RedisServer::start();
-    let server = TestServer::start_on_redis(&redis.url(), &fresh_prefix(), CacheSettings::default(), None).await;
-    cidr_scenario(&server, true).await;
-}
+on_memory_and_redis!(cidr_scenario: source_networks_on_the_memory_store, source_networks_on_redis);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext_authz_takes_the_trusted_forwarded_hop() {
@@ -654,18 +630,7 @@ async fn rate_limit_scenario(server: &TestServer) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_on_the_memory_store() {
-    let server = TestServer::start().await;
-    rate_limit_scenario(&server).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_on_redis() {
-    let redis = RedisServer::start();
-    let server = TestServer::start_on_redis(&redis.url(), &fresh_prefix(), CacheSettings::default(), None).await;
-    rate_limit_scenario(&server).await;
-}
+on_memory_and_redis!(rate_limit_scenario: rate_limits_on_the_memory_store, rate_limits_on_redis);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_can_be_set_and_removed_and_bad_ones_name_the_field() {
@@ -788,15 +753,7 @@ async fn owner_first_scenario(server: &TestServer) {
     assert_eq!(reason(&check_from(server, &new_token, "courses", "10.0.0.1").await), pb::Reason::OwnerDenied);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_owner_ceiling_comes_before_source_and_rate_limit_on_the_memory_store() {
-    let server = TestServer::start().await;
-    owner_first_scenario(&server).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_owner_ceiling_comes_before_source_and_rate_limit_on_redis() {
-    let redis = RedisServer::start();
-    let server = TestServer::start_on_redis(&redis.url(), &fresh_prefix(), CacheSettings::default(), None).await;
-    owner_first_scenario(&server).await;
-}
+on_memory_and_redis!(
+    owner_first_scenario: the_owner_ceiling_comes_before_source_and_rate_limit_on_the_memory_store,
+    the_owner_ceiling_comes_before_source_and_rate_limit_on_redis
+);

@@ -31,32 +31,11 @@ fn reason(r: &pb::CheckResponse) -> pb::Reason {
     pb::Reason::try_from(r.reason).expect("known reason")
 }
 
-/// What Envoy is told for `token` on `GET /<module>`: `None` when allowed, else the HTTP
-/// status and the body's reason.
+/// What Envoy is told for `token` on `method` to a route of `module`: `None` when allowed,
+/// else the HTTP status and the body's reason.
 async fn envoy(server: &TestServer, token: &str, module: &str, method: &str) -> Option<(i32, String)> {
     let auth = format!("Bearer {token}");
-    let http = attribute_context::HttpRequest {
-        method: method.into(),
-        path: format!("/{module}"),
-        headers: [("authorization".to_owned(), auth)].into_iter().collect(),
-        ..Default::default()
-    };
-    let request = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
-            context_extensions: [("keyscope_module".to_owned(), module.to_owned())].into_iter().collect(),
-            ..Default::default()
-        }),
-    };
-    let response = AuthorizationClient::new(server.channel()).check(request).await.expect("ext_authz").into_inner();
-    match response.http_response {
-        Some(HttpResponse::OkResponse(_)) => None,
-        Some(HttpResponse::DeniedResponse(d)) => {
-            let body: serde_json::Value = serde_json::from_str(&d.body).expect("json body");
-            Some((d.status.map_or(0, |s| s.code), body["reason"].as_str().unwrap_or_default().to_owned()))
-        }
-        other => panic!("unexpected ext_authz answer {other:?}"),
-    }
+    envoy_with(server, method, &[("authorization", &auth)], &[("keyscope_module", module)]).await
 }
 
 /// Asserts the answer to `token` for `action` on `module`, through Check and through ext_authz.
@@ -245,35 +224,11 @@ async fn bearer_principals_use_their_bindings(server: &TestServer) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn owners_bound_their_keys_on_memory() {
-    let server = TestServer::start().await;
-    owner_bounds_its_keys(&server).await;
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn owners_bound_their_keys_on_redis() {
-    let redis = RedisServer::start();
-    let server = TestServer::start_on_redis(&redis.url(), &fresh_prefix(), CacheSettings::default(), None).await;
-    owner_bounds_its_keys(&server).await;
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bearer_principals_are_checked_through_their_bindings_on_memory() {
-    let server = TestServer::start().await;
-    bearer_principals_use_their_bindings(&server).await;
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bearer_principals_are_checked_through_their_bindings_on_redis() {
-    let redis = RedisServer::start();
-    let server = TestServer::start_on_redis(&redis.url(), &fresh_prefix(), CacheSettings::default(), None).await;
-    bearer_principals_use_their_bindings(&server).await;
-    server.stop().await;
-}
+on_memory_and_redis!(owner_bounds_its_keys: owners_bound_their_keys_on_memory, owners_bound_their_keys_on_redis);
+on_memory_and_redis!(
+    bearer_principals_use_their_bindings: bearer_principals_are_checked_through_their_bindings_on_memory,
+    bearer_principals_are_checked_through_their_bindings_on_redis
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demoting_an_owner_on_one_replica_shrinks_its_key_on_another() {
@@ -342,6 +297,24 @@ fn principal_settings() -> ExtAuthzSettings {
     ExtAuthzSettings { mapping, identity: IdentityHeaders::default(), strip_credential: false, trusted_proxy_hops: 0 }
 }
 
+/// An ext_authz request for `method /courses` with these headers and context extensions.
+fn envoy_request(method: &str, headers: &[(&str, &str)], context: &[(&str, &str)]) -> CheckRequest {
+    let pairs = |list: &[(&str, &str)]| list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let http = attribute_context::HttpRequest {
+        method: method.into(),
+        path: "/courses".into(),
+        headers: pairs(headers),
+        ..Default::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
+            context_extensions: pairs(context),
+            ..Default::default()
+        }),
+    }
+}
+
 /// What Envoy is told for a request with `headers` on `<method> /courses` of a route with the
 /// `context` extensions: `None` when allowed, else the HTTP status and the body's reason.
 async fn envoy_with(
@@ -350,19 +323,7 @@ async fn envoy_with(
     headers: &[(&str, &str)],
     context: &[(&str, &str)],
 ) -> Option<(i32, String)> {
-    let http = attribute_context::HttpRequest {
-        method: method.into(),
-        path: "/courses".into(),
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..Default::default()
-    };
-    let request = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
-            context_extensions: context.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            ..Default::default()
-        }),
-    };
+    let request = envoy_request(method, headers, context);
     let response = AuthorizationClient::new(server.channel()).check(request).await.expect("ext_authz").into_inner();
     match response.http_response {
         Some(HttpResponse::OkResponse(_)) => None,
@@ -380,19 +341,7 @@ async fn allowed_headers(
     headers: &[(&str, &str)],
     context: &[(&str, &str)],
 ) -> (std::collections::HashMap<String, String>, Vec<String>) {
-    let http = attribute_context::HttpRequest {
-        method: "GET".into(),
-        path: "/courses".into(),
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..Default::default()
-    };
-    let request = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
-            context_extensions: context.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            ..Default::default()
-        }),
-    };
+    let request = envoy_request("GET", headers, context);
     let response = AuthorizationClient::new(server.channel()).check(request).await.expect("ext_authz").into_inner();
     let Some(HttpResponse::OkResponse(ok)) = response.http_response else { panic!("expected an allow") };
     let set = ok.headers.iter().filter_map(|h| h.header.as_ref()).map(|h| (h.key.clone(), h.value.clone())).collect();

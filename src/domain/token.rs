@@ -220,13 +220,7 @@ impl Pepper {
     /// Whether `token` matches `stored`, in constant time. With no stored hash (unknown key)
     /// the same work is done against a decoy and the answer is `false`.
     pub fn verify(&self, token: &Token, stored: Option<&SecretHash>) -> bool {
-        let computed = self.hash(&token.key_id, &token.secret);
-        let (against, known) = match stored {
-            Some(hash) => (hash, true),
-            None => (&self.decoy, false),
-        };
-        let equal: bool = computed.0.ct_eq(&against.0).into();
-        equal & known
+        self.verify_rotated(token, stored, None)
     }
 
     /// Whether `token` matches `current` or, during a rotation's grace period, `previous`, in

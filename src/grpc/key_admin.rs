@@ -7,12 +7,17 @@ use tonic::{Request, Response, Status};
 use super::{auth::admin, convert, pb};
 use crate::{
     domain::{
-        Action, Day, KeyId, KeyState, Module, parse_cidrs, validate_description, validate_max_key_lifetime,
-        validate_owner, validate_scope_ids,
+        Action, Day, Key, KeyId, KeyState, Module, Secret, parse_cidrs, validate_description,
+        validate_max_key_lifetime, validate_owner, validate_scope_ids,
     },
-    service::{KeyChanges, Keyscope, NewKey, validate_grace},
+    service::{KeyChanges, Keyscope, NewKey},
     store::KeyQuery,
 };
+
+/// A key and its new token: the only answer that ever holds a secret (CreateKey, RotateKey).
+fn issued(key: &Key, token: &Secret) -> Response<pb::CreateKeyResponse> {
+    Response::new(pb::CreateKeyResponse { key: Some(convert::key_to_pb(key)), token: token.expose().to_owned() })
+}
 
 /// The KeyAdmin service over the core.
 #[derive(Debug, Clone)]
@@ -72,10 +77,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
             rate_limit: convert::rate_limit("rate_limit", rate_limit.as_ref())?,
         };
         let (key, token) = self.core.create_key(&caller, new).await?;
-        Ok(Response::new(pb::CreateKeyResponse {
-            key: Some(convert::key_to_pb(&key)),
-            token: token.expose().to_owned(),
-        }))
+        Ok(issued(&key, &token))
     }
 
     async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> Result<Response<pb::Key>, Status> {
@@ -186,13 +188,11 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         let caller = admin(&self.core, &request, &request.get_ref().tenant, Module::keys(), Action::Update).await?;
         let pb::RotateKeyRequest { tenant: _, id, grace, expected_version } = request.into_inner();
         let id: KeyId = convert::required("id", &id)?;
-        let grace = validate_grace("grace", convert::duration("grace", grace.as_ref())?.unwrap_or_default())?;
+        // The core checks the grace period's range (it names `grace`).
+        let grace = convert::duration("grace", grace.as_ref())?.unwrap_or_default();
         let version = (expected_version != 0).then_some(expected_version);
         let (key, token) = self.core.rotate_key(&caller, &id, grace, version).await?;
-        Ok(Response::new(pb::CreateKeyResponse {
-            key: Some(convert::key_to_pb(&key)),
-            token: token.expose().to_owned(),
-        }))
+        Ok(issued(&key, &token))
     }
 
     async fn set_tenant_policy(

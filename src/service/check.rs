@@ -337,12 +337,7 @@ impl Keyscope {
         record(&span, &answer);
         annotate(|| {
             let mut attributes = identity(&answer);
-            attributes.extend([
-                KeyValue::new("module", module.as_str().to_owned()),
-                KeyValue::new("action", action.as_str()),
-                KeyValue::new("decision", answer.decision()),
-                KeyValue::new("reason", answer.reason.as_str()),
-            ]);
+            attributes.extend(decided(module, action, &answer));
             attributes
         });
         span.in_scope(|| tracing::debug!("check answered"));
@@ -466,6 +461,16 @@ impl Keyscope {
 }
 
 /// The tenant and key id of an answer, as span attributes.
+/// The span attributes of one decided check: what was asked and the answer.
+pub(super) fn decided(module: &Module, action: Action, answer: &CheckAnswer) -> [KeyValue; 4] {
+    [
+        KeyValue::new("module", module.as_str().to_owned()),
+        KeyValue::new("action", action.as_str()),
+        KeyValue::new("decision", answer.decision()),
+        KeyValue::new("reason", answer.reason.as_str()),
+    ]
+}
+
 fn identity(answer: &CheckAnswer) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(8);
     if let Some(tenant) = &answer.tenant {

@@ -131,6 +131,24 @@ impl Keyscope {
         self.store.get_key(&caller.tenant, id).await?.ok_or_else(|| key_not_found(id, &caller.tenant))
     }
 
+    /// A key of the caller's tenant about to change: with `expected`, only if it is still at
+    /// that version (else a version conflict).
+    pub(super) async fn key_at(
+        &self,
+        caller: &Caller,
+        id: &KeyId,
+        expected: Option<u64>,
+    ) -> Result<Arc<Key>, ServiceError> {
+        let current = self.get_key(caller, id).await?;
+        match expected {
+            Some(expected) if expected != current.version => {
+                Err(StoreError::VersionConflict { what: format!("key `{id}`"), expected, found: current.version }
+                    .into())
+            }
+            _ => Ok(current),
+        }
+    }
+
     /// A page of the caller's tenant's keys.
     pub async fn list_keys(&self, caller: &Caller, mut query: KeyQuery) -> Result<Page<Arc<Key>>, ServiceError> {
         let limit = query.limit;
@@ -147,15 +165,7 @@ impl Keyscope {
         version: u64,
         changes: KeyChanges,
     ) -> Result<Key, ServiceError> {
-        let current = self.get_key(caller, id).await?;
-        if current.version != version {
-            return Err(StoreError::VersionConflict {
-                what: format!("key `{id}`"),
-                expected: version,
-                found: current.version,
-            }
-            .into());
-        }
+        let current = self.key_at(caller, id, Some(version)).await?;
         if current.state == KeyState::Revoked {
             return Err(ServiceError::FailedPrecondition(format!(
                 "key `{id}` is revoked; a revoked key cannot change"
@@ -212,15 +222,7 @@ impl Keyscope {
         target: KeyState,
     ) -> Result<Key, ServiceError> {
         for _ in 0..RETRIES {
-            let current = self.get_key(caller, id).await?;
-            if let Some(expected) = version.filter(|&v| v != current.version) {
-                return Err(StoreError::VersionConflict {
-                    what: format!("key `{id}`"),
-                    expected,
-                    found: current.version,
-                }
-                .into());
-            }
+            let current = self.key_at(caller, id, version).await?;
             if current.state == target {
                 return Ok(Key::clone(&current));
             }

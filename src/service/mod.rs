@@ -30,7 +30,6 @@ pub use http::{HttpMapping, HttpRequestView, Mapped, PrincipalHeaders, Route, Un
 pub use keys::{KeyChanges, NewKey};
 pub use principals::PrincipalCredential;
 pub use ratelimit::{RateLimiter, RateLimiterSettings};
-pub use rotation::validate_grace;
 pub use scopes::{ScopeChanges, ScopeDraft, inline_scope};
 pub use usage::{DEFAULT_USAGE_DAYS, KeyUsage, UsageRecorder, UsageSettings};
 

@@ -15,7 +15,10 @@ use std::{collections::BTreeMap, sync::Arc};
 use opentelemetry::KeyValue;
 use tracing::field::Empty;
 
-use super::{Caller, CheckAnswer, Explain, Keyscope, Page, RETRIES, ServiceError, check::explained};
+use super::{
+    Caller, CheckAnswer, Explain, Keyscope, Page, RETRIES, ServiceError,
+    check::{decided, explained},
+};
 use crate::{
     domain::{
         Action, AuditOperation, AuditRecord, AuditTarget, InputError, Key, Members, Module, Principal, Reason, Role,
@@ -217,14 +220,8 @@ impl Keyscope {
                 KeyValue::new("items", items.len() as i64),
                 KeyValue::new("allowed", allowed as i64),
             ];
-            if let [(module, action)] = items {
-                let answer = &answers[0];
-                attributes.extend([
-                    KeyValue::new("module", module.as_str().to_owned()),
-                    KeyValue::new("action", action.as_str()),
-                    KeyValue::new("decision", answer.decision()),
-                    KeyValue::new("reason", answer.reason.as_str()),
-                ]);
+            if let ([(module, action)], [answer]) = (items, answers.as_slice()) {
+                attributes.extend(decided(module, *action, answer));
             }
             attributes
         });
@@ -251,27 +248,14 @@ impl Keyscope {
             ("roles".to_owned(), new.roles.iter().map(Role::as_str).collect::<Vec<_>>().join(",")),
             ("enabled".to_owned(), new.enabled.to_string()),
         ]);
-        self.audit_record(caller, operation, AuditTarget::Principal(new.subject.clone()), changed, details)
-    }
-
-    fn audit_record(
-        &self,
-        caller: &Caller,
-        operation: AuditOperation,
-        target: AuditTarget,
-        changed: Vec<String>,
-        details: BTreeMap<String, String>,
-    ) -> AuditRecord {
-        AuditRecord {
-            tenant: caller.tenant.clone(),
-            at: self.clock.now(),
-            actor: caller.author().actor,
+        self.record(
+            &caller.author(),
+            &caller.tenant,
             operation,
-            target,
+            AuditTarget::Principal(new.subject.clone()),
             changed,
             details,
-            request_id: caller.request_id.clone(),
-        }
+        )
     }
 
     /// Registers a principal in the caller's tenant, or replaces the roles and enabled flag
@@ -400,8 +384,9 @@ impl Keyscope {
     ) -> Result<(), ServiceError> {
         let old = self.get_principal(caller, subject).await?;
         let details = BTreeMap::from([("version".to_owned(), old.version.to_string())]);
-        let audit = self.audit_record(
-            caller,
+        let audit = self.record(
+            &caller.author(),
+            &caller.tenant,
             AuditOperation::DeletePrincipal,
             AuditTarget::Principal(subject.clone()),
             Vec::new(),
@@ -450,8 +435,9 @@ impl Keyscope {
             ("roles".to_owned(), members.roles.iter().map(Role::as_str).collect::<Vec<_>>().join(",")),
         ]);
         let changed = vec!["subjects".to_owned(), "roles".to_owned()];
-        let audit = self.audit_record(
-            caller,
+        let audit = self.record(
+            &caller.author(),
+            &caller.tenant,
             AuditOperation::SetScopeMembers,
             AuditTarget::Scope(id.clone()),
             changed,

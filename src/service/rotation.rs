@@ -31,15 +31,7 @@ impl Keyscope {
     ) -> Result<(Key, Secret), ServiceError> {
         let grace = validate_grace("grace", grace)?;
         for _ in 0..RETRIES {
-            let current = self.get_key(caller, id).await?;
-            if let Some(expected) = version.filter(|&v| v != current.version) {
-                return Err(StoreError::VersionConflict {
-                    what: format!("key `{id}`"),
-                    expected,
-                    found: current.version,
-                }
-                .into());
-            }
+            let current = self.key_at(caller, id, version).await?;
             if current.state == KeyState::Revoked {
                 return Err(ServiceError::FailedPrecondition(format!(
                     "key `{id}` is revoked; a revoked key cannot be rotated"

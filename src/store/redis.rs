@@ -280,7 +280,10 @@ impl RedisStore {
                     include_str!("lua/audit.lua"),
                     include_str!("lua/claim_bootstrap.lua")
                 )),
-                credential: Script::new(include_str!("lua/credential.lua")),
+                credential: Script::new(concat!(
+                    include_str!("lua/scope_records.lua"),
+                    include_str!("lua/credential.lua")
+                )),
                 record_usage: Script::new(include_str!("lua/record_usage.lua")),
                 put_policy: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/put_policy.lua"))),
                 put_principal: Script::new(concat!(
@@ -292,7 +295,10 @@ impl RedisStore {
                     include_str!("lua/delete_principal.lua")
                 )),
                 set_members: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/set_members.lua"))),
-                principal_grants: Script::new(include_str!("lua/principal_grants.lua")),
+                principal_grants: Script::new(concat!(
+                    include_str!("lua/scope_records.lua"),
+                    include_str!("lua/principal_grants.lua")
+                )),
             }),
         };
         store.check_schema().await?;
@@ -652,6 +658,25 @@ fn encode_scope(scope: &Scope) -> Result<String, StoreError> {
     serde_json::to_string(&body).map_err(|e| corrupt("scope body", e))
 }
 
+/// A field of a script's reply, `""` when it is nil.
+fn text(field: &Option<String>) -> &str {
+    field.as_deref().unwrap_or_default()
+}
+
+/// The scope records a check-path script appended (`scope_records.lua`): id, version, label and
+/// body of each stored scope.
+fn decode_scope_records(tenant: &Tenant, rows: &[Option<String>]) -> Result<Vec<Arc<Scope>>, StoreError> {
+    let mut scopes = Vec::with_capacity(rows.len() / 4);
+    for chunk in rows.chunks(4) {
+        if let [Some(sid), rest @ ..] = chunk
+            && let Some(scope) = decode_scope(tenant, sid, rest)?
+        {
+            scopes.push(Arc::new(scope));
+        }
+    }
+    Ok(scopes)
+}
+
 fn decode_scope(tenant: &Tenant, id: &str, row: &[Option<String>]) -> Result<Option<Scope>, StoreError> {
     let [Some(v), Some(label), Some(body)] = row else { return Ok(None) };
     let what = format!("scope `{id}`");
@@ -809,14 +834,7 @@ impl Store for RedisStore {
         let Some(key) = decode_key(&tenant, id.as_str(), &reply[..4])? else { return Ok(None) };
         // Only a mapping whose key exists is remembered (a failed create leaves one behind).
         self.tenants.insert(id.clone(), tenant.clone());
-        let mut scopes = Vec::new();
-        for chunk in reply[4..].chunks(4) {
-            if let [Some(sid), rest @ ..] = chunk {
-                if let Some(scope) = decode_scope(&tenant, sid, rest)? {
-                    scopes.push(Arc::new(scope));
-                }
-            }
-        }
+        let scopes = decode_scope_records(&tenant, &reply[4..])?;
         Ok(Some(Credential { key: Arc::new(key), scopes }))
     }
 
@@ -1237,12 +1255,13 @@ impl Store for RedisStore {
         let mut call = self.scripts.principal_grants.key(format!("{base}principal:{subject}"));
         call.arg(&base).arg(subject.as_str()).arg(roles.iter().map(Role::as_str).collect::<Vec<_>>());
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = Self::bounded(self.check_timeout, call.invoke_async(&mut conn)).await?;
+        let reply: Vec<Option<String>> = Self::bounded(self.check_timeout, call.invoke_async(&mut conn)).await?;
         let what = format!("principal `{subject}`");
         let [state, v, held, body, count, rest @ ..] = reply.as_slice() else {
             return Err(corrupt(&what, "grants reply"));
         };
-        let owner = match state.as_str() {
+        let (state, v, held, body, count) = (text(state), text(v), text(held), text(body), text(count));
+        let owner = match state {
             "reg" => Owner::Registered(Arc::new(decode_principal(tenant, subject.as_str(), v, held, body)?)),
             "gone" => Owner::Gone,
             _ => Owner::Unregistered,
@@ -1251,18 +1270,10 @@ impl Store for RedisStore {
         let (ids, found) = rest.split_at(count.min(rest.len()));
         let mut scope_ids = ids
             .iter()
-            .map(|id| id.parse().map_err(|_| corrupt(&what, "scope id")))
+            .map(|id| text(id).parse().map_err(|_| corrupt(&what, "scope id")))
             .collect::<Result<Vec<ScopeId>, _>>()?;
         scope_ids.sort();
-        let mut scopes = Vec::new();
-        for chunk in found.chunks(4) {
-            if let [sid, sv, label, sbody] = chunk {
-                let row = [Some(sv.clone()), Some(label.clone()), Some(sbody.clone())];
-                if let Some(scope) = decode_scope(tenant, sid, &row)? {
-                    scopes.push(Arc::new(scope));
-                }
-            }
-        }
+        let scopes = decode_scope_records(tenant, found)?;
         Ok(PrincipalGrants { owner, scope_ids, scopes })
     }
 }

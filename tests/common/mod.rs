@@ -281,17 +281,7 @@ impl TestServer {
 
     /// Creates a key in `tenant` holding `scopes`, as the system admin; returns it and its token.
     pub async fn key(&self, tenant: &str, scopes: &[&str]) -> (pb::Key, String) {
-        let response = self
-            .keys()
-            .create_key(pb::CreateKeyRequest {
-                tenant: tenant.into(),
-                scope_ids: scopes.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            })
-            .await
-            .expect("create key")
-            .into_inner();
-        (response.key.expect("key"), response.token)
+        self.owned_key(tenant, "", scopes).await
     }
 
     /// The gRPC health status of the whole server.
@@ -533,4 +523,20 @@ impl TestServer {
         server.feed = Some(feed);
         server
     }
+}
+
+/// (HTTP status, body JSON, headers with lower-case names) of an ext_authz denial.
+pub fn envoy_denial(
+    r: &envoy_types::pb::envoy::service::auth::v3::CheckResponse,
+) -> (i32, serde_json::Value, std::collections::HashMap<String, String>) {
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else { panic!("expected a denial, got {r:?}") };
+    let headers = d
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
+        .collect();
+    let body = serde_json::from_str(&d.body).expect("a JSON body");
+    (d.status.as_ref().map_or(0, |s| s.code), body, headers)
 }

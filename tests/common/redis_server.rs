@@ -261,3 +261,28 @@ pub async fn store(url: String, cluster: bool) -> RedisStore {
 pub fn dir_of(server: &RedisServer) -> PathBuf {
     server.dir.path().to_path_buf()
 }
+
+/// Two tests of one scenario, an `async fn(&TestServer)`: `$memory` on the memory store and
+/// `$redis` on a `redis-server` of its own. The test file declares `mod common` and
+/// `mod redis_server`.
+#[macro_export]
+macro_rules! on_memory_and_redis {
+    ($scenario:ident: $memory:ident, $redis:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $memory() {
+            let server = $crate::common::TestServer::start().await;
+            $scenario(&server).await;
+            server.stop().await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $redis() {
+            let redis = $crate::redis_server::RedisServer::start();
+            let prefix = $crate::redis_server::fresh_prefix();
+            let settings = keyscope::cache::CacheSettings::default();
+            let server = $crate::common::TestServer::start_on_redis(&redis.url(), &prefix, settings, None).await;
+            $scenario(&server).await;
+            server.stop().await;
+        }
+    };
+}

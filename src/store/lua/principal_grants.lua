@@ -29,13 +29,5 @@ if p[1] then
 end
 local out = {state, p[1] or '', p[2] or '', p[3] or '', tostring(#ids)}
 for _, sid in ipairs(ids) do table.insert(out, sid) end
-for _, sid in ipairs(ids) do
-  local s = redis.call('HMGET', base .. 'scope:' .. sid, 'v', 'label', 'body')
-  if s[1] then
-    table.insert(out, sid)
-    table.insert(out, s[1])
-    table.insert(out, s[2])
-    table.insert(out, s[3])
-  end
-end
+append_scope_records(out, base, ids)
 return out
