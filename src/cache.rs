@@ -117,7 +117,7 @@ struct Inner {
     unknown: Moka<KeyId, ()>,
     /// A principal's grants by (tenant, subject, roles asked for). Any change to a principal,
     /// a member binding or a scope of a tenant drops all of that tenant's entries.
-    grants: Moka<GrantsKey, PrincipalGrants>,
+    grants: Moka<GrantsKey, Arc<PrincipalGrants>>,
     /// Grows with every invalidation; a fill started before a change is not kept.
     epoch: AtomicU64,
     stats: CacheStats,
@@ -206,10 +206,7 @@ impl CachedStore {
             return;
         }
         let Some(credential) = found else {
-            inner.unknown.insert(id.clone(), ());
-            if inner.epoch.load(Ordering::SeqCst) != epoch {
-                inner.unknown.invalidate(id);
-            }
+            inner.keep(epoch, &inner.unknown, id.clone(), ());
             return;
         };
         let key = &credential.key;
@@ -228,6 +225,26 @@ impl CachedStore {
             for entry in &scope_keys {
                 inner.scopes.invalidate(entry);
             }
+        }
+    }
+}
+
+impl Inner {
+    /// Caches `value` under `key` unless a change arrived since `epoch` (what was read may
+    /// predate it). A change that bumps the epoch after the first look may have dropped its
+    /// entries before this insert: the second look takes it out again, so whichever way the
+    /// two interleave, either the change's invalidation follows the insert or this sees its bump.
+    fn keep<K, V>(&self, epoch: u64, cache: &Moka<K, V>, key: K, value: V)
+    where
+        K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
+        cache.insert(key.clone(), value);
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            cache.invalidate(&key);
         }
     }
 }
@@ -450,20 +467,14 @@ impl Store for CachedStore {
         tenant: &Tenant,
         subject: &Subject,
         roles: &[Role],
-    ) -> Result<PrincipalGrants, StoreError> {
+    ) -> Result<Arc<PrincipalGrants>, StoreError> {
         let entry = (tenant.clone(), subject.clone(), roles.to_vec());
         if let Some(found) = self.inner.grants.get(&entry) {
             return Ok(found);
         }
         let epoch = self.inner.epoch.load(Ordering::SeqCst);
         let found = self.store.principal_grants(tenant, subject, roles).await?;
-        // Same race rule as key records: a fill that raced a change is not kept.
-        if self.inner.epoch.load(Ordering::SeqCst) == epoch {
-            self.inner.grants.insert(entry.clone(), found.clone());
-            if self.inner.epoch.load(Ordering::SeqCst) != epoch {
-                self.inner.grants.invalidate(&entry);
-            }
-        }
+        self.inner.keep(epoch, &self.inner.grants, entry, found.clone());
         Ok(found)
     }
 }

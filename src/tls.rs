@@ -114,14 +114,14 @@ pub struct LoadedTls {
 impl ServerTlsFiles {
     /// Reads the files and builds the server's TLS configuration (HTTP/2 only).
     pub fn load(&self) -> Result<LoadedTls, TlsError> {
-        let cert_pem = read_pem("server.tls.cert_file", &self.cert_file)?;
-        let key_pem = read_pem("server.tls.key_file", &self.key_file)?;
-        let ca_pem = match &self.client_ca_file {
-            Some(path) => read_pem("server.tls.client_ca_file", path)?,
-            None => Vec::new(),
-        };
-        let config = self.configure(&cert_pem, &key_pem, &ca_pem)?;
-        Ok(LoadedTls { files: [cert_pem, key_pem, ca_pem], config })
+        self.built(self.load_bytes()?)
+    }
+
+    /// The configuration made from the files' contents `files` (certificate, key, client CA).
+    fn built(&self, files: [Vec<u8>; 3]) -> Result<LoadedTls, TlsError> {
+        let [cert_pem, key_pem, ca_pem] = &files;
+        let config = self.configure(cert_pem, key_pem, ca_pem)?;
+        Ok(LoadedTls { files, config })
     }
 
     fn configure(&self, cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<Arc<ServerConfig>, TlsError> {
@@ -170,8 +170,7 @@ impl ServerTlsFiles {
         if fresh == current.files {
             return Ok(None);
         }
-        let config = self.configure(&fresh[0], &fresh[1], &fresh[2])?;
-        Ok(Some(LoadedTls { files: fresh, config }))
+        self.built(fresh).map(Some)
     }
 
     fn load_bytes(&self) -> Result<[Vec<u8>; 3], TlsError> {

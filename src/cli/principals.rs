@@ -158,25 +158,15 @@ pub(super) async fn principal(conn: &Connection, cmd: PrincipalCommand) -> Resul
             client.get_principal(pb::GetPrincipalRequest { tenant: tenant.tenant, subject }).await?
         }
         PrincipalCommand::List { tenant, page } => {
-            let mut all = Vec::new();
-            let mut page_token = page.page_token;
-            let next = loop {
-                let request =
-                    pb::ListPrincipalsRequest { tenant: tenant.tenant.clone(), page_size: page.page_size, page_token };
+            let page_size = page.page_size;
+            let (all, next) = super::run::pages(page, async |page_token| {
+                let request = pb::ListPrincipalsRequest { tenant: tenant.tenant.clone(), page_size, page_token };
                 let got = client.list_principals(request).await?.into_inner();
-                all.extend(got.principals);
-                if !page.all || got.next_page_token.is_empty() {
-                    break got.next_page_token;
-                }
-                page_token = got.next_page_token;
-            };
-            let mut text = format!("{:<40}{:<9}ROLES\n", "SUBJECT", "ENABLED");
-            for p in &all {
-                text.push_str(&format!("{:<40}{:<9}{}\n", p.subject, p.enabled, p.roles.join(",")));
-            }
-            if !next.is_empty() {
-                text.push_str(&format!("next page: --page-token {next}\n"));
-            }
+                Ok((got.principals, got.next_page_token))
+            })
+            .await?;
+            let rows = all.iter().map(|p| format!("{:<40}{:<9}{}\n", p.subject, p.enabled, p.roles.join(",")));
+            let text = super::run::table(format!("{:<40}{:<9}ROLES\n", "SUBJECT", "ENABLED"), rows, &next);
             let json =
                 json!({"principals": all.iter().map(principal_json).collect::<Vec<_>>(), "next_page_token": next});
             return Ok((text, json));

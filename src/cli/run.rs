@@ -196,7 +196,7 @@ async fn check(conn: &Connection, args: CheckArgs, token: Option<String>) -> Res
 }
 
 /// Fetches one page, or every page with `--all`; returns the items and the next page token.
-async fn pages<T>(
+pub(super) async fn pages<T>(
     page: PageArgs,
     mut fetch: impl AsyncFnMut(String) -> Result<(Vec<T>, String), CliError>,
 ) -> Result<(Vec<T>, String), CliError> {
@@ -213,7 +213,7 @@ async fn pages<T>(
 }
 
 /// A header, one row per item, and how to get the next page.
-fn table(header: String, rows: impl Iterator<Item = String>, next: &str) -> String {
+pub(super) fn table(header: String, rows: impl Iterator<Item = String>, next: &str) -> String {
     let mut text = header;
     text.extend(rows);
     if !next.is_empty() {

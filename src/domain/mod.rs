@@ -31,7 +31,7 @@ pub use key::{
     Key, KeyState, Metadata, key_status, validate_description, validate_metadata, validate_owner, validate_scope_ids,
 };
 pub use key::{PreviousSecret, RateLimit};
-pub use network::{canonical as canonical_address, parse_cidrs, parse_source_address, source_allowed};
+pub use network::{parse_cidrs, parse_source_address, source_allowed};
 pub use policy::{
     MAX_KEY_LIFETIME_LIMIT, TenantPolicy, check_key_lifetime, format_duration, validate_max_key_lifetime,
 };

@@ -134,15 +134,14 @@ fn source_address(request: &CheckRequest, headers: &HashMap<String, String>, hop
     let text = if hops == 0 {
         let source = request.attributes.as_ref()?.source.as_ref()?.address.as_ref()?;
         match source.address.as_ref()? {
-            envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(socket) => socket.address.clone(),
+            envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(socket) => &socket.address,
             _ => return None,
         }
     } else {
         let xff = headers.get("x-forwarded-for")?;
-        let hop = xff.rsplit(',').nth(usize::try_from(hops).ok()?.checked_sub(1)?)?;
-        hop.trim().to_owned()
+        xff.rsplit(',').nth(usize::try_from(hops).ok()?.checked_sub(1)?)?.trim()
     };
-    parse_source_address("source_address", &text).ok()
+    parse_source_address("source_address", text).ok()
 }
 
 fn denied(reason: &str, message: &str, retry_after: Option<Duration>) -> CheckResponse {

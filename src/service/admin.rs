@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{
-    Keyscope, Presented, ServiceError,
+    Explain, Keyscope, Presented, ServiceError,
     check::{CheckAnswer, Holder, Resolved},
     principals::Ceiling,
 };
@@ -82,9 +82,17 @@ fn refs(scopes: &[Arc<Scope>]) -> Vec<&Scope> {
 
 const BAD_TOKEN: &str = "missing or invalid admin credential: send `authorization: Bearer <token>`";
 
-/// Authorizes a verified key for `action` on `module` in the tenant named (`""`: its own).
-fn admit(holder: &Holder, tenant: &str, module: &Module, action: Action) -> Result<Caller, ServiceError> {
-    let answer = holder.decide(module, action, super::Explain::Never);
+/// Authorizes a verified key for `action` on `module` in the tenant named (`""`: its own):
+/// what its scopes decided (`by_scopes`), bounded by its owner's `ceiling`.
+fn admit(
+    holder: &Holder,
+    ceiling: &Ceiling,
+    by_scopes: CheckAnswer,
+    tenant: &str,
+    module: &Module,
+    action: Action,
+) -> Result<Caller, ServiceError> {
+    let answer = holder.cap(ceiling, by_scopes, module, action, Explain::Never);
     if !answer.allowed() {
         tracing::info!(key_id = %holder.key.id, %module, %action, reason = %answer.reason, "admin call refused");
         return Err(ServiceError::PermissionDenied(format!(
@@ -106,7 +114,7 @@ fn admit(holder: &Holder, tenant: &str, module: &Module, action: Action) -> Resu
     span.record("actor_key_id", holder.key.id.as_str());
     // Admitted, so any owner ceiling is a registered owner's bound scopes (a deleted or
     // disabled owner, or a missing bound scope, denies everything).
-    let owner_scopes = match &holder.ceiling {
+    let owner_scopes = match ceiling {
         Ceiling::Bound { scopes, missing: None } => Some(scopes.clone()),
         _ => None,
     };
@@ -144,12 +152,14 @@ impl Keyscope {
         action: Action,
     ) -> Result<Caller, ServiceError> {
         let Some(bearer) = bearer else { return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())) };
-        let mut resolved = self.resolve(&Presented::Token(bearer.to_owned()), None).await?;
-        // An admin key is bounded by its owner too.
-        self.bind_owner(&mut resolved).await?;
+        let resolved = self.resolve(&Presented::Token(bearer.to_owned()), None).await?;
         let outcome = match &resolved {
             Resolved::Holder(holder) => {
-                admit(holder, tenant, module, action).and_then(|caller| self.admit_policy(holder, source, caller))
+                // An admin key is bounded by its owner too (read once its scopes allow).
+                let by_scopes = holder.decide(module, action, Explain::Never);
+                let ceiling = self.ceiling_if(holder, by_scopes.allowed()).await?;
+                admit(holder, &ceiling, by_scopes, tenant, module, action)
+                    .and_then(|caller| self.admit_limits(holder, source, caller))
             }
             Resolved::Refused { .. } => Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())),
         };
@@ -160,32 +170,19 @@ impl Keyscope {
         outcome
     }
 
-    /// The key's source networks and rate limit, for an admin call its scopes allow.
-    fn admit_policy(
+    /// The key's source networks and rate limit, for an admin call its scopes and owner allow.
+    fn admit_limits(
         &self,
         holder: &Holder,
         source: Option<std::net::IpAddr>,
         caller: Caller,
     ) -> Result<Caller, ServiceError> {
-        let allowed = CheckAnswer {
-            reason: crate::domain::Reason::Ok,
-            key_id: Some(holder.key.id.clone()),
-            tenant: Some(holder.key.tenant.clone()),
-            owner: String::new(),
-            scope_ids: Vec::new(),
-            message: String::new(),
-            retry_after: None,
-            subject: String::new(),
-        };
-        let answer = self.after_scopes(holder, source, allowed, super::Explain::Always);
-        match answer.reason {
-            crate::domain::Reason::Ok => Ok(caller),
-            crate::domain::Reason::RateLimited => Err(ServiceError::RateLimited(
-                format!("key `{}`: {}", holder.key.id, answer.message),
-                answer.retry_after.unwrap_or_default(),
-            )),
-            _ => Err(ServiceError::PermissionDenied(format!("key `{}`: {}", holder.key.id, answer.message))),
-        }
+        let Some(limited) = self.key_limits(&holder.key, source, Explain::Always) else { return Ok(caller) };
+        let message = format!("key `{}`: {}", holder.key.id, limited.message);
+        Err(match limited.retry_after {
+            Some(wait) => ServiceError::RateLimited(message, wait),
+            None => ServiceError::PermissionDenied(message),
+        })
     }
 
     /// Looks up scope ids of a tenant, builtins included; `None` where a scope does not exist.

@@ -29,11 +29,13 @@ impl Caller {
     }
 }
 
-fn ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+/// Names or ids as one comma-separated audit detail.
+pub(super) fn ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
     ids.into_iter().collect::<Vec<_>>().join(",")
 }
 
-fn changed_names(fields: &[(&str, bool)]) -> Vec<String> {
+/// The names of the fields marked changed.
+pub(super) fn changed_names(fields: &[(&str, bool)]) -> Vec<String> {
     fields.iter().filter(|(_, changed)| *changed).map(|(name, _)| (*name).to_owned()).collect()
 }
 

@@ -105,8 +105,6 @@ pub(super) struct Holder {
     /// Scope ids the key names that exist neither in the store nor among the builtins; they
     /// deny everything (fail closed).
     pub missing: Vec<ScopeId>,
-    /// What the key's owner allows (applied after the key's scopes allow).
-    pub ceiling: Ceiling,
 }
 
 /// How a credential resolved: a verified key, or the reason it was refused.
@@ -136,8 +134,8 @@ impl Resolved {
 }
 
 impl Holder {
-    /// Decides one module and action for this key: its scopes, then its owner ceiling (when
-    /// loaded, see [`Keyscope::bind_owner`]).
+    /// Decides one module and action by this key's scopes (the later checks follow in
+    /// [`Keyscope::later_checks`]).
     pub fn decide(&self, module: &Module, action: Action, explain: Explain) -> CheckAnswer {
         let scopes: Vec<&Scope> = self.scopes.iter().map(Arc::as_ref).collect();
         let (reason, scope_ids, message) = if self.missing.is_empty() {
@@ -151,7 +149,7 @@ impl Holder {
             };
             (Reason::DeniedByScope, self.missing.clone(), message)
         };
-        let answer = CheckAnswer {
+        CheckAnswer {
             reason,
             key_id: Some(self.key.id.clone()),
             tenant: Some(self.key.tenant.clone()),
@@ -160,15 +158,21 @@ impl Holder {
             message,
             retry_after: None,
             subject: String::new(),
-        };
-        self.cap(answer, module, action, explain)
+        }
     }
 
-    /// An allowed `answer` of this key, bounded by its owner ceiling (a denial is returned as
-    /// it is: the owner only ever takes away).
-    pub fn cap(&self, mut answer: CheckAnswer, module: &Module, action: Action, explain: Explain) -> CheckAnswer {
+    /// An allowed `answer` of this key, bounded by its owner's `ceiling` (a denial is returned
+    /// as it is: the owner only ever takes away).
+    pub fn cap(
+        &self,
+        ceiling: &Ceiling,
+        mut answer: CheckAnswer,
+        module: &Module,
+        action: Action,
+        explain: Explain,
+    ) -> CheckAnswer {
         if answer.allowed()
-            && let Some((reason, scope_ids, message)) = self.ceiling.bound(&self.key.owner, module, action, explain)
+            && let Some((reason, scope_ids, message)) = ceiling.bound(&self.key.owner, module, action, explain)
         {
             answer.reason = reason;
             answer.scope_ids = scope_ids;
@@ -253,14 +257,10 @@ impl Keyscope {
         Ok(Resolved::Holder(self.holder(credential.key, credential.scopes)))
     }
 
-    /// Loads the owner ceiling of a resolved key (one store read, cached per replica, when the
-    /// key names an owner). Called only once the key's scopes allow something: the owner is a
-    /// later check (SPEC section 2), so a denied request costs nothing more. Returns whether
-    /// the ceiling can change an answer.
-    pub(super) async fn bind_owner(&self, resolved: &mut Resolved) -> Result<bool, ServiceError> {
-        let Resolved::Holder(holder) = resolved else { return Ok(false) };
-        holder.ceiling = self.ceiling(&holder.key).await?;
-        Ok(!matches!(holder.ceiling, Ceiling::None))
+    /// The owner ceiling of a verified key when its scopes allowed something (`needed`): the
+    /// owner is a later check (SPEC section 2), so a denied request costs no owner read.
+    pub(super) async fn ceiling_if(&self, holder: &Holder, needed: bool) -> Result<Ceiling, ServiceError> {
+        if needed { self.ceiling(&holder.key).await } else { Ok(Ceiling::None) }
     }
 
     /// Resolves a key's scope ids against the builtins and the stored scopes given.
@@ -273,7 +273,7 @@ impl Keyscope {
                 None => missing.push(id.clone()),
             }
         }
-        Holder { key, scopes, missing, ceiling: Ceiling::None }
+        Holder { key, scopes, missing }
     }
 
     /// Each of `ids` as a builtin or one of the `stored` scopes; `None` where it is neither.
@@ -318,20 +318,15 @@ impl Keyscope {
             reason = Empty,
             cache_hit = Empty,
         );
-        let mut resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
-        let mut answer = match &resolved {
+        let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
+        let answer = match &resolved {
             Resolved::Refused { reason, key_id, .. } => refused(*reason, key_id.clone(), explain),
-            Resolved::Holder(holder) => holder.decide(module, action, explain),
+            Resolved::Holder(holder) => {
+                let by_scopes = holder.decide(module, action, explain);
+                let ceiling = self.ceiling_if(holder, by_scopes.allowed()).await?;
+                self.later_checks(holder, &ceiling, source, by_scopes, module, action, explain)
+            }
         };
-        if answer.allowed()
-            && self.bind_owner(&mut resolved).await?
-            && let Resolved::Holder(holder) = &resolved
-        {
-            answer = holder.cap(answer, module, action, explain);
-        }
-        if let Resolved::Holder(holder) = &resolved {
-            answer = self.after_scopes(holder, source, answer, explain);
-        }
         let allowed = u64::from(answer.allowed());
         resolved.note_use(self, allowed, 1 - allowed);
         record(&span, &answer);
@@ -375,25 +370,20 @@ impl Keyscope {
             credential = Empty,
             cache_hit = Empty,
         );
-        let mut resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
-        let (credential, mut answers): (Reason, Vec<CheckAnswer>) = match &resolved {
+        let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
+        let (credential, answers): (Reason, Vec<CheckAnswer>) = match &resolved {
             Resolved::Refused { reason, key_id, .. } => {
                 (*reason, items.iter().map(|_| refused(*reason, key_id.clone(), explain)).collect())
             }
             Resolved::Holder(holder) => {
-                (Reason::Ok, items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect())
+                let by_scopes: Vec<CheckAnswer> = items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect();
+                let ceiling = self.ceiling_if(holder, by_scopes.iter().any(CheckAnswer::allowed)).await?;
+                let answers = by_scopes.into_iter().zip(items).map(|(answer, (module, action))| {
+                    self.later_checks(holder, &ceiling, source, answer, module, *action, explain)
+                });
+                (Reason::Ok, answers.collect())
             }
         };
-        if answers.iter().any(CheckAnswer::allowed)
-            && self.bind_owner(&mut resolved).await?
-            && let Resolved::Holder(holder) = &resolved
-        {
-            answers =
-                answers.into_iter().zip(items).map(|(answer, (m, a))| holder.cap(answer, m, *a, explain)).collect();
-        }
-        if let Resolved::Holder(holder) = &resolved {
-            answers = answers.into_iter().map(|answer| self.after_scopes(holder, source, answer, explain)).collect();
-        }
         span.record("credential", credential.as_str());
         if let Some(first) = answers.first() {
             record_identity(&span, first);
@@ -416,20 +406,35 @@ impl Keyscope {
 }
 
 impl Keyscope {
-    /// The checks of SPEC section 2 that follow an allowing scope decision and owner ceiling, in
-    /// order: the source address, then the rate limit (last, so that a denied check spends no
-    /// quota).
-    pub(super) fn after_scopes(
+    /// The checks of SPEC section 2 that follow the key's scopes, for an `answer` they gave, in
+    /// order: the owner `ceiling`, then the key's own limits ([`Keyscope::key_limits`]).
+    #[allow(clippy::too_many_arguments)] // one check's full context
+    pub(super) fn later_checks(
         &self,
         holder: &Holder,
+        ceiling: &Ceiling,
         source: Option<IpAddr>,
         answer: CheckAnswer,
+        module: &Module,
+        action: Action,
         explain: Explain,
     ) -> CheckAnswer {
+        let answer = holder.cap(ceiling, answer, module, action, explain);
         if !answer.allowed() {
             return answer;
         }
-        let key = &holder.key;
+        match self.key_limits(&holder.key, source, explain) {
+            None => answer,
+            Some(Limited { reason, message, retry_after }) => {
+                CheckAnswer { reason, scope_ids: Vec::new(), message, retry_after, ..answer }
+            }
+        }
+    }
+
+    /// The key's own limits on a check that everything else allows, in order: its source
+    /// networks, then its rate limit (last, so that a denied check spends no quota). `None`
+    /// when the check is within them (it has then spent one check of the rate limit).
+    pub(super) fn key_limits(&self, key: &Key, source: Option<IpAddr>, explain: Explain) -> Option<Limited> {
         if !source_allowed(&key.allowed_cidrs, source) {
             let message = if !explain.wants(Reason::SourceNotAllowed) {
                 String::new()
@@ -438,29 +443,26 @@ impl Keyscope {
             } else {
                 "the key allows only some source addresses and the check gave none".to_owned()
             };
-            return CheckAnswer { reason: Reason::SourceNotAllowed, scope_ids: Vec::new(), message, ..answer };
+            return Some(Limited { reason: Reason::SourceNotAllowed, message, retry_after: None });
         }
-        if let Some(limit) = key.rate_limit {
-            if let Err(wait) = self.rate_limiter.acquire(&key.id, limit, std::time::Instant::now()) {
-                let message = if explain.wants(Reason::RateLimited) {
-                    format!("the key's rate limit is reached; retry after {} ms", wait.as_millis().max(1))
-                } else {
-                    String::new()
-                };
-                return CheckAnswer {
-                    reason: Reason::RateLimited,
-                    scope_ids: Vec::new(),
-                    message,
-                    retry_after: Some(wait),
-                    ..answer
-                };
-            }
-        }
-        answer
+        let wait = self.rate_limiter.acquire(&key.id, key.rate_limit?, std::time::Instant::now()).err()?;
+        let message = if explain.wants(Reason::RateLimited) {
+            format!("the key's rate limit is reached; retry after {} ms", wait.as_millis().max(1))
+        } else {
+            String::new()
+        };
+        Some(Limited { reason: Reason::RateLimited, message, retry_after: Some(wait) })
     }
 }
 
-/// The tenant and key id of an answer, as span attributes.
+/// A check refused by the key's own limits.
+pub(super) struct Limited {
+    pub reason: Reason,
+    pub message: String,
+    /// With [`Reason::RateLimited`]: when the limit admits one more check.
+    pub retry_after: Option<Duration>,
+}
+
 /// The span attributes of one decided check: what was asked and the answer.
 pub(super) fn decided(module: &Module, action: Action, answer: &CheckAnswer) -> [KeyValue; 4] {
     [
@@ -471,6 +473,7 @@ pub(super) fn decided(module: &Module, action: Action, answer: &CheckAnswer) -> 
     ]
 }
 
+/// The tenant and key id of an answer, as span attributes.
 fn identity(answer: &CheckAnswer) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(8);
     if let Some(tenant) = &answer.tenant {

@@ -187,17 +187,16 @@ impl HttpMapping {
         self.principal.as_ref()
     }
 
-    /// A bearer principal from the principal headers: `None` when none are configured, the
-    /// subject header is absent or the API-key header is present (a key then decides).
+    /// A bearer principal named by `subject`, the value of the configured subject header:
+    /// `None` when the API-key header is present (a key then decides).
     fn principal(
         &self,
         request: &HttpRequestView<'_>,
+        (names, subject): (&PrincipalHeaders, &str),
         module: &Module,
         action: Action,
         tenant: Option<&Tenant>,
     ) -> Option<Mapped> {
-        let names = self.principal.as_ref()?;
-        let subject = request.header(&names.subject)?;
         if request.header(&self.api_key_header).is_some() {
             return None;
         }
@@ -228,13 +227,15 @@ impl HttpMapping {
         let Some(action) = self.methods.get(&request.method.to_ascii_uppercase()).copied() else {
             return Mapped::Refused(Unmapped::UnknownMethod);
         };
-        if let Some(mapped) = self.principal(request, &module, action, tenant.as_ref()) {
+        let subject = self.principal.as_ref().and_then(|names| Some((names, request.header(&names.subject)?)));
+        if let Some(subject) = subject
+            && let Some(mapped) = self.principal(request, subject, &module, action, tenant.as_ref())
+        {
             return mapped;
         }
-        // Behind jwt_authn, `authorization` holds the caller's JWT: a key comes from the API-key
-        // header only.
-        let jwt_carried = self.principal.as_ref().is_some_and(|names| request.header(&names.subject).is_some());
-        let presented = if jwt_carried { self.api_key(request) } else { self.credential(request) };
+        // Behind jwt_authn (a subject header is set), `authorization` holds the caller's JWT: a
+        // key then comes from the API-key header only.
+        let presented = if subject.is_some() { self.api_key(request) } else { self.credential(request) };
         let Some(presented) = presented else { return Mapped::Refused(Unmapped::NoCredential) };
         Mapped::Check { presented, module, action, tenant }
     }

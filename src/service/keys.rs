@@ -140,13 +140,8 @@ impl Keyscope {
         expected: Option<u64>,
     ) -> Result<Arc<Key>, ServiceError> {
         let current = self.get_key(caller, id).await?;
-        match expected {
-            Some(expected) if expected != current.version => {
-                Err(StoreError::VersionConflict { what: format!("key `{id}`"), expected, found: current.version }
-                    .into())
-            }
-            _ => Ok(current),
-        }
+        super::at_version(|| format!("key `{id}`"), expected, current.version)?;
+        Ok(current)
     }
 
     /// A page of the caller's tenant's keys.

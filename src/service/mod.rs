@@ -70,6 +70,17 @@ pub enum ServiceError {
     RateLimited(String, Duration),
 }
 
+/// Refuses a change asked at version `expected` (when given) of a record now at `found`: a
+/// version conflict on `what`.
+fn at_version(what: impl FnOnce() -> String, expected: Option<u64>, found: u64) -> Result<(), ServiceError> {
+    match expected {
+        Some(expected) if expected != found => {
+            Err(StoreError::VersionConflict { what: what(), expected, found }.into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Where "now" comes from; tests use a clock they move by hand.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.

@@ -54,14 +54,7 @@ impl Keyscope {
     ) -> Result<TenantPolicy, ServiceError> {
         let current = self.store.get_tenant_policy(&caller.tenant).await?;
         let found = current.as_ref().map_or(0, |p| p.version);
-        if let Some(expected) = expected_version.filter(|&v| v != found) {
-            return Err(crate::store::StoreError::VersionConflict {
-                what: format!("the policy of tenant `{}`", caller.tenant),
-                expected,
-                found,
-            }
-            .into());
-        }
+        super::at_version(|| format!("the policy of tenant `{}`", caller.tenant), expected_version, found)?;
         let policy = TenantPolicy {
             tenant: caller.tenant.clone(),
             max_key_lifetime,
@@ -74,11 +67,10 @@ impl Keyscope {
         if let Some(old) = &current {
             details.insert("previous_max_key_lifetime_secs".into(), shown(old.max_key_lifetime));
         }
-        let changed = if current.as_ref().is_some_and(|c| c.max_key_lifetime == max_key_lifetime) {
-            Vec::new()
-        } else {
-            vec!["max_key_lifetime".to_owned()]
-        };
+        let changed = super::audit::changed_names(&[(
+            "max_key_lifetime",
+            current.as_ref().is_none_or(|c| c.max_key_lifetime != max_key_lifetime),
+        )]);
         let audit = self.record(
             &caller.author(),
             &caller.tenant,

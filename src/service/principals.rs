@@ -17,6 +17,7 @@ use tracing::field::Empty;
 
 use super::{
     Caller, CheckAnswer, Explain, Keyscope, Page, RETRIES, ServiceError,
+    audit::{changed_names, ids},
     check::{decided, explained},
 };
 use crate::{
@@ -107,8 +108,8 @@ impl PrincipalCredential {
     /// Validates a credential from the wire, naming `field.subject` or `field.roles[i]`.
     pub fn parse(field: &str, subject: &str, roles: &[String]) -> Result<Self, InputError> {
         Ok(PrincipalCredential {
-            subject: parse_field(&format!("{field}.subject"), subject)?,
-            roles: parse_names(&format!("{field}.roles"), roles, limits::ROLES_PER_PRINCIPAL_MAX)?,
+            subject: parse_field("subject", subject).map_err(|e| e.within(field))?,
+            roles: parse_names("roles", roles, limits::ROLES_PER_PRINCIPAL_MAX).map_err(|e| e.within(field))?,
         })
     }
 }
@@ -236,16 +237,13 @@ impl Keyscope {
         old: Option<&Principal>,
         new: &Principal,
     ) -> AuditRecord {
-        let mut changed = Vec::new();
-        if old.is_none_or(|o| o.roles != new.roles) {
-            changed.push("roles".to_owned());
-        }
-        if old.is_none_or(|o| o.enabled != new.enabled) {
-            changed.push("enabled".to_owned());
-        }
+        let changed = changed_names(&[
+            ("roles", old.is_none_or(|o| o.roles != new.roles)),
+            ("enabled", old.is_none_or(|o| o.enabled != new.enabled)),
+        ]);
         let details = BTreeMap::from([
             ("version".to_owned(), new.version.to_string()),
-            ("roles".to_owned(), new.roles.iter().map(Role::as_str).collect::<Vec<_>>().join(",")),
+            ("roles".to_owned(), ids(new.roles.iter().map(Role::as_str))),
             ("enabled".to_owned(), new.enabled.to_string()),
         ]);
         self.record(
@@ -316,10 +314,7 @@ impl Keyscope {
             let old = self.store.get_principal(&caller.tenant, subject).await?;
             let (new, expected, operation) = match &old {
                 Some(old) => {
-                    if let Some(expected) = version.filter(|&v| v != old.version) {
-                        let what = format!("principal `{subject}`");
-                        return Err(StoreError::VersionConflict { what, expected, found: old.version }.into());
-                    }
+                    super::at_version(|| format!("principal `{subject}`"), version, old.version)?;
                     let mut new = change(old);
                     new.version = old.version + 1;
                     new.updated_at = now;
@@ -432,7 +427,7 @@ impl Keyscope {
         let details = BTreeMap::from([
             ("version".to_owned(), members.version.to_string()),
             ("subjects".to_owned(), members.subjects.len().to_string()),
-            ("roles".to_owned(), members.roles.iter().map(Role::as_str).collect::<Vec<_>>().join(",")),
+            ("roles".to_owned(), ids(members.roles.iter().map(Role::as_str))),
         ]);
         let changed = vec!["subjects".to_owned(), "roles".to_owned()];
         let audit = self.record(

@@ -138,14 +138,7 @@ impl Keyscope {
             return Err(locked(id));
         }
         let current = self.get_scope(caller, id).await?;
-        if current.version != version {
-            return Err(StoreError::VersionConflict {
-                what: format!("scope `{id}`"),
-                expected: version,
-                found: current.version,
-            }
-            .into());
-        }
+        super::at_version(|| format!("scope `{id}`"), Some(version), current.version)?;
         let ScopeChanges { label, description, mode, rules } = changes;
         let mut scope = current.clone();
         if let Some(v) = label {
@@ -205,10 +198,7 @@ impl Keyscope {
             let Some(scope) = self.store.get_scope(&caller.tenant, id).await? else {
                 return Err(scope_not_found(id, caller));
             };
-            if let Some(expected) = version.filter(|&v| v != scope.version) {
-                let found = scope.version;
-                return Err(StoreError::VersionConflict { what: format!("scope `{id}`"), expected, found }.into());
-            }
+            super::at_version(|| format!("scope `{id}`"), version, scope.version)?;
             let holders = self.store.scope_holders(&caller.tenant, id).await?;
             if !holders.is_empty() && !force {
                 return Err(ServiceError::FailedPrecondition(format!(
@@ -216,13 +206,15 @@ impl Keyscope {
                     holders.len()
                 )));
             }
-            let members = self.store.get_members(&caller.tenant, id).await?;
-            if !members.is_empty() && !force {
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "scope `{id}` is bound to {} subject(s) and {} role(s); delete with force to drop the bindings",
-                    members.subjects.len(),
-                    members.roles.len()
-                )));
+            if !force {
+                let members = self.store.get_members(&caller.tenant, id).await?;
+                if !members.is_empty() {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "scope `{id}` is bound to {} subject(s) and {} role(s); delete with force to drop the bindings",
+                        members.subjects.len(),
+                        members.roles.len()
+                    )));
+                }
             }
             // An allow-mode scope only ever adds grants, so removing it cannot widen access;
             // only a deny-mode scope needs the per-key comparison.

@@ -451,7 +451,7 @@ mod tests {
             t: &Tenant,
             s: &crate::domain::Subject,
             r: &[crate::domain::Role],
-        ) -> Result<crate::store::PrincipalGrants, StoreError> {
+        ) -> Result<Arc<crate::store::PrincipalGrants>, StoreError> {
             self.inner.principal_grants(t, s, r).await
         }
     }

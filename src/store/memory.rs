@@ -560,10 +560,14 @@ impl Store for MemoryStore {
         tenant: &Tenant,
         subject: &Subject,
         roles: &[Role],
-    ) -> Result<PrincipalGrants, StoreError> {
+    ) -> Result<Arc<PrincipalGrants>, StoreError> {
         let inner = self.read();
         let Some(data) = inner.tenants.get(tenant) else {
-            return Ok(PrincipalGrants { owner: Owner::Unregistered, scope_ids: Vec::new(), scopes: Vec::new() });
+            return Ok(Arc::new(PrincipalGrants {
+                owner: Owner::Unregistered,
+                scope_ids: Vec::new(),
+                scopes: Vec::new(),
+            }));
         };
         let owner = match data.principals.get(subject) {
             Some(p) => Owner::Registered(p.clone()),
@@ -579,6 +583,6 @@ impl Store for MemoryStore {
             ids.extend(data.by_role.get(role).into_iter().flatten().cloned());
         }
         let scopes = ids.iter().filter_map(|id| data.scopes.get(id).cloned()).collect();
-        Ok(PrincipalGrants { owner, scope_ids: ids.into_iter().collect(), scopes })
+        Ok(Arc::new(PrincipalGrants { owner, scope_ids: ids.into_iter().collect(), scopes }))
     }
 }

@@ -424,7 +424,7 @@ pub trait Store: Send + Sync + 'static {
         tenant: &Tenant,
         subject: &Subject,
         roles: &[Role],
-    ) -> Result<PrincipalGrants, StoreError>;
+    ) -> Result<Arc<PrincipalGrants>, StoreError>;
 }
 
 /// What a store knows of a principal named by a key's owner or a bearer credential.

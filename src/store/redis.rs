@@ -275,7 +275,11 @@ impl RedisStore {
             scripts: Arc::new(Scripts {
                 put_key: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/put_key.lua"))),
                 put_scope: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/put_scope.lua"))),
-                delete_scope: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/delete_scope.lua"))),
+                delete_scope: Script::new(concat!(
+                    include_str!("lua/audit.lua"),
+                    include_str!("lua/unbind.lua"),
+                    include_str!("lua/delete_scope.lua")
+                )),
                 claim_bootstrap: Script::new(concat!(
                     include_str!("lua/audit.lua"),
                     include_str!("lua/claim_bootstrap.lua")
@@ -294,7 +298,11 @@ impl RedisStore {
                     include_str!("lua/audit.lua"),
                     include_str!("lua/delete_principal.lua")
                 )),
-                set_members: Script::new(concat!(include_str!("lua/audit.lua"), include_str!("lua/set_members.lua"))),
+                set_members: Script::new(concat!(
+                    include_str!("lua/audit.lua"),
+                    include_str!("lua/unbind.lua"),
+                    include_str!("lua/set_members.lua")
+                )),
                 principal_grants: Script::new(concat!(
                     include_str!("lua/scope_records.lua"),
                     include_str!("lua/principal_grants.lua")
@@ -1250,7 +1258,7 @@ impl Store for RedisStore {
         tenant: &Tenant,
         subject: &Subject,
         roles: &[Role],
-    ) -> Result<PrincipalGrants, StoreError> {
+    ) -> Result<Arc<PrincipalGrants>, StoreError> {
         let base = self.base(tenant);
         let mut call = self.scripts.principal_grants.key(format!("{base}principal:{subject}"));
         call.arg(&base).arg(subject.as_str()).arg(roles.iter().map(Role::as_str).collect::<Vec<_>>());
@@ -1274,7 +1282,7 @@ impl Store for RedisStore {
             .collect::<Result<Vec<ScopeId>, _>>()?;
         scope_ids.sort();
         let scopes = decode_scope_records(tenant, found)?;
-        Ok(PrincipalGrants { owner, scope_ids, scopes })
+        Ok(Arc::new(PrincipalGrants { owner, scope_ids, scopes }))
     }
 }
 

@@ -195,7 +195,7 @@ impl Store for MeteredStore {
         tenant: &Tenant,
         subject: &Subject,
         roles: &[Role],
-    ) -> Result<PrincipalGrants, StoreError> {
+    ) -> Result<Arc<PrincipalGrants>, StoreError> {
         self.timed("principal_grants", self.inner.principal_grants(tenant, subject, roles)).await
     }
 }

@@ -38,11 +38,9 @@ for _, kid in ipairs(members) do
   redis.call('PUBLISH', chan, 'k:' .. kid)
 end
 redis.call('DEL', holders)
--- Its member bindings go with it (set_members.lua keeps the indexes).
+-- Its member bindings go with it (unbind.lua keeps the indexes).
 local mrec = base .. 'members:' .. sid
-local bound = redis.call('HMGET', mrec, 'subjects', 'roles')
-for s in string.gmatch(bound[1] or '', '[^\n]+') do redis.call('SREM', base .. 'bound:s:' .. s, sid) end
-for r in string.gmatch(bound[2] or '', '[^\n]+') do redis.call('SREM', base .. 'bound:r:' .. r, sid) end
+unbind(base, sid, mrec)
 if redis.call('DEL', mrec) == 1 then redis.call('PUBLISH', chan, 'm:' .. tenant .. ':' .. sid) end
 local folded = redis.call('HGET', rec, 'folded')
 if folded then redis.call('HDEL', base .. 'labels', folded) end

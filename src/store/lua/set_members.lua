@@ -13,9 +13,7 @@ local tenant = string.match(base, '{(.*)}')
 if ARGV[5] == '1' and redis.call('EXISTS', base .. 'scope:' .. sid) == 0 then return {'notfound'} end
 local cur = redis.call('HGET', KEYS[1], 'v') or '0'
 if cur ~= ARGV[3] then return {'conflict', cur} end
-local old = redis.call('HMGET', KEYS[1], 'subjects', 'roles')
-for s in string.gmatch(old[1] or '', '[^\n]+') do redis.call('SREM', base .. 'bound:s:' .. s, sid) end
-for r in string.gmatch(old[2] or '', '[^\n]+') do redis.call('SREM', base .. 'bound:r:' .. r, sid) end
+unbind(base, sid, KEYS[1])
 local ns = tonumber(ARGV[6])
 local subjects = {}
 for i = 1, ns do
