@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 use super::{
     action::Action,
     ids::{Module, RESERVED_ROOT},
-    scope::{Scope, ScopeMode},
+    scope::Scope,
 };
 
 /// Why a check was answered the way it was. Only [`Reason::Ok`] allows.
@@ -133,14 +133,10 @@ pub fn evaluate<'a>(scopes: &[&'a Scope], module: &Module, action: Action) -> De
     Decision { reason: Reason::NotGranted, deciding: Vec::new() }
 }
 
-fn allowed(scopes: &[&Scope], module: &Module, action: Action) -> bool {
-    evaluate(scopes, module, action).allowed()
-}
-
 /// Modules that tell apart everything the patterns of `scopes` can tell apart: any module is
 /// matched by exactly the same patterns as one of these, so comparing two sets of scopes on
 /// these modules compares them on every module.
-fn witnesses<'s>(scopes: impl Iterator<Item = &'s Scope>) -> Vec<Module> {
+pub(super) fn witnesses<'s>(scopes: impl Iterator<Item = &'s Scope>) -> Vec<Module> {
     let mut out = vec![Module::unnamed_below(None), Module::unnamed_below(Some(RESERVED_ROOT))];
     for scope in scopes {
         for action in Action::ALL {
@@ -154,54 +150,7 @@ fn witnesses<'s>(scopes: impl Iterator<Item = &'s Scope>) -> Vec<Module> {
     out
 }
 
-/// The first action and module that `after` allows and `before` does not, among those `keep`
-/// admits: whether replacing a key's scopes `before` with `after` widens its access there. A
-/// module in the answer may be an unnamed stand-in for "any module below X"; show it with
-/// [`describe_module`].
-pub fn widens(before: &[&Scope], after: &[&Scope], keep: impl Fn(Action, &Module) -> bool) -> Option<(Action, Module)> {
-    let modules = witnesses(before.iter().chain(after).copied());
-    for action in Action::ALL {
-        for module in modules.iter().filter(|m| keep(action, m)) {
-            if allowed(after, module, action) && !allowed(before, module, action) {
-                return Some((action, module.clone()));
-            }
-        }
-    }
-    None
-}
-
-/// The first administrative grant (on a reserved module) that `granted` gives and `holder`
-/// lacks: an admin may hand out only the administrative grants it holds.
-pub fn grants_reserved(granted: &[&Scope], holder: &[&Scope]) -> Option<(Action, Module)> {
-    let any_reserved = granted.iter().any(|s| {
-        s.mode == ScopeMode::Allow && Action::ALL.iter().any(|&a| s.rules.patterns(a).iter().any(|p| p.is_reserved()))
-    });
-    if !any_reserved {
-        return None;
-    }
-    widens(holder, granted, |_, m| m.is_reserved())
-}
-
-/// The first administrative grant that changing a scope from `old` to `new` hands out and
-/// `holder` lacks: what `new` grants on reserved modules, and every reserved module `old`
-/// denied and `new` no longer does (which widens any key holding the scope beside a grant).
-pub fn change_grants_reserved(old: Option<&Scope>, new: &Scope, holder: &[&Scope]) -> Option<(Action, Module)> {
-    if let Some(found) = grants_reserved(&[new], holder) {
-        return Some(found);
-    }
-    let old = old.filter(|o| o.mode == ScopeMode::Deny)?;
-    let modules = witnesses(holder.iter().copied().chain([old, new]));
-    for action in Action::ALL {
-        for module in modules.iter().filter(|m| m.is_reserved()) {
-            if old.denies(module, action) && !new.denies(module, action) && !allowed(holder, module, action) {
-                return Some((action, module.clone()));
-            }
-        }
-    }
-    None
-}
-
-/// How a module from [`widens`] reads in a message: `'billing'`, or `'billing.*'` for the
+/// How a witness module (see [`witnesses`]) reads in a message: `'billing'`, or `'billing.*'` for the
 /// stand-in of any module below `billing`.
 pub fn describe_module(module: &Module) -> String {
     match module.as_str() {
@@ -218,7 +167,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::domain::{Rules, ScopeId, Tenant};
+    use crate::domain::{Rules, ScopeId, ScopeMode, Tenant};
 
     fn scope(id: &str, mode: ScopeMode, read: &[&str]) -> Scope {
         let none: &[&str] = &[];
@@ -249,68 +198,5 @@ mod tests {
         let b = scope("b", ScopeMode::Allow, &["courses"]);
         let d = evaluate(&[&b, &a], &module("courses"), Action::Read);
         assert_eq!(d.message(&module("courses"), Action::Read), "scopes 'a' (a), 'b' (b) allow read on 'courses'");
-    }
-
-    #[test]
-    fn removing_a_deny_scope_beside_a_broad_allow_widens() {
-        let all = scope("all", ScopeMode::Allow, &["*"]);
-        let no_billing = scope("no-billing", ScopeMode::Deny, &["billing.*"]);
-        let widened = widens(&[&all, &no_billing], &[&all], |_, _| true);
-        assert_eq!(widened.map(|(a, m)| (a, describe_module(&m))), Some((Action::Read, "'billing.*'".to_owned())));
-    }
-
-    #[test]
-    fn removing_an_allow_scope_never_widens() {
-        let all = scope("all", ScopeMode::Allow, &["*"]);
-        let some = scope("some", ScopeMode::Allow, &["courses"]);
-        let deny = scope("deny", ScopeMode::Deny, &["users"]);
-        assert_eq!(widens(&[&all, &some, &deny], &[&all, &deny], |_, _| true), None);
-        assert_eq!(widens(&[&deny], &[], |_, _| true), None);
-    }
-
-    #[test]
-    fn removing_a_deny_scope_that_nothing_else_overrides_does_not_widen() {
-        let courses = scope("courses", ScopeMode::Allow, &["courses"]);
-        let no_users = scope("no-users", ScopeMode::Deny, &["users"]);
-        assert_eq!(widens(&[&courses, &no_users], &[&courses], |_, _| true), None);
-    }
-
-    #[test]
-    fn a_reserved_grant_needs_a_holder_that_has_it() {
-        let admin_keys = scope("ak", ScopeMode::Allow, &["keyscope.keys"]);
-        let admin_all = scope("aa", ScopeMode::Allow, &["keyscope.*"]);
-        let deny_keys = scope("dk", ScopeMode::Deny, &["keyscope.keys"]);
-        assert_eq!(grants_reserved(&[&admin_keys], &[&admin_all]), None);
-        assert!(grants_reserved(&[&admin_all], &[&admin_keys]).is_some());
-        // Holding keyscope.* minus keyscope.keys is not enough to hand out keyscope.*.
-        let got = grants_reserved(&[&admin_all], &[&admin_all, &deny_keys]);
-        assert_eq!(got.map(|(a, m)| (a, m.as_str().to_owned())), Some((Action::Read, "keyscope.keys".to_owned())));
-        // Ordinary grants are never escalation.
-        let all = scope("all", ScopeMode::Allow, &["*"]);
-        assert_eq!(grants_reserved(&[&all], &[]), None);
-    }
-
-    #[test]
-    fn lifting_a_reserved_denial_hands_out_that_grant() {
-        let admin = scope("admin", ScopeMode::Allow, &["keyscope.*"]);
-        let no_keys = scope("nk", ScopeMode::Deny, &["keyscope.keys"]);
-        let lifted = scope("nk", ScopeMode::Deny, &[]);
-        // The caller holds admin but is itself denied keyscope.keys: it may not lift that denial.
-        let got = change_grants_reserved(Some(&no_keys), &lifted, &[&admin, &no_keys]);
-        assert_eq!(got.map(|(a, m)| (a, m.as_str().to_owned())), Some((Action::Read, "keyscope.keys".to_owned())));
-        let to_allow = scope("nk", ScopeMode::Allow, &[]);
-        assert!(change_grants_reserved(Some(&no_keys), &to_allow, &[&admin, &no_keys]).is_some());
-        // A caller that holds the grant may lift it; ordinary denials are anyone's to lift.
-        assert_eq!(change_grants_reserved(Some(&no_keys), &lifted, &[&admin]), None);
-        let no_users = scope("nu", ScopeMode::Deny, &["users"]);
-        assert_eq!(change_grants_reserved(Some(&no_users), &lifted, &[]), None);
-    }
-
-    #[test]
-    fn holding_each_named_reserved_module_is_not_holding_the_whole_prefix() {
-        let three = scope("three", ScopeMode::Allow, &["keyscope.keys", "keyscope.scopes", "keyscope.audit"]);
-        let prefix = scope("prefix", ScopeMode::Allow, &["keyscope.*"]);
-        let got = grants_reserved(&[&prefix], &[&three]).map(|(_, m)| describe_module(&m));
-        assert_eq!(got, Some("'keyscope.*'".to_owned()));
     }
 }

@@ -11,6 +11,7 @@ mod day;
 mod decision;
 mod error;
 mod ids;
+mod invariant;
 mod key;
 pub mod limits;
 mod network;
@@ -24,9 +25,10 @@ pub use audit::{
     Actor, AuditEvent, AuditId, AuditOperation, AuditRecord, AuditTarget, REQUEST_ID_MAX, RequestId, millis,
 };
 pub use day::{Day, LAST_DAY};
-pub use decision::{Decision, Reason, change_grants_reserved, describe_module, evaluate, grants_reserved, widens};
+pub use decision::{Decision, Reason, describe_module, evaluate};
 pub use error::{InputError, Problem, parse_field};
 pub use ids::{KeyId, Label, Module, Pattern, ScopeId, Tenant, shorten as shorten_for_message};
+pub use invariant::{AccessGraph, Credential, Holding, KeyFacts, Mutation, Registration, Rule, Violation, judge};
 pub use key::{
     Key, KeyState, Metadata, key_status, validate_description, validate_metadata, validate_owner, validate_scope_ids,
 };

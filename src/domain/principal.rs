@@ -118,6 +118,15 @@ impl Members {
     pub fn is_empty(&self) -> bool {
         self.subjects.is_empty() && self.roles.is_empty()
     }
+
+    /// The same bindings with both lists sorted and distinct, as they are kept.
+    pub fn normalized(mut self) -> Self {
+        self.subjects.sort();
+        self.subjects.dedup();
+        self.roles.sort();
+        self.roles.dedup();
+        self
+    }
 }
 
 /// Parses a list of names of field `field`, at most `limit`, into a sorted, distinct list.

@@ -9,10 +9,7 @@ use super::{
     check::{CheckAnswer, Holder, Resolved},
     principals::Ceiling,
 };
-use crate::domain::{
-    Action, InputError, Key, Module, RequestId, Scope, ScopeId, Tenant, change_grants_reserved, describe_module,
-    grants_reserved, parse_field,
-};
+use crate::domain::{Action, InputError, Key, Module, RequestId, Scope, ScopeId, Tenant, parse_field};
 
 /// An authenticated admin caller and the tenant its call acts in.
 #[derive(Debug, Clone)]
@@ -40,44 +37,6 @@ impl Caller {
         }
         self
     }
-
-    /// Refuses to hand out administrative grants the caller does not hold itself: those a
-    /// key's scopes give, within what its owner (when registered) allows.
-    pub(super) fn may_grant(&self, field: &str, granted: &[&Scope]) -> Result<(), ServiceError> {
-        self.refuse(field, |holder| grants_reserved(granted, holder))
-    }
-
-    /// The same for a scope changing from `old` (none: created) to `new`: what `new` grants,
-    /// and every reserved denial `old` had and `new` drops.
-    pub(super) fn may_change_scope(&self, old: Option<&Scope>, new: &Scope) -> Result<(), ServiceError> {
-        self.refuse("scope", |holder| change_grants_reserved(old, new, holder))
-    }
-
-    /// Applies `handed_out` to the key's scopes, then to its owner's: the first administrative
-    /// grant either lacks refuses the call.
-    fn refuse(
-        &self,
-        field: &str,
-        handed_out: impl Fn(&[&Scope]) -> Option<(Action, Module)>,
-    ) -> Result<(), ServiceError> {
-        let lacking =
-            handed_out(&refs(&self.scopes)).map(|found| (found, format!("the calling key `{}`", self.key.id)));
-        let lacking = lacking.or_else(|| {
-            let owner = self.owner_scopes.as_deref()?;
-            Some((handed_out(&refs(owner))?, format!("the calling key's owner `{}`", self.key.owner)))
-        });
-        match lacking {
-            None => Ok(()),
-            Some(((action, module), who)) => Err(ServiceError::PermissionDenied(format!(
-                "{field}: would grant {action} on {}, which {who} does not hold",
-                describe_module(&module)
-            ))),
-        }
-    }
-}
-
-fn refs(scopes: &[Arc<Scope>]) -> Vec<&Scope> {
-    scopes.iter().map(Arc::as_ref).collect()
 }
 
 const BAD_TOKEN: &str = "missing or invalid admin credential: send `authorization: Bearer <token>`";

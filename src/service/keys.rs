@@ -7,7 +7,8 @@ use ipnet::IpNet;
 use super::{Caller, Keyscope, Page, RETRIES, ServiceError};
 use crate::{
     domain::{
-        AuditOperation, AuditRecord, InputError, Key, KeyId, KeyState, Metadata, RateLimit, Scope, ScopeId, Secret,
+        AuditOperation, AuditRecord, InputError, Key, KeyId, KeyState, Metadata, Mutation, RateLimit, Rule, ScopeId,
+        Secret,
     },
     store::{KeyQuery, KeyWrite, StoreError},
 };
@@ -62,13 +63,18 @@ impl Keyscope {
         Ok(())
     }
 
-    /// Checks that the scopes exist in the caller's tenant and grant nothing reserved the
-    /// caller lacks.
-    pub(super) async fn admit_scopes(&self, caller: &Caller, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, ServiceError> {
-        let scopes = self.tenant_scopes(&caller.tenant, "scope_ids", ids).await?;
-        let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
-        caller.may_grant("scope_ids", &refs)?;
-        Ok(scopes)
+    /// Refuses a key written as `key` (`current`: as it was) that would give any credential a
+    /// reserved grant the caller lacks. With `issued`, the key is judged as new: its token goes
+    /// to the caller (create, rotate), or its grants are handed out again (any update).
+    pub(super) async fn admit_key(
+        &self,
+        caller: &Caller,
+        current: Option<&Arc<Key>>,
+        key: &Key,
+        issued: bool,
+    ) -> Result<(), ServiceError> {
+        let change = Mutation::PutKey { id: key.id.clone(), facts: self.key_facts(key), issued };
+        self.enforce(caller, &change, current.map(std::slice::from_ref).unwrap_or_default(), Rule::NoEscalation).await
     }
 
     /// Writes a key with its audit event, naming the field when a scope vanished meanwhile.
@@ -97,7 +103,7 @@ impl Keyscope {
     pub async fn create_key(&self, caller: &Caller, new: NewKey) -> Result<(Key, Secret), ServiceError> {
         self.check_expiry(new.expires_at)?;
         self.check_lifetime(&caller.tenant, new.expires_at).await?;
-        self.admit_scopes(caller, &new.scope_ids).await?;
+        self.tenant_scopes(&caller.tenant, "scope_ids", &new.scope_ids).await?;
         let id = self.tokens.new_key_id()?;
         let (token, text) = self.tokens.issue(&id)?;
         let now = self.clock.now();
@@ -120,6 +126,7 @@ impl Keyscope {
             allowed_cidrs: new.allowed_cidrs,
             rate_limit: new.rate_limit,
         };
+        self.admit_key(caller, None, &key, true).await?;
         let audit = self.key_event(&caller.author(), AuditOperation::CreateKey, None, &key);
         self.write_key(&key, None, &audit).await?;
         tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, "key created");
@@ -173,9 +180,9 @@ impl Keyscope {
             // are not held to it: narrowing an older key's scopes must stay possible.
             self.check_lifetime(&caller.tenant, at).await?;
         }
-        // Any change to a key that grants reserved modules needs a caller holding them, not
-        // only a change of its scopes (SPEC section 5).
-        self.admit_scopes(caller, scope_ids.as_deref().unwrap_or(&current.scope_ids)).await?;
+        if let Some(ids) = &scope_ids {
+            self.tenant_scopes(&caller.tenant, "scope_ids", ids).await?;
+        }
         let mut key = Key::clone(&current);
         if let Some(v) = description {
             key.description = v;
@@ -200,6 +207,9 @@ impl Keyscope {
         }
         key.version = version + 1;
         key.updated_at = self.clock.now();
+        // Any change to a key hands its grants out again: the caller must hold the reserved
+        // ones, not only when its scopes change.
+        self.admit_key(caller, Some(&current), &key, true).await?;
         let audit = self.key_event(&caller.author(), AuditOperation::UpdateKey, Some(&current), &key);
         self.write_key(&key, Some(version), &audit).await?;
         tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, "key updated");
@@ -227,15 +237,12 @@ impl Keyscope {
                     target.as_str()
                 )));
             }
-            if target == KeyState::Active {
-                // Enabling hands the key's grants back out: the caller must hold any
-                // administrative ones.
-                self.admit_scopes(caller, &current.scope_ids).await?;
-            }
             let mut key = Key::clone(&current);
             key.state = target;
             key.version += 1;
             key.updated_at = self.clock.now();
+            // Enabling hands the key's grants back out; disabling and revoking only narrow.
+            self.admit_key(caller, Some(&current), &key, false).await?;
             let operation = match target {
                 KeyState::Active => AuditOperation::EnableKey,
                 KeyState::Disabled => AuditOperation::DisableKey,

@@ -8,6 +8,7 @@ mod bootstrap;
 mod builtins;
 mod check;
 mod http;
+mod invariant;
 mod keys;
 mod policy;
 mod principals;

@@ -22,8 +22,9 @@ use super::{
 };
 use crate::{
     domain::{
-        Action, AuditOperation, AuditRecord, AuditTarget, InputError, Key, Members, Module, Principal, Reason, Role,
-        Scope, ScopeId, Subject, Tenant, evaluate, limits, parse_field, parse_names,
+        Action, AuditOperation, AuditRecord, AuditTarget, InputError, Key, Members, Module, Mutation, Principal,
+        Reason, Registration, Role, Rule, Scope, ScopeId, Subject, Tenant, evaluate, limits, parse_field, parse_names,
+        shorten_for_message,
     },
     store::{Owner, PrincipalGrants, StoreError},
     telemetry::annotate,
@@ -315,6 +316,14 @@ impl Keyscope {
             let (new, expected, operation) = match &old {
                 Some(old) => {
                     super::at_version(|| format!("principal `{subject}`"), version, old.version)?;
+                    // Replacing a registered principal is a change, whatever the RPC.
+                    if create && !caller.holding().allows(&Module::principals(), Action::Update) {
+                        return Err(ServiceError::PermissionDenied(format!(
+                            "principal `{}` is registered; replacing it needs update on `{}`",
+                            shorten_for_message(subject.as_str()),
+                            Module::principals()
+                        )));
+                    }
                     let mut new = change(old);
                     new.version = old.version + 1;
                     new.updated_at = now;
@@ -336,6 +345,9 @@ impl Keyscope {
                 }
                 None => return Err(principal_not_found(subject, &caller.tenant)),
             };
+            let registration = Registration::Registered { roles: new.roles.clone(), enabled: new.enabled };
+            let change = Mutation::PutPrincipal(subject.clone(), registration);
+            self.enforce(caller, &change, &[], Rule::NoEscalation).await?;
             let audit = self.principal_event(caller, operation, old.as_deref(), &new);
             match self.store.put_principal(&new, expected, self.audit_write(&audit)).await {
                 // Someone else registered or changed it meanwhile: start over, unless the
@@ -378,6 +390,10 @@ impl Keyscope {
         version: Option<u64>,
     ) -> Result<(), ServiceError> {
         let old = self.get_principal(caller, subject).await?;
+        super::at_version(|| format!("principal `{subject}`"), version, old.version)?;
+        // A delete never widens: not a disabled principal's bearer checks, nor (through a
+        // role it loses) anyone's.
+        self.enforce(caller, &Mutation::DeletePrincipal(subject.clone()), &[], Rule::NoWidening).await?;
         let details = BTreeMap::from([("version".to_owned(), old.version.to_string())]);
         let audit = self.record(
             &caller.author(),
@@ -419,11 +435,12 @@ impl Keyscope {
         roles: Vec<Role>,
         version: u64,
     ) -> Result<Members, ServiceError> {
-        let scope = self.member_scope(caller, id).await?;
-        caller.may_grant("scope_id", &[scope.as_ref()])?;
+        self.member_scope(caller, id).await?;
         // No bindings ever reach u64::MAX: a version that large is bad input, not a conflict.
         let next = version.checked_add(1).ok_or_else(|| InputError::invalid("version", "is out of range"))?;
-        let members = Members { subjects, roles, version: next };
+        let members = Members { subjects, roles, version: next }.normalized();
+        // Binding or unbinding is an explicit edit: held to no escalation.
+        self.enforce(caller, &Mutation::SetMembers(id.clone(), members.clone()), &[], Rule::NoEscalation).await?;
         let details = BTreeMap::from([
             ("version".to_owned(), members.version.to_string()),
             ("subjects".to_owned(), members.subjects.len().to_string()),

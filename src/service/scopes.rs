@@ -1,16 +1,12 @@
 //! Scope administration: create, read, list, update, delete, clone and evaluate.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use super::{Builtins, Caller, Keyscope, Page, RETRIES, ServiceError, check::explained};
 use crate::{
     domain::{
-        Action, AuditOperation, AuditRecord, InputError, Key, KeyId, Label, Module, Reason, Rules, Scope, ScopeId,
-        ScopeMode, describe_module, evaluate, widens,
+        Action, AuditOperation, AuditRecord, InputError, KeyId, Label, Module, Mutation, Reason, Rule, Rules, Scope,
+        ScopeId, ScopeMode, evaluate,
     },
     store::{ScopeDelete, StoreError},
 };
@@ -59,7 +55,7 @@ impl Keyscope {
         scope: &Scope,
         audit: &AuditRecord,
     ) -> Result<(), ServiceError> {
-        caller.may_change_scope(old, scope)?;
+        self.enforce(caller, &Mutation::PutScope(Arc::new(scope.clone())), &[], Rule::NoEscalation).await?;
         let reserved = self.builtins.folded_labels();
         let expected_version = old.map(|o| o.version);
         let max = self.quotas.max_scopes_per_tenant;
@@ -216,11 +212,9 @@ impl Keyscope {
                     )));
                 }
             }
-            // An allow-mode scope only ever adds grants, so removing it cannot widen access;
-            // only a deny-mode scope needs the per-key comparison.
-            if scope.mode == ScopeMode::Deny {
-                self.refuse_widening(caller, &scope, &holders).await?;
-            }
+            // A removal never widens: not the keys holding the scope, nor (through their
+            // owners) the keys of the principals it is bound to, nor bearer principals.
+            self.enforce(caller, &Mutation::DeleteScope(id.clone()), &holders, Rule::NoWidening).await?;
             let guard: Vec<(KeyId, u64)> = holders.iter().map(|k| (k.id.clone(), k.version)).collect();
             let detached: Vec<KeyId> = guard.iter().map(|(k, _)| k.clone()).collect();
             let audit = self.delete_event(caller, &scope, force, &detached);
@@ -243,36 +237,6 @@ impl Keyscope {
             return Ok(detached);
         }
         Err(ServiceError::Aborted(format!("the keys holding scope `{id}` kept changing; retry")))
-    }
-
-    /// Refuses a forced delete of the deny-mode `scope` that would widen any holder's access.
-    /// Only what `scope` denies can change, so only that is compared; keys with the same scope
-    /// set are compared once; the first key that would widen ends the search.
-    async fn refuse_widening(&self, caller: &Caller, scope: &Scope, holders: &[Arc<Key>]) -> Result<(), ServiceError> {
-        let mut compared: HashSet<Vec<ScopeId>> = HashSet::new();
-        for key in holders {
-            let mut set = key.scope_ids.clone();
-            set.sort();
-            if !compared.insert(set) {
-                continue;
-            }
-            let found = self.lookup_scopes(&caller.tenant, &key.scope_ids).await?;
-            // A key naming a scope that no longer exists is denied everything, before and
-            // after: it cannot widen.
-            let Some(before) = found.into_iter().collect::<Option<Vec<Arc<Scope>>>>() else { continue };
-            let before: Vec<&Scope> = before.iter().map(Arc::as_ref).collect();
-            let after: Vec<&Scope> = before.iter().copied().filter(|s| s.id != scope.id).collect();
-            if let Some((action, module)) = widens(&before, &after, |a, m| scope.denies(m, a)) {
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "removing scope `{}` would widen the access of key `{}` (it would gain {action} on {}); \
-                     change the scopes of the keys holding it first",
-                    scope.id,
-                    key.id,
-                    describe_module(&module)
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// Answers a check for stored scopes (by id) and inline scopes together, with no key.

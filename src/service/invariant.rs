@@ -1,0 +1,171 @@
+//! The one place every admin mutation passes before it is written: it loads the part of the
+//! tenant's access graph the change can affect, applies the change to a copy, and refuses it
+//! when [`crate::domain::judge`] finds a credential that would gain what the rule forbids.
+//!
+//! What is loaded, and so what one admin call costs (documented in docs/authorization.md):
+//! the tenant's stored scopes (at most `limits.max_scopes_per_tenant`) and their member
+//! bindings, its registered principals, and the keys the change can touch: the key changed,
+//! the keys holding a changed or deleted scope, and (only when some principal's ceiling
+//! changes) the keys owned by those principals, found by one pass over the tenant's keys.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use super::{Caller, Keyscope, ServiceError};
+use crate::{
+    domain::{
+        AccessGraph, Holding, Key, KeyFacts, KeyId, Mutation, Registration, Rule, Scope, Subject, Tenant, judge,
+        key_status,
+    },
+    store::{KeyQuery, Owner},
+};
+
+/// Page size when the loader walks a tenant's scopes, principals or keys.
+const LOAD_PAGE: usize = 1000;
+
+impl Caller {
+    /// What the calling key holds: its scopes, within its registered owner's bound scopes.
+    pub(super) fn holding(&self) -> Holding<'_> {
+        let own: Vec<&Scope> = self.scopes.iter().map(Arc::as_ref).collect();
+        let ceiling = self.owner_scopes.as_ref().map(|o| o.iter().map(Arc::as_ref).collect());
+        Holding::Layers(std::iter::once(own).chain(ceiling).collect())
+    }
+}
+
+impl Keyscope {
+    /// What the graph knows of `key` now.
+    pub(super) fn key_facts(&self, key: &Key) -> KeyFacts {
+        KeyFacts {
+            scope_ids: key.scope_ids.clone(),
+            owner: key.owner.clone(),
+            live: key_status(key, self.clock.now(), None).is_none(),
+        }
+    }
+
+    /// Refuses `change`, made by `caller` in its tenant, if it breaks `rule` for any
+    /// credential it can affect (`PERMISSION_DENIED` for escalation, `FAILED_PRECONDITION` for
+    /// a removal that would widen). `keys` are the keys the change names, as read.
+    pub(super) async fn enforce(
+        &self,
+        caller: &Caller,
+        change: &Mutation,
+        keys: &[Arc<Key>],
+        rule: Rule,
+    ) -> Result<(), ServiceError> {
+        let mut before = self.access_graph(&caller.tenant).await?;
+        for key in keys {
+            before.keys.insert(key.id.clone(), self.key_facts(key));
+        }
+        if let Some(scope) = change.scope() {
+            for key in self.store.scope_holders(&caller.tenant, scope).await? {
+                before.keys.insert(key.id.clone(), self.key_facts(&key));
+            }
+        }
+        let mut probe = before.clone();
+        change.apply(&mut probe);
+        let owners = changed_owners(&before, &probe);
+        if !owners.is_empty() {
+            self.load_owned_keys(&caller.tenant, &owners, &mut before).await?;
+        }
+        self.load_owner_states(&caller.tenant, &mut before).await?;
+        let mut after = before.clone();
+        change.apply(&mut after);
+        match judge(&before, &after, &caller.holding(), rule) {
+            None => Ok(()),
+            Some(violation) => {
+                tracing::info!(tenant = %caller.tenant, actor = %caller.key.id, rule = ?violation.rule, "admin change refused");
+                Err(match violation.rule {
+                    Rule::NoEscalation => ServiceError::PermissionDenied(violation.message()),
+                    Rule::NoWidening => ServiceError::FailedPrecondition(violation.message()),
+                })
+            }
+        }
+    }
+
+    /// The tenant's scopes (builtins included), their bindings and its registered principals.
+    async fn access_graph(&self, tenant: &Tenant) -> Result<AccessGraph, ServiceError> {
+        let mut graph = AccessGraph::default();
+        for builtin in self.builtins.after(None) {
+            graph.scopes.insert(builtin.id.clone(), builtin.clone());
+        }
+        let mut after = None;
+        loop {
+            let page = self.store.list_scopes(tenant, after.as_ref(), LOAD_PAGE).await?;
+            let more = page.len() == LOAD_PAGE;
+            after = page.last().map(|s| s.id.clone());
+            for scope in page {
+                graph.scopes.insert(scope.id.clone(), scope);
+            }
+            if !more {
+                break;
+            }
+        }
+        let ids: Vec<_> = graph.scopes.keys().cloned().collect();
+        for id in ids {
+            let members = self.store.get_members(tenant, &id).await?;
+            if !members.is_empty() {
+                graph.members.insert(id, members.normalized());
+            }
+        }
+        let mut after: Option<Subject> = None;
+        loop {
+            let page = self.store.list_principals(tenant, after.as_ref(), LOAD_PAGE).await?;
+            let more = page.len() == LOAD_PAGE;
+            after = page.last().map(|p| p.subject.clone());
+            for p in page {
+                let registration = Registration::Registered { roles: p.roles.clone(), enabled: p.enabled };
+                graph.principals.insert(p.subject.clone(), registration);
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(graph)
+    }
+
+    /// Adds the tenant's keys owned by any of `owners` (one pass over its keys).
+    async fn load_owned_keys(
+        &self,
+        tenant: &Tenant,
+        owners: &BTreeSet<Subject>,
+        graph: &mut AccessGraph,
+    ) -> Result<(), ServiceError> {
+        let mut after: Option<KeyId> = None;
+        loop {
+            let query = KeyQuery { after: after.clone(), limit: LOAD_PAGE, ..KeyQuery::default() };
+            let page = self.store.list_keys(tenant, &query).await?;
+            let more = page.len() == LOAD_PAGE;
+            after = page.last().map(|k| k.id.clone());
+            for key in page {
+                if key.owner.parse::<Subject>().is_ok_and(|o| owners.contains(&o)) {
+                    graph.keys.insert(key.id.clone(), self.key_facts(&key));
+                }
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Marks the deleted principals among the owners of the graph's keys (a listing names
+    /// only the registered ones).
+    async fn load_owner_states(&self, tenant: &Tenant, graph: &mut AccessGraph) -> Result<(), ServiceError> {
+        let unknown: BTreeSet<Subject> = graph
+            .keys
+            .values()
+            .filter_map(|k| k.owner.parse::<Subject>().ok())
+            .filter(|s| !graph.principals.contains_key(s))
+            .collect();
+        for subject in unknown {
+            if self.store.principal_grants(tenant, &subject, &[]).await?.owner == Owner::Gone {
+                graph.principals.insert(subject, Registration::Gone);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The subjects whose keys' ceiling differs between the two graphs.
+fn changed_owners(before: &AccessGraph, after: &AccessGraph) -> BTreeSet<Subject> {
+    let subjects: BTreeSet<&Subject> = before.principals.keys().chain(after.principals.keys()).collect();
+    subjects.into_iter().filter(|s| before.ceiling(s) != after.ceiling(s)).cloned().collect()
+}
