@@ -214,7 +214,7 @@ impl ModelTenant {
     fn bearer_allowed(&self, subject: &str, mask: usize) -> Allowed {
         let mut roles: BTreeSet<&str> = role_set(mask).into_iter().collect();
         match self.principals.get(subject) {
-            Some(ModelPrincipal::Registered { enabled: false, .. }) => return Allowed::new(),
+            Some(ModelPrincipal::Registered { enabled: false, .. } | ModelPrincipal::Gone) => return Allowed::new(),
             Some(ModelPrincipal::Registered { roles: registered, .. }) => roles.extend(registered.iter().copied()),
             _ => {}
         }
@@ -744,7 +744,10 @@ async fn run_model(store: Arc<dyn Store>, steps: usize, seed: u64) {
             let m = &world.tenants[t];
             panic!(
                 "{context}: keyscope answered {result:?}, the model {expected:?}\nscopes {:?}\nmembers {:?}\nprincipals {:?}\nkeys {:?}",
-                m.scopes, m.members, m.principals, m.keys.iter().map(|(id, k)| (id, &k.scopes, k.owner, k.state)).collect::<Vec<_>>()
+                m.scopes,
+                m.members,
+                m.principals,
+                m.keys.iter().map(|(id, k)| (id, &k.scopes, k.owner, k.state)).collect::<Vec<_>>()
             );
         }
         *outcomes.entry(format!("{got:?}")).or_insert(0usize) += 1;

@@ -692,7 +692,7 @@ async fn an_admin_key_hands_out_only_what_its_owner_holds_too() {
     assert_status(
         server.keys_as(Some(&owned_admin)).create_key(create(&admin.id)).await,
         Code::PermissionDenied,
-        "owner `ops` does not hold",
+        "create on 'keyscope.scopes', which the calling key does not hold",
     );
     // Nor may it take over a key that holds more, by rotating it.
     let (victim, _) = server.key(ACME, &[&admin.id]).await;
@@ -700,7 +700,7 @@ async fn an_admin_key_hands_out_only_what_its_owner_holds_too() {
     assert_status(
         server.keys_as(Some(&owned_admin)).rotate_key(rotate).await,
         Code::PermissionDenied,
-        "owner `ops` does not hold",
+        "create on 'keyscope.scopes', which the calling key does not hold",
     );
     let untouched = server.keys().get_key(pb::GetKeyRequest { tenant: ACME.into(), id: victim.id }).await;
     assert_eq!(untouched.expect("get").into_inner().version, victim.version, "a refused rotation changes nothing");

@@ -323,10 +323,9 @@ impl AccessGraph {
     fn bearer_base(&self, subject: Option<&Subject>) -> Result<Vec<&Scope>, ()> {
         let Some(subject) = subject else { return Ok(Vec::new()) };
         let roles: &[Role] = match self.principals.get(subject) {
-            Some(Registration::Registered { enabled: false, .. }) => return Err(()),
+            Some(Registration::Registered { enabled: false, .. } | Registration::Gone) => return Err(()),
             Some(Registration::Registered { roles, .. }) => roles,
-            // A deleted principal's bearer checks use its subject's bindings alone.
-            Some(Registration::Gone) | None => &[],
+            None => &[],
         };
         self.resolve(self.bound_ids(Some(subject), roles)).ok_or(())
     }

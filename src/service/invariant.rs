@@ -6,7 +6,9 @@
 //! the tenant's stored scopes (at most `limits.max_scopes_per_tenant`) and their member
 //! bindings, its registered principals, and the keys the change can touch: the key changed,
 //! the keys holding a changed or deleted scope, and (only when some principal's ceiling
-//! changes) the keys owned by those principals, found by one pass over the tenant's keys.
+//! changes) the keys owned by those principals, found by one pass over the tenant's keys; and
+//! for each subject a key names as its owner or a binding names that is not registered, one
+//! read of whether it was deleted.
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -43,10 +45,12 @@ impl Keyscope {
 
     /// Refuses `change`, made by `caller` in its tenant, if it breaks `rule` for any
     /// credential it can affect (`PERMISSION_DENIED` for escalation, `FAILED_PRECONDITION` for
-    /// a removal that would widen). `keys` are the keys the change names, as read.
+    /// a removal that would widen), naming the request `field` that asked for it. `keys` are
+    /// the keys the change names, as read.
     pub(super) async fn enforce(
         &self,
         caller: &Caller,
+        field: &str,
         change: &Mutation,
         keys: &[Arc<Key>],
         rule: Rule,
@@ -66,7 +70,14 @@ impl Keyscope {
         if !owners.is_empty() {
             self.load_owned_keys(&caller.tenant, &owners, &mut before).await?;
         }
-        self.load_owner_states(&caller.tenant, &mut before).await?;
+        // Whether the subjects named before or after the change (a key's new owner, a new
+        // binding) are deleted principals: their keys and bearer checks are denied everything.
+        let mut probe = before.clone();
+        change.apply(&mut probe);
+        let owners = before.keys.values().chain(probe.keys.values()).filter_map(|k| k.owner.parse().ok());
+        let bound = before.members.values().chain(probe.members.values()).flat_map(|m| m.subjects.iter().cloned());
+        let named: BTreeSet<Subject> = owners.chain(bound).collect();
+        self.load_deleted(&caller.tenant, named, &mut before).await?;
         let mut after = before.clone();
         change.apply(&mut after);
         match judge(&before, &after, &caller.holding(), rule) {
@@ -74,8 +85,8 @@ impl Keyscope {
             Some(violation) => {
                 tracing::info!(tenant = %caller.tenant, actor = %caller.key.id, rule = ?violation.rule, "admin change refused");
                 Err(match violation.rule {
-                    Rule::NoEscalation => ServiceError::PermissionDenied(violation.message()),
-                    Rule::NoWidening => ServiceError::FailedPrecondition(violation.message()),
+                    Rule::NoEscalation => ServiceError::PermissionDenied(format!("{field}: {}", violation.message())),
+                    Rule::NoWidening => ServiceError::FailedPrecondition(format!("{field}: {}", violation.message())),
                 })
             }
         }
@@ -146,16 +157,17 @@ impl Keyscope {
         }
     }
 
-    /// Marks the deleted principals among the owners of the graph's keys (a listing names
-    /// only the registered ones).
-    async fn load_owner_states(&self, tenant: &Tenant, graph: &mut AccessGraph) -> Result<(), ServiceError> {
-        let unknown: BTreeSet<Subject> = graph
-            .keys
-            .values()
-            .filter_map(|k| k.owner.parse::<Subject>().ok())
-            .filter(|s| !graph.principals.contains_key(s))
-            .collect();
-        for subject in unknown {
+    /// Marks which of `subjects` are deleted principals (a listing names only the registered).
+    async fn load_deleted(
+        &self,
+        tenant: &Tenant,
+        subjects: BTreeSet<Subject>,
+        graph: &mut AccessGraph,
+    ) -> Result<(), ServiceError> {
+        for subject in subjects {
+            if graph.principals.contains_key(&subject) {
+                continue;
+            }
             if self.store.principal_grants(tenant, &subject, &[]).await?.owner == Owner::Gone {
                 graph.principals.insert(subject, Registration::Gone);
             }

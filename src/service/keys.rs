@@ -69,12 +69,14 @@ impl Keyscope {
     pub(super) async fn admit_key(
         &self,
         caller: &Caller,
+        field: &str,
         current: Option<&Arc<Key>>,
         key: &Key,
         issued: bool,
     ) -> Result<(), ServiceError> {
         let change = Mutation::PutKey { id: key.id.clone(), facts: self.key_facts(key), issued };
-        self.enforce(caller, &change, current.map(std::slice::from_ref).unwrap_or_default(), Rule::NoEscalation).await
+        self.enforce(caller, field, &change, current.map(std::slice::from_ref).unwrap_or_default(), Rule::NoEscalation)
+            .await
     }
 
     /// Writes a key with its audit event, naming the field when a scope vanished meanwhile.
@@ -126,7 +128,7 @@ impl Keyscope {
             allowed_cidrs: new.allowed_cidrs,
             rate_limit: new.rate_limit,
         };
-        self.admit_key(caller, None, &key, true).await?;
+        self.admit_key(caller, "scope_ids", None, &key, true).await?;
         let audit = self.key_event(&caller.author(), AuditOperation::CreateKey, None, &key);
         self.write_key(&key, None, &audit).await?;
         tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, "key created");
@@ -209,7 +211,7 @@ impl Keyscope {
         key.updated_at = self.clock.now();
         // Any change to a key hands its grants out again: the caller must hold the reserved
         // ones, not only when its scopes change.
-        self.admit_key(caller, Some(&current), &key, true).await?;
+        self.admit_key(caller, "scope_ids", Some(&current), &key, true).await?;
         let audit = self.key_event(&caller.author(), AuditOperation::UpdateKey, Some(&current), &key);
         self.write_key(&key, Some(version), &audit).await?;
         tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, "key updated");
@@ -242,7 +244,7 @@ impl Keyscope {
             key.version += 1;
             key.updated_at = self.clock.now();
             // Enabling hands the key's grants back out; disabling and revoking only narrow.
-            self.admit_key(caller, Some(&current), &key, false).await?;
+            self.admit_key(caller, "id", Some(&current), &key, false).await?;
             let operation = match target {
                 KeyState::Active => AuditOperation::EnableKey,
                 KeyState::Disabled => AuditOperation::DisableKey,

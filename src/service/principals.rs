@@ -161,7 +161,8 @@ impl Keyscope {
     /// Answers checks for a bearer principal credential in `tenant`: through the scopes bound
     /// to its subject, to the roles it presents and to the roles of the registered principal
     /// of that subject (if any). A registered, disabled principal is denied everything
-    /// (`PRINCIPAL_DISABLED`). No usage is counted (there is no key).
+    /// (`PRINCIPAL_DISABLED`), and so is a deleted one until it is registered again. No usage is
+    /// counted (there is no key).
     pub async fn check_principal(
         &self,
         tenant: &Tenant,
@@ -172,7 +173,11 @@ impl Keyscope {
         let explain = explain.into();
         let span = tracing::debug_span!("check_principal", %tenant, items = items.len(), allowed = Empty);
         let grants = self.store.principal_grants(tenant, &credential.subject, &credential.roles).await?;
-        let disabled = matches!(&grants.owner, Owner::Registered(p) if !p.enabled);
+        // A deleted principal is denied everything, like a disabled one, until it is registered
+        // again: deleting it must never widen its bearer checks (its registered roles, or its
+        // disabled state, go with it).
+        let deleted = grants.owner == Owner::Gone;
+        let disabled = deleted || matches!(&grants.owner, Owner::Registered(p) if !p.enabled);
         let (scopes, missing) = self.bound_scopes(&grants);
         let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
         let subject = &credential.subject;
@@ -183,7 +188,8 @@ impl Keyscope {
                     let message = if explain == Explain::Never {
                         String::new()
                     } else {
-                        format!("principal `{subject}` is disabled")
+                        let state = if deleted { "was deleted" } else { "is disabled" };
+                        format!("principal `{}` {state}", shorten_for_message(subject.as_str()))
                     };
                     (Reason::PrincipalDisabled, Vec::new(), message)
                 } else if let Some(id) = &missing {
@@ -347,7 +353,7 @@ impl Keyscope {
             };
             let registration = Registration::Registered { roles: new.roles.clone(), enabled: new.enabled };
             let change = Mutation::PutPrincipal(subject.clone(), registration);
-            self.enforce(caller, &change, &[], Rule::NoEscalation).await?;
+            self.enforce(caller, "roles", &change, &[], Rule::NoEscalation).await?;
             let audit = self.principal_event(caller, operation, old.as_deref(), &new);
             match self.store.put_principal(&new, expected, self.audit_write(&audit)).await {
                 // Someone else registered or changed it meanwhile: start over, unless the
@@ -393,7 +399,7 @@ impl Keyscope {
         super::at_version(|| format!("principal `{subject}`"), version, old.version)?;
         // A delete never widens: not a disabled principal's bearer checks, nor (through a
         // role it loses) anyone's.
-        self.enforce(caller, &Mutation::DeletePrincipal(subject.clone()), &[], Rule::NoWidening).await?;
+        self.enforce(caller, "subject", &Mutation::DeletePrincipal(subject.clone()), &[], Rule::NoWidening).await?;
         let details = BTreeMap::from([("version".to_owned(), old.version.to_string())]);
         let audit = self.record(
             &caller.author(),
@@ -440,7 +446,8 @@ impl Keyscope {
         let next = version.checked_add(1).ok_or_else(|| InputError::invalid("version", "is out of range"))?;
         let members = Members { subjects, roles, version: next }.normalized();
         // Binding or unbinding is an explicit edit: held to no escalation.
-        self.enforce(caller, &Mutation::SetMembers(id.clone(), members.clone()), &[], Rule::NoEscalation).await?;
+        self.enforce(caller, "scope_id", &Mutation::SetMembers(id.clone(), members.clone()), &[], Rule::NoEscalation)
+            .await?;
         let details = BTreeMap::from([
             ("version".to_owned(), members.version.to_string()),
             ("subjects".to_owned(), members.subjects.len().to_string()),

@@ -41,7 +41,7 @@ impl Keyscope {
             self.check_lifetime(&caller.tenant, current.expires_at).await?;
             // The caller receives a working token for the key: it must hold any administrative
             // grant the key has.
-            self.admit_key(caller, Some(&current), &current, true).await?;
+            self.admit_key(caller, "id", Some(&current), &current, true).await?;
             let (token, text) = self.tokens.issue(id)?;
             let now = self.clock.now();
             let mut key = Key::clone(&current);

@@ -55,7 +55,7 @@ impl Keyscope {
         scope: &Scope,
         audit: &AuditRecord,
     ) -> Result<(), ServiceError> {
-        self.enforce(caller, &Mutation::PutScope(Arc::new(scope.clone())), &[], Rule::NoEscalation).await?;
+        self.enforce(caller, "rules", &Mutation::PutScope(Arc::new(scope.clone())), &[], Rule::NoEscalation).await?;
         let reserved = self.builtins.folded_labels();
         let expected_version = old.map(|o| o.version);
         let max = self.quotas.max_scopes_per_tenant;
@@ -214,7 +214,7 @@ impl Keyscope {
             }
             // A removal never widens: not the keys holding the scope, nor (through their
             // owners) the keys of the principals it is bound to, nor bearer principals.
-            self.enforce(caller, &Mutation::DeleteScope(id.clone()), &holders, Rule::NoWidening).await?;
+            self.enforce(caller, "id", &Mutation::DeleteScope(id.clone()), &holders, Rule::NoWidening).await?;
             let guard: Vec<(KeyId, u64)> = holders.iter().map(|k| (k.id.clone(), k.version)).collect();
             let detached: Vec<KeyId> = guard.iter().map(|(k, _)| k.clone()).collect();
             let audit = self.delete_event(caller, &scope, force, &detached);

@@ -1,0 +1,208 @@
+//! Regression tests, through the real gRPC server, for the ways admin calls added with owners
+//! and members used to escalate or widen access. Each is refused now, names who would gain what,
+//! and changes nothing.
+
+#![allow(clippy::panic)] // tests fail by panicking
+
+mod common;
+
+use common::{TestServer, all_rules, assert_status};
+use keyscope::grpc::pb;
+use tonic::Code;
+
+const ACME: &str = "acme";
+
+/// A tenant admin key held to its owner `alice`, who may administer keys and principals only;
+/// the role `ops` is bound to the builtin `admin` scope (every reserved module). Returns the
+/// server and the key's token.
+async fn bounded_admin() -> (TestServer, String) {
+    let server = TestServer::start().await;
+    let keys_and_principals = server
+        .scope(ACME, "keys and principals", pb::ScopeMode::Allow, all_rules(&["keyscope.keys", "keyscope.principals"]))
+        .await;
+    server.bind(ACME, &keys_and_principals.id, &["alice"], &[]).await;
+    server.bind(ACME, "admin", &[], &["ops"]).await;
+    server.principal(ACME, "alice", &[]).await;
+    let (_, token) = server.owned_key(ACME, "alice", &["admin"]).await;
+    // Held to its owner: scopes administration is out of its reach.
+    let answer = server.check(&token, "keyscope.scopes", pb::Action::Read).await;
+    assert_eq!(answer.reason, pb::Reason::OwnerDenied as i32, "{answer:?}");
+    (server, token)
+}
+
+#[tokio::test]
+async fn a_key_cannot_give_its_own_owner_an_admin_role() {
+    let (server, token) = bounded_admin().await;
+    let mut principals = server.principals_as(Some(&token));
+    let alice = principals
+        .get_principal(pb::GetPrincipalRequest { tenant: ACME.into(), subject: "alice".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    let refused = principals
+        .set_principal_roles(pb::SetPrincipalRolesRequest {
+            tenant: ACME.into(),
+            subject: "alice".into(),
+            roles: vec!["ops".into()],
+            version: alice.version,
+        })
+        .await;
+    let status = assert_status(refused, Code::PermissionDenied, "which the calling key does not hold");
+    assert!(status.message().contains("keyscope."), "{}", status.message());
+    // UpsertPrincipal without a version replaces a registered principal only with `update`, and
+    // is held to the same rule.
+    let refused = principals
+        .upsert_principal(pb::UpsertPrincipalRequest {
+            tenant: ACME.into(),
+            subject: "alice".into(),
+            roles: vec!["ops".into()],
+            ..Default::default()
+        })
+        .await;
+    assert_status(refused, Code::PermissionDenied, "which the calling key does not hold");
+    let answer = server.check(&token, "keyscope.scopes", pb::Action::Read).await;
+    assert_eq!(answer.reason, pb::Reason::OwnerDenied as i32, "nothing changed: {answer:?}");
+}
+
+#[tokio::test]
+async fn replacing_a_registered_principal_needs_update() {
+    let server = TestServer::start().await;
+    let create_only = server
+        .scope(
+            ACME,
+            "principal creator",
+            pb::ScopeMode::Allow,
+            pb::Rules { create: vec!["keyscope.principals".into()], ..Default::default() },
+        )
+        .await;
+    let (_, token) = server.key(ACME, &[&create_only.id]).await;
+    server.principal(ACME, "bob", &["dev"]).await;
+    let replace = |subject: &str| pb::UpsertPrincipalRequest {
+        tenant: ACME.into(),
+        subject: subject.into(),
+        disabled: true,
+        ..Default::default()
+    };
+    let refused = server.principals_as(Some(&token)).upsert_principal(replace("bob")).await;
+    assert_status(refused, Code::PermissionDenied, "needs update on `keyscope.principals`");
+    // Registering a new one is a creation.
+    server.principals_as(Some(&token)).upsert_principal(replace("carol")).await.expect("register");
+}
+
+#[tokio::test]
+async fn enabling_or_registering_again_gives_no_grant_the_caller_lacks() {
+    let (server, token) = bounded_admin().await;
+    // bob's key holds every reserved module through bob's role.
+    server.principal(ACME, "bob", &["ops"]).await;
+    let (_, bobs) = server.owned_key(ACME, "bob", &["admin"]).await;
+    let state = pb::PrincipalStateRequest { tenant: ACME.into(), subject: "bob".into() };
+    server.principals().disable_principal(state.clone()).await.expect("system disables bob");
+    let refused = server.principals_as(Some(&token)).enable_principal(state.clone()).await;
+    assert_status(refused, Code::PermissionDenied, "which the calling key does not hold");
+    let answer = server.check(&bobs, "keyscope.keys", pb::Action::Read).await;
+    assert_eq!(answer.reason, pb::Reason::OwnerDisabled as i32, "{answer:?}");
+
+    // Deleted, then registered again by the bounded key: refused too.
+    server.principals().enable_principal(state).await.expect("system enables bob");
+    server
+        .principals()
+        .delete_principal(pb::DeletePrincipalRequest { tenant: ACME.into(), subject: "bob".into(), version: 0 })
+        .await
+        .expect("system deletes bob");
+    let again = pb::UpsertPrincipalRequest {
+        tenant: ACME.into(),
+        subject: "bob".into(),
+        roles: vec!["ops".into()],
+        ..Default::default()
+    };
+    let refused = server.principals_as(Some(&token)).upsert_principal(again).await;
+    assert_status(refused, Code::PermissionDenied, "which the calling key does not hold");
+    let answer = server.check(&bobs, "keyscope.keys", pb::Action::Read).await;
+    assert_eq!(answer.reason, pb::Reason::OwnerDenied as i32, "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_key_cannot_unbind_a_denial_from_its_own_owner() {
+    let server = TestServer::start().await;
+    let no_keys = server.scope(ACME, "no key admin", pb::ScopeMode::Deny, all_rules(&["keyscope.keys"])).await;
+    server.bind(ACME, "admin", &["alice"], &[]).await;
+    server.bind(ACME, &no_keys.id, &["alice"], &[]).await;
+    server.principal(ACME, "alice", &[]).await;
+    let (_, token) = server.owned_key(ACME, "alice", &["admin"]).await;
+    let answer = server.check(&token, "keyscope.keys", pb::Action::Update).await;
+    assert_eq!(answer.reason, pb::Reason::OwnerDenied as i32, "{answer:?}");
+
+    let members = server
+        .scopes_as(Some(&token))
+        .get_scope_members(pb::GetScopeMembersRequest { tenant: ACME.into(), scope_id: no_keys.id.clone() })
+        .await
+        .expect("read members")
+        .into_inner();
+    let refused = server
+        .scopes_as(Some(&token))
+        .set_scope_members(pb::SetScopeMembersRequest {
+            tenant: ACME.into(),
+            scope_id: no_keys.id.clone(),
+            subjects: Vec::new(),
+            roles: Vec::new(),
+            version: members.version,
+        })
+        .await;
+    let status = assert_status(refused, Code::PermissionDenied, "on 'keyscope.keys'");
+    assert!(status.message().contains("which the calling key does not hold"), "{}", status.message());
+    let answer = server.check(&token, "keyscope.keys", pb::Action::Update).await;
+    assert_eq!(answer.reason, pb::Reason::OwnerDenied as i32, "still denied: {answer:?}");
+    // The system admin, which holds keyscope.keys, may lift it.
+    server.bind(ACME, &no_keys.id, &[], &[]).await;
+    let answer = server.check(&token, "keyscope.keys", pb::Action::Update).await;
+    assert_eq!(answer.reason, pb::Reason::Ok as i32, "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_forced_delete_of_a_bound_deny_scope_never_widens() {
+    let server = TestServer::start().await;
+    let no_billing = server.scope(ACME, "no billing", pb::ScopeMode::Deny, all_rules(&["billing"])).await;
+    server.bind(ACME, "full-access", &["alice"], &[]).await;
+    server.bind(ACME, &no_billing.id, &["alice"], &[]).await;
+    server.principal(ACME, "alice", &[]).await;
+    let (_, token) = server.owned_key(ACME, "alice", &["full-access"]).await;
+    let answer = server.check(&token, "billing", pb::Action::Read).await;
+    assert_eq!(answer.reason, pb::Reason::OwnerDenied as i32, "{answer:?}");
+
+    let delete = pb::DeleteScopeRequest { tenant: ACME.into(), id: no_billing.id.clone(), force: true, version: 0 };
+    let refused = server.scopes().delete_scope(delete).await;
+    let status = assert_status(refused, Code::FailedPrecondition, "would widen the access of");
+    assert!(status.message().contains("'billing'"), "names what would be gained: {}", status.message());
+    // Nothing changed: the key and alice's bearer checks are still denied billing.
+    let answer = server.check(&token, "billing", pb::Action::Read).await;
+    assert_eq!(answer.reason, pb::Reason::OwnerDenied as i32, "{answer:?}");
+    let bearer = server.try_check_principal(ACME, "alice", &[], "billing", pb::Action::Read).await.expect("check");
+    assert_eq!(bearer.reason, pb::Reason::DeniedByScope as i32, "{bearer:?}");
+    // Once alice no longer holds it, the delete goes through.
+    server.bind(ACME, &no_billing.id, &[], &[]).await;
+    let delete = pb::DeleteScopeRequest { tenant: ACME.into(), id: no_billing.id, force: true, version: 0 };
+    server.scopes().delete_scope(delete).await.expect("delete an unbound scope");
+}
+
+#[tokio::test]
+async fn deleting_a_principal_never_widens_its_bearer_checks() {
+    let server = TestServer::start().await;
+    server.bind(ACME, "read-only", &["dave"], &[]).await;
+    server.principal(ACME, "dave", &[]).await;
+    let state = pb::PrincipalStateRequest { tenant: ACME.into(), subject: "dave".into() };
+    server.principals().disable_principal(state).await.expect("disable");
+    // A deleted principal is denied everything until registered again, as a disabled one is:
+    // deleting it can never give its subject back what its bindings grant.
+    server
+        .principals()
+        .delete_principal(pb::DeletePrincipalRequest { tenant: ACME.into(), subject: "dave".into(), version: 0 })
+        .await
+        .expect("delete");
+    let bearer = server.try_check_principal(ACME, "dave", &[], "courses", pb::Action::Read).await.expect("check");
+    assert_eq!(bearer.reason, pb::Reason::PrincipalDisabled as i32, "{bearer:?}");
+    assert!(bearer.message.contains("was deleted"), "{bearer:?}");
+    // Registered again, its bindings apply.
+    server.principal(ACME, "dave", &[]).await;
+    let bearer = server.try_check_principal(ACME, "dave", &[], "courses", pb::Action::Read).await.expect("check");
+    assert_eq!(bearer.reason, pb::Reason::Ok as i32, "{bearer:?}");
+}
