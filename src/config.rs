@@ -11,7 +11,7 @@ use crate::{
     domain::{Pepper, TokenFormat},
     grpc::{ExtAuthzSettings, IdentityHeaders},
     service::{Builtins, Preset, Quotas, RateLimiterSettings, UsageSettings},
-    service::{HttpMapping, PrincipalHeaders, Route, default_methods},
+    service::{HttpMapping, PrincipalHeaders, Route, default_methods, route_prefix_problem},
     store::{RedisOptions, RedisTls},
     telemetry::TraceSettings,
     tls::{self, ClientAuth, LoadedTls, ServerTlsFiles, TlsError},
@@ -455,6 +455,9 @@ pub struct ExtAuthzConfig {
     pub routes: Vec<RouteConfig>,
     /// Let requests that no route maps through unchecked (default: denied with 403).
     pub allow_unmapped: bool,
+    /// Match route prefixes ASCII-case-insensitively, so `/Admin` takes the `/admin` route
+    /// (default). `false` only for upstreams that route case-sensitively.
+    pub case_insensitive_routes: bool,
     /// HTTP method -> action (`create`, `read`, `update`, `delete`); replaces the default map.
     pub methods: Option<std::collections::BTreeMap<String, String>>,
     /// Header names set for the upstream on an allowed request.
@@ -485,6 +488,7 @@ impl Default for ExtAuthzConfig {
             api_key_header: "x-api-key".into(),
             routes: Vec::new(),
             allow_unmapped: false,
+            case_insensitive_routes: true,
             methods: None,
             identity_headers: IdentityHeaderConfig::default(),
             strip_credential: false,
@@ -498,7 +502,8 @@ impl Default for ExtAuthzConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Path prefix, starting with `/`.
+    /// Path prefix: starts with `/`, printable ASCII without spaces, `%`, `;`, `?`, `#` or
+    /// backslashes, no empty or dot segments (`service::route_prefix_problem`).
     pub prefix: String,
     /// Module the prefix maps to.
     pub module: String,
@@ -557,8 +562,16 @@ impl ExtAuthzConfig {
         let mut routes = Vec::with_capacity(self.routes.len());
         for (n, r) in self.routes.iter().enumerate() {
             let at = |field: &str| format!("ext_authz.routes[{n}].{field}");
-            if !r.prefix.starts_with('/') {
-                return Err(bad(&at("prefix"), "must start with `/`"));
+            if let Some(problem) = route_prefix_problem(&r.prefix) {
+                return Err(bad(&at("prefix"), problem));
+            }
+            let same = |p: &RouteConfig| {
+                let (a, b) = (p.prefix.trim_end_matches('/'), r.prefix.trim_end_matches('/'));
+                if self.case_insensitive_routes { a.eq_ignore_ascii_case(b) } else { a == b }
+            };
+            if let Some(m) = self.routes[..n].iter().position(same) {
+                let case = if self.case_insensitive_routes { " (prefixes compare case-insensitively)" } else { "" };
+                return Err(bad(&at("prefix"), format!("is the prefix of routes[{m}] too{case}")));
             }
             let module = r.module.parse().map_err(|p: crate::domain::Problem| bad(&at("module"), p.0))?;
             let tenant = match &r.tenant {
@@ -580,7 +593,8 @@ impl ExtAuthzConfig {
                 methods
             }
         };
-        let mut mapping = HttpMapping::new(&self.api_key_header, routes, self.allow_unmapped, methods);
+        let mut mapping = HttpMapping::new(&self.api_key_header, routes, self.allow_unmapped, methods)
+            .with_case_insensitive_routes(self.case_insensitive_routes);
         if let Some(p) = &self.principal_headers {
             for (key, name) in [("subject", &p.subject), ("roles", &p.roles)] {
                 let at = format!("ext_authz.principal_headers.{key}");
@@ -1064,6 +1078,31 @@ mod tests {
         let mut s = Settings::default();
         s.ext_authz.identity_headers.owner = "X-Api-Key".into();
         assert!(s.validate().err().is_some_and(|e| e.to_string().contains("ext_authz.identity_headers")));
+    }
+
+    #[test]
+    fn route_prefixes_must_read_as_themselves_and_be_distinct() {
+        let routes = |prefixes: &[&str]| {
+            prefixes.iter().map(|p| RouteConfig { prefix: (*p).into(), module: "api".into(), tenant: None }).collect()
+        };
+        for bad in ["/admin;x", "/a//b", "/a/../b", "/a/./b", "/%61dmin", "/a?b", "/a#b", "/a\\b", "/a b", "/caf\u{e9}"]
+        {
+            let mut s = Settings::default();
+            s.ext_authz.routes = routes(&["/ok", bad]);
+            let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.starts_with("config: ext_authz.routes[1].prefix:"), "{bad}: {e}");
+        }
+        let mut s = Settings::default();
+        s.ext_authz.routes = routes(&["/", "/api/", "/v1/projects:list", "/users/@me"]);
+        assert!(s.validate().is_ok(), "a trailing `/` and sub-delimiters are fine");
+        assert!(s.ext_authz.case_insensitive_routes, "case-insensitive routes by default");
+        s.ext_authz.routes = routes(&["/admin", "/Admin/"]);
+        let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("config: ext_authz.routes[1].prefix: is the prefix of routes[0] too"), "{e}");
+        s.ext_authz.case_insensitive_routes = false;
+        assert!(s.validate().is_ok(), "case-sensitive routes may differ in case only");
+        s.ext_authz.routes = routes(&["/admin", "/admin/"]);
+        assert!(s.validate().is_err(), "a trailing `/` makes no other prefix");
     }
 
     #[test]

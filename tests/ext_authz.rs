@@ -1,6 +1,7 @@
 //! Envoy's `envoy.service.auth.v3.Authorization/Check` over a real socket, with a client built
 //! from envoy-types' stubs: the public decision cases, every credential form, denial statuses
-//! and bodies, header spoofing, unmapped routes, unknown methods and malformed requests.
+//! and bodies, header spoofing, unmapped routes, unknown methods, malformed requests, and paths
+//! spelled to reach a laxer route (path parameters, percent escapes, letter case, dot segments).
 
 #![allow(clippy::panic)] // tests fail by panicking
 
@@ -278,5 +279,110 @@ async fn headers_sent_as_header_map_with_raw_values_are_read() {
     let (set, _) = allowed(&ask(&server, r).await);
     assert_eq!(set.get("x-keyscope-key-id"), Some(&key.id));
     assert_eq!(set.get("x-keyscope-tenant").map(String::as_str), Some(ACME), "the forged tenant is overwritten");
+    server.stop().await;
+}
+
+/// A server whose route table is `/admin -> admin, / -> public`, and tokens of keys that may
+/// read `public` only and `admin` only.
+async fn admin_and_public(case_insensitive_routes: bool) -> (TestServer, String, String) {
+    use keyscope::{
+        grpc::{ExtAuthzSettings, IdentityHeaders},
+        service::{HttpMapping, Route, default_methods},
+    };
+    let route = |prefix: &str, module: &str| Route {
+        prefix: prefix.into(),
+        module: module.parse().expect("module"),
+        tenant: None,
+    };
+    let mapping =
+        HttpMapping::new("x-api-key", vec![route("/admin", "admin"), route("/", "public")], false, default_methods())
+            .with_case_insensitive_routes(case_insensitive_routes);
+    let settings = ExtAuthzSettings {
+        mapping,
+        identity: IdentityHeaders::default(),
+        strip_credential: false,
+        trusted_proxy_hops: Default::default(),
+    };
+    let server = TestServer::start_with_ext_authz(settings).await;
+    let mut tokens = Vec::new();
+    for module in ["public", "admin"] {
+        let scope =
+            server.scope(ACME, &format!("{module} only"), pb::ScopeMode::Allow, common::read_rules(&[module])).await;
+        tokens.push(server.key(ACME, &[&scope.id]).await.1);
+    }
+    let admin = tokens.pop().expect("admin token");
+    let public = tokens.pop().expect("public token");
+    (server, public, admin)
+}
+
+/// The module a check was made for, from the access-log metadata.
+fn checked_module(r: &CheckResponse) -> String {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let fields = &r.dynamic_metadata.as_ref().expect("metadata for the access log").fields;
+    match fields.get("module").and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(module)) => module.clone(),
+        other => panic!("no module in the metadata: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn path_parameters_and_encodings_never_reach_a_laxer_route() {
+    let (server, public, admin) = admin_and_public(true).await;
+    for path in ["/admin;jsessionid=x/users", "/admin;x", "/%61dmin/users", "/Admin/users"] {
+        let denied = ask(&server, request("GET", path, &[("x-api-key", &public)], &[])).await;
+        assert_eq!(checked_module(&denied), "admin", "{path}");
+        let (status, body, _) = envoy_denial(&denied);
+        assert_eq!((status, body["reason"].as_str()), (403, Some("NOT_GRANTED")), "{path}");
+        let allowed_admin = ask(&server, request("GET", path, &[("x-api-key", &admin)], &[])).await;
+        allowed(&allowed_admin);
+        assert_eq!(checked_module(&allowed_admin), "admin", "{path}");
+    }
+    // The public route still serves public paths.
+    allowed(&ask(&server, request("GET", "/users;x", &[("x-api-key", &public)], &[])).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn paths_upstreams_resolve_differently_are_refused_with_a_reason() {
+    let (server, public, admin) = admin_and_public(true).await;
+    for (path, reason, says) in [
+        ("/public/..;/admin/users", "UNSAFE_PATH", "`.` or `..` segment"),
+        ("/public/%2e%2e/admin", "UNSAFE_PATH", "`.` or `..` segment"),
+        ("/admin%2Fusers", "UNSAFE_PATH", "encoded `/` or `;`"),
+        ("/admin%3Bx/users", "UNSAFE_PATH", "encoded `/` or `;`"),
+        ("/admin%5Cusers", "UNSAFE_PATH", "backslash"),
+        ("/%2561dmin/users", "UNSAFE_PATH", "double-encoded"),
+        ("/admin%00", "UNSAFE_PATH", "control character"),
+        ("/admin%zz", "UNSAFE_PATH", "malformed percent escape"),
+        ("/\u{212a}eys", "UNSAFE_PATH", "ASCII letter"),
+        ("/adminx/users", "AMBIGUOUS_ROUTE", "inside a segment"),
+    ] {
+        for token in [&public, &admin] {
+            let (status, body, headers) =
+                envoy_denial(&ask(&server, request("GET", path, &[("x-api-key", token)], &[])).await);
+            assert_eq!((status, body["reason"].as_str()), (403, Some(reason)), "{path}");
+            assert!(body["message"].as_str().is_some_and(|m| m.contains(says)), "{path}: {body}");
+            assert_eq!(headers.get("content-type").map(String::as_str), Some("application/json"));
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_case_sensitive_routes_another_case_takes_the_route_of_that_case() {
+    let (server, public, admin) = admin_and_public(false).await;
+    // A case-sensitive upstream does not serve `/Admin/users` from its admin API.
+    let r = ask(&server, request("GET", "/Admin/users", &[("x-api-key", &public)], &[])).await;
+    allowed(&r);
+    assert_eq!(checked_module(&r), "public");
+    let (status, body, _) =
+        envoy_denial(&ask(&server, request("GET", "/Admin/users", &[("x-api-key", &admin)], &[])).await);
+    assert_eq!((status, body["reason"].as_str()), (403, Some("NOT_GRANTED")));
+    // Parameters and encodings are read as before.
+    for path in ["/admin;jsessionid=x/users", "/%61dmin/users"] {
+        let denied = ask(&server, request("GET", path, &[("x-api-key", &public)], &[])).await;
+        assert_eq!(checked_module(&denied), "admin", "{path}");
+        assert_eq!(envoy_denial(&denied).1["reason"], "NOT_GRANTED", "{path}");
+    }
     server.stop().await;
 }

@@ -200,7 +200,10 @@ fn unmapped_message(why: Unmapped) -> &'static str {
         Unmapped::NoRoute => "no keyscope module is configured for this route",
         Unmapped::UnknownMethod => "the request method maps to no action",
         Unmapped::BadRouteConfig => "the route's keyscope_module or keyscope_tenant is invalid",
-        Unmapped::UnsafePath => "the path has dot segments, empty segments or encoded separators",
+        Unmapped::UnsafePath(why) => why.message(),
+        Unmapped::AmbiguousRoute => {
+            "the path extends a route prefix inside a segment (like `/adminx` for `/admin`), which proxies route differently"
+        }
         Unmapped::NoTenant => "a principal credential needs the route's tenant (`keyscope_tenant` or a route's tenant)",
         Unmapped::BadPrincipal => "the principal headers hold no valid subject or roles",
     }

@@ -11,8 +11,10 @@ use crate::domain::{Action, Module, Tenant, limits};
 pub struct HttpMapping {
     /// Header carrying a whole token, matched case-insensitively (default `x-api-key`).
     pub api_key_header: String,
-    /// Path prefix -> module (and tenant), longest prefix first.
+    /// Path prefix (without a trailing `/`) -> module (and tenant), longest prefix first.
     routes: Vec<Route>,
+    /// Whether prefixes match paths ASCII-case-insensitively (default: yes).
+    case_insensitive_routes: bool,
     /// Whether a request no route maps is allowed through unchecked (default: denied).
     pub allow_unmapped: bool,
     /// HTTP method (upper case) -> action.
@@ -75,9 +77,12 @@ pub enum Unmapped {
     UnknownMethod,
     /// `keyscope_module` or `keyscope_tenant` in the route's context extensions is invalid.
     BadRouteConfig,
-    /// The path has dot segments, empty segments or encoded separators; the route table
-    /// refuses to guess where it leads.
-    UnsafePath,
+    /// Upstreams could resolve the path to different routes; the route table refuses to guess.
+    UnsafePath(PathRefusal),
+    /// The longest prefix that matches ends inside a path segment (`/adminx` for `/admin`):
+    /// a front proxy matching plain prefixes reads it as that route, one matching segments
+    /// as another.
+    AmbiguousRoute,
     /// A principal credential on a route that names no tenant.
     NoTenant,
     /// The principal headers hold no valid subject or roles.
@@ -92,7 +97,8 @@ impl Unmapped {
             Unmapped::NoRoute => "UNMAPPED_ROUTE",
             Unmapped::UnknownMethod => "UNKNOWN_METHOD",
             Unmapped::BadRouteConfig => "BAD_ROUTE_CONFIG",
-            Unmapped::UnsafePath => "UNSAFE_PATH",
+            Unmapped::UnsafePath(_) => "UNSAFE_PATH",
+            Unmapped::AmbiguousRoute => "AMBIGUOUS_ROUTE",
             Unmapped::NoTenant => "NO_TENANT",
             Unmapped::BadPrincipal => "MALFORMED_CREDENTIAL",
         }
@@ -161,15 +167,26 @@ impl HttpMapping {
         allow_unmapped: bool,
         methods: HashMap<String, Action>,
     ) -> Self {
+        for r in &mut routes {
+            r.prefix.truncate(r.prefix.trim_end_matches('/').len());
+        }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let methods = methods.into_iter().map(|(m, a)| (m.to_ascii_uppercase(), a)).collect();
         HttpMapping {
             api_key_header: api_key_header.to_ascii_lowercase(),
             routes,
+            case_insensitive_routes: true,
             allow_unmapped,
             methods,
             principal: None,
         }
+    }
+
+    /// The mapping with route prefixes matched ASCII-case-insensitively (`true`, the default)
+    /// or exactly (`false`: only for upstreams that route case-sensitively).
+    pub fn with_case_insensitive_routes(mut self, on: bool) -> Self {
+        self.case_insensitive_routes = on;
+        self
     }
 
     /// The mapping reading a bearer principal from `headers` when a request carries the
@@ -240,6 +257,11 @@ impl HttpMapping {
         Mapped::Check { presented, module, action, tenant }
     }
 
+    /// The module (and tenant): the context extensions', else the route table's. The path (as
+    /// [`normalise_path`] reads it) takes the longest prefix it starts with. When that prefix
+    /// ends inside a segment (`/adminx` for `/admin`) the request is refused: a front proxy
+    /// matching plain prefixes sends it to that route's upstream, one matching whole segments
+    /// elsewhere, and keyscope cannot tell which of the two routes is the stricter.
     fn route(&self, request: &HttpRequestView<'_>) -> Result<Option<(Module, Option<Tenant>)>, Unmapped> {
         let tenant = match request.context.get("keyscope_tenant") {
             Some(t) => Some(t.parse::<Tenant>().map_err(|_| Unmapped::BadRouteConfig)?),
@@ -248,15 +270,23 @@ impl HttpMapping {
         if let Some(module) = request.context.get("keyscope_module") {
             return Ok(Some((module.parse().map_err(|_| Unmapped::BadRouteConfig)?, tenant)));
         }
-        let path = request.path.split(['?', '#']).next().unwrap_or("");
-        if unsafe_path(path) {
-            return Err(Unmapped::UnsafePath);
+        let path = normalise_path(request.path, self.case_insensitive_routes).map_err(Unmapped::UnsafePath)?;
+        let Some(route) = self.routes.iter().find(|r| self.starts_with(&path, &r.prefix)) else { return Ok(None) };
+        if !matches!(path.as_bytes().get(route.prefix.len()), None | Some(b'/')) {
+            return Err(Unmapped::AmbiguousRoute);
         }
-        Ok(self
-            .routes
-            .iter()
-            .find(|r| under_prefix(path, &r.prefix))
-            .map(|r| (r.module.clone(), tenant.or_else(|| r.tenant.clone()))))
+        Ok(Some((route.module.clone(), tenant.or_else(|| route.tenant.clone()))))
+    }
+
+    /// Whether `path` starts with `prefix`, compared ASCII-case-insensitively if so configured.
+    fn starts_with(&self, path: &str, prefix: &str) -> bool {
+        path.as_bytes().get(..prefix.len()).is_some_and(|head| {
+            if self.case_insensitive_routes {
+                head.eq_ignore_ascii_case(prefix.as_bytes())
+            } else {
+                head == prefix.as_bytes()
+            }
+        })
     }
 
     /// The credential: `authorization: Bearer`, then the API-key header, then HTTP Basic (key
@@ -284,24 +314,114 @@ impl HttpMapping {
     }
 }
 
-/// Whether `path` is `prefix` or lies below it, on a segment boundary: `/api/courses` covers
-/// `/api/courses` and `/api/courses/1`, not `/api/coursesadmin`.
-fn under_prefix(path: &str, prefix: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.is_empty())
+/// Why a path is refused before any route is matched: upstreams resolve it differently, so
+/// it could reach a route other than the one keyscope would check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathRefusal {
+    /// A backslash, or an encoded `/` or `;` (`%2F`, `%3B`): some upstreams split segments there.
+    Separator,
+    /// A `.` or `..` segment, also encoded or with `;` parameters (`/%2e%2e;x/`).
+    DotSegment,
+    /// A `%` not followed by two hex digits, or escapes that do not decode to UTF-8.
+    BadEscape,
+    /// An encoded `%` followed by two hex digits (`%2561`): an upstream decoding twice reads
+    /// another path.
+    DoubleEncoding,
+    /// NUL or another control character, raw or encoded.
+    ControlCharacter,
+    /// A character whose Unicode upper or lower case is ASCII (KELVIN SIGN, long s, dotless i,
+    /// ß...), with case-insensitive routes: an upstream may read `/\u{212a}eys` as `/keys`.
+    CaseFolding,
 }
 
-/// Paths an upstream might resolve differently from how they read: dot segments, empty
-/// segments, encoded slashes or dots, backslashes. The route table refuses them rather than
-/// guess (Envoy's `normalize_path` and `merge_slashes` should be on in front of keyscope).
-fn unsafe_path(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    path.contains("//")
-        || path.contains('\\')
-        || lower.contains("%2f")
-        || lower.contains("%2e")
-        || lower.contains("%5c")
-        || path.split('/').any(|segment| segment == "." || segment == "..")
+impl PathRefusal {
+    /// The message of a deny body.
+    pub fn message(self) -> &'static str {
+        match self {
+            PathRefusal::Separator => "the path has a backslash or an encoded `/` or `;`",
+            PathRefusal::DotSegment => "the path has a `.` or `..` segment",
+            PathRefusal::BadEscape => "the path has a malformed percent escape or escapes that are not UTF-8",
+            PathRefusal::DoubleEncoding => "the path has a double-encoded percent escape (`%25` and two hex digits)",
+            PathRefusal::ControlCharacter => "the path has a NUL or another control character",
+            PathRefusal::CaseFolding => "the path has a character whose upper or lower case is an ASCII letter",
+        }
+    }
+}
+
+/// The path the route table matches: read so that it reaches the most specific route any
+/// upstream could take it to, or refused when upstreams disagree in other ways.
+///
+/// The query and fragment are dropped; every percent escape is decoded (`/%61dmin` is
+/// `/admin`); `;parameters` are removed from each segment (`/admin;x/users` is
+/// `/admin/users`, as servlet containers read it); repeated and trailing slashes are merged
+/// (`//admin/` is `/admin`). Refused: see [`PathRefusal`]; `fold_case` (case-insensitive
+/// routes) also refuses characters that fold to ASCII letters.
+pub fn normalise_path(path: &str, fold_case: bool) -> Result<String, PathRefusal> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let decoded = percent_decode(path)?;
+    if decoded.contains('\\') {
+        return Err(PathRefusal::Separator);
+    }
+    if decoded.chars().any(char::is_control) {
+        return Err(PathRefusal::ControlCharacter);
+    }
+    // Every `%` left came from `%25`.
+    if decoded.split('%').skip(1).any(|rest| rest.get(..2).is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))) {
+        return Err(PathRefusal::DoubleEncoding);
+    }
+    if fold_case
+        && decoded.chars().any(|c| !c.is_ascii() && c.to_lowercase().chain(c.to_uppercase()).any(|f| f.is_ascii()))
+    {
+        return Err(PathRefusal::CaseFolding);
+    }
+    let mut normal = String::with_capacity(decoded.len() + 1);
+    for segment in decoded.split('/') {
+        match segment.split(';').next().unwrap_or("") {
+            "" => {}
+            "." | ".." => return Err(PathRefusal::DotSegment),
+            segment => {
+                normal.push('/');
+                normal.push_str(segment);
+            }
+        }
+    }
+    if normal.is_empty() {
+        normal.push('/');
+    }
+    Ok(normal)
+}
+
+/// `path` with every percent escape decoded; an encoded `/` or `;` is refused (it must not
+/// become a separator), and so are malformed escapes and bytes that are not UTF-8.
+fn percent_decode(path: &str) -> Result<String, PathRefusal> {
+    let mut pieces = path.split('%');
+    let mut bytes = pieces.next().unwrap_or("").as_bytes().to_vec();
+    for piece in pieces {
+        let hex = piece.get(..2).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit())).ok_or(PathRefusal::BadEscape)?;
+        match u8::from_str_radix(hex, 16).map_err(|_| PathRefusal::BadEscape)? {
+            b'/' | b';' => return Err(PathRefusal::Separator),
+            byte => bytes.push(byte),
+        }
+        bytes.extend_from_slice(piece.get(2..).unwrap_or("").as_bytes());
+    }
+    String::from_utf8(bytes).map_err(|_| PathRefusal::BadEscape)
+}
+
+/// Why `prefix` cannot be a route prefix, if it cannot: it must start with `/`, be ASCII
+/// without `%`, `;`, `?`, `#` or backslashes, and be its own [`normalise_path`] (no dot or empty
+/// segments; a trailing `/` is ignored), so that every spelling of a path under it is matched.
+pub fn route_prefix_problem(prefix: &str) -> Option<&'static str> {
+    if !prefix.starts_with('/') {
+        return Some("must start with `/`");
+    }
+    if !prefix.bytes().all(|b| b.is_ascii_graphic() && !b"%;?#\\".contains(&b)) {
+        return Some("must be printable ASCII without spaces, `%`, `;`, `?`, `#` or `\\`");
+    }
+    let trimmed = prefix.trim_end_matches('/');
+    if normalise_path(prefix, false).ok().as_deref() != Some(if trimmed.is_empty() { "/" } else { trimmed }) {
+        return Some("must have no empty, `.` or `..` segments");
+    }
+    None
 }
 
 fn basic(encoded: &str) -> Option<Presented> {
@@ -356,13 +476,176 @@ mod tests {
         let auth = [("authorization", "Bearer t")];
         assert_eq!(module_of(&map("GET", "/api/courses/1", &auth, &[])), Some("courses"));
         assert_eq!(module_of(&map("GET", "/api/other", &auth, &[])), Some("api"));
+        assert_eq!(module_of(&map("GET", "/api//courses/", &auth, &[])), Some("courses"), "slashes merged");
         assert_eq!(map("GET", "/elsewhere?x=/api/courses", &auth, &[]), Mapped::Refused(Unmapped::NoRoute));
-        assert_eq!(module_of(&map("GET", "/api/coursesadmin", &auth, &[])), Some("api"), "segment boundaries only");
-        for sneaky in
-            ["/api/courses/../billing", "/api//courses", "/api/courses/%2e%2e/x", "/api/./courses", "/api%2Fcourses"]
-        {
-            assert_eq!(map("GET", sneaky, &auth, &[]), Mapped::Refused(Unmapped::UnsafePath), "{sneaky}");
+        for sneaky in ["/api/courses/../billing", "/api/courses/%2e%2e/x", "/api/./courses", "/api%2Fcourses"] {
+            assert!(matches!(map("GET", sneaky, &auth, &[]), Mapped::Refused(Unmapped::UnsafePath(_))), "{sneaky}");
         }
+    }
+
+    fn normal(path: &str) -> Result<String, PathRefusal> {
+        normalise_path(path, true)
+    }
+
+    #[test]
+    fn normalising_decodes_escapes_drops_parameters_and_merges_slashes() {
+        for (path, want) in [
+            ("", "/"),
+            ("/", "/"),
+            ("/admin/users?x=1#top", "/admin/users"),
+            ("/%61dmin/%55sers", "/admin/Users"),
+            ("/a%2db%2Ec%5fd%7Ee", "/a-b.c_d~e"),
+            ("/caf%C3%A9%20x", "/caf\u{e9} x"),
+            ("/admin;jsessionid=x/users", "/admin/users"),
+            ("/admin;x", "/admin"),
+            ("/admin;a;b=c/;x/users;", "/admin/users"),
+            ("/;x/admin", "/admin"),
+            ("//admin///users/", "/admin/users"),
+            ("/100%25/x", "/100%/x"),
+            ("/a%25zz", "/a%zz"),
+            ("/...", "/..."),
+            ("/.well-known/x", "/.well-known/x"),
+            ("admin", "/admin"),
+        ] {
+            assert_eq!(normal(path).as_deref(), Ok(want), "{path}");
+        }
+    }
+
+    #[test]
+    fn paths_upstreams_resolve_differently_are_refused_with_the_reason() {
+        use PathRefusal::*;
+        for (path, why) in [
+            ("/admin%2Fusers", Separator),
+            ("/admin%2fusers", Separator),
+            ("/admin%3Bx/users", Separator),
+            ("/admin%5Cusers", Separator),
+            ("/admin\\users", Separator),
+            ("/a/../admin", DotSegment),
+            ("/admin/.", DotSegment),
+            ("/./admin", DotSegment),
+            ("/public/..;x/admin", DotSegment),
+            ("/public/%2e%2E/admin", DotSegment),
+            ("/public/.%2e;/admin", DotSegment),
+            ("/admin%", BadEscape),
+            ("/admin%6", BadEscape),
+            ("/admin%zz", BadEscape),
+            ("/admin%+1", BadEscape),
+            ("/%u0061dmin", BadEscape),
+            ("/%C0%AFadmin", BadEscape),
+            ("/%E0%80%AFadmin", BadEscape),
+            ("/%ff", BadEscape),
+            ("/%C3", BadEscape),
+            ("/%4\u{e9}", BadEscape),
+            ("/%2561dmin", DoubleEncoding),
+            ("/%25%36%31dmin", DoubleEncoding),
+            ("/admin%00", ControlCharacter),
+            ("/admin\u{0}", ControlCharacter),
+            ("/admin%0A", ControlCharacter),
+            ("/admin%7F", ControlCharacter),
+            ("/admin%C2%85", ControlCharacter),
+        ] {
+            assert_eq!(normal(path), Err(why), "{path}");
+        }
+    }
+
+    #[test]
+    fn characters_folding_to_ascii_letters_are_refused_only_with_case_insensitive_routes() {
+        for path in [
+            "/\u{212a}eys",
+            "/%E2%84%AAeys",
+            "/u\u{17f}ers",
+            "/adm\u{131}n",
+            "/adm\u{130}n",
+            "/cla\u{df}",
+            "/\u{fb01}les",
+        ] {
+            assert_eq!(normalise_path(path, true), Err(PathRefusal::CaseFolding), "{path}");
+            assert!(normalise_path(path, false).is_ok(), "{path}");
+        }
+        assert!(normal("/caf\u{e9}/\u{41f}\u{440}\u{438}").is_ok(), "other letters are fine");
+    }
+
+    #[test]
+    fn normalising_never_panics_and_yields_a_merged_path_without_parameters() {
+        let alphabet = ["/", ";", "%", "2", "f", "e", ".", "a", "\u{e9}", "?", "\\", "%2", "%C3"];
+        let mut paths = vec![String::new()];
+        for _ in 0..4 {
+            paths = paths.iter().flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}"))).collect();
+            for path in &paths {
+                for fold_case in [true, false] {
+                    if let Ok(n) = normalise_path(path, fold_case) {
+                        assert!(n.starts_with('/') && !n.contains("//") && !n.contains(';'), "{path} -> {n}");
+                        assert!(n == "/" || !n.ends_with('/'), "{path} -> {n}");
+                    }
+                }
+                let auth = [("authorization", "Bearer t")];
+                map("GET", path, &auth, &[]);
+            }
+        }
+    }
+
+    fn admin_and_public(case_insensitive: bool) -> HttpMapping {
+        HttpMapping::new("x-api-key", vec![route("/", "public"), route("/admin", "admin")], false, default_methods())
+            .with_case_insensitive_routes(case_insensitive)
+    }
+
+    fn module_at(mapping: &HttpMapping, path: &str) -> Result<String, Mapped> {
+        let headers: HashMap<String, String> = [("authorization".to_owned(), "Bearer t".to_owned())].into();
+        let context = HashMap::new();
+        match mapping.map(&HttpRequestView { method: "GET", path, headers: &headers, context: &context }) {
+            Mapped::Check { module, .. } => Ok(module.as_str().to_owned()),
+            other => Err(other),
+        }
+    }
+
+    #[test]
+    fn parameters_encodings_and_case_take_the_route_they_reach_upstream() {
+        let mapping = admin_and_public(true);
+        for path in [
+            "/admin",
+            "/admin/users",
+            "/admin;jsessionid=x/users",
+            "/admin;x",
+            "/%61dmin/users",
+            "/Admin/users",
+            "/ADMIN",
+            "/%41dmin",
+            "//admin",
+            "/;x/admin/",
+            "/admin?x",
+        ] {
+            assert_eq!(module_at(&mapping, path).as_deref(), Ok("admin"), "{path}");
+        }
+        for path in ["/", "/users", "/public/admin", "/?/admin", "/x#/admin"] {
+            assert_eq!(module_at(&mapping, path).as_deref(), Ok("public"), "{path}");
+        }
+    }
+
+    #[test]
+    fn case_sensitive_routes_take_a_prefix_in_its_own_case_only() {
+        let mapping = admin_and_public(false);
+        for path in ["/Admin/users", "/ADMIN", "/%41dmin"] {
+            assert_eq!(module_at(&mapping, path).as_deref(), Ok("public"), "{path}");
+        }
+        for path in ["/admin;jsessionid=x/users", "/admin;x", "/%61dmin/users", "//admin"] {
+            assert_eq!(module_at(&mapping, path).as_deref(), Ok("admin"), "{path}");
+        }
+        assert!(module_at(&mapping, "/\u{212a}eys").is_ok(), "no case folding to refuse");
+    }
+
+    #[test]
+    fn a_prefix_ending_inside_a_segment_is_refused_as_ambiguous() {
+        let ambiguous = Err(Mapped::Refused(Unmapped::AmbiguousRoute));
+        let admin = admin_and_public(true);
+        for path in ["/adminx", "/administrators/1", "/Adminx", "/adminx;y", "/%61dminx"] {
+            assert_eq!(module_at(&admin, path), ambiguous, "{path}");
+        }
+        assert_eq!(module_at(&mapping(), "/api/coursesadmin"), ambiguous);
+        // A prefix with a trailing `/` covers the path without it, like the others.
+        let slash = HttpMapping::new("x-api-key", vec![route("/admin/", "admin")], false, default_methods());
+        assert_eq!(module_at(&slash, "/admin").as_deref(), Ok("admin"));
+        assert_eq!(module_at(&slash, "/adminx"), ambiguous);
+        assert_eq!(module_at(&slash, "/other"), Err(Mapped::Refused(Unmapped::NoRoute)));
     }
 
     #[test]

@@ -27,7 +27,10 @@ pub use audit::{AUDIT_DETACHED_IDS_MAX, AUDIT_MAX_EVENTS_DEFAULT};
 pub use bootstrap::Bootstrap;
 pub use builtins::{Builtins, Preset};
 pub use check::{CheckAnswer, Explain, Presented, decision_name};
-pub use http::{HttpMapping, HttpRequestView, Mapped, PrincipalHeaders, Route, Unmapped, default_methods};
+pub use http::{
+    HttpMapping, HttpRequestView, Mapped, PathRefusal, PrincipalHeaders, Route, Unmapped, default_methods,
+    route_prefix_problem,
+};
 pub use keys::{KeyChanges, NewKey};
 pub use principals::PrincipalCredential;
 pub use ratelimit::{RateLimiter, RateLimiterSettings};
