@@ -757,7 +757,7 @@ async fn populate(store: &RedisStore, n: usize, pepper: &Pepper) -> Vec<keyscope
                     request_id: "bench-populate".parse().unwrap(),
                 };
                 // The bench's populated keys keep a short audit log: retention is not measured here.
-                let audit = keyscope::store::AuditWrite { record: &record, max_events: 100 };
+                let audit = keyscope::store::AuditWrite { record: &record, max_events: 100, access_version: None };
                 let write = keyscope::store::KeyWrite { key: &key, expected_version: None, stored_scopes: &[], audit };
                 store.put_key(write, usize::MAX).await.expect("populate");
             }

@@ -394,6 +394,11 @@ impl Store for CachedStore {
         self.store.ping().await
     }
 
+    // Read by admin calls only, just before they write: never cached.
+    async fn access_version(&self, tenant: &Tenant) -> Result<u64, StoreError> {
+        self.store.access_version(tenant).await
+    }
+
     // Policies are read by admin calls only, never by a check: not cached.
     async fn get_tenant_policy(&self, tenant: &Tenant) -> Result<Option<TenantPolicy>, StoreError> {
         self.store.get_tenant_policy(tenant).await

@@ -20,7 +20,9 @@ impl From<ServiceError> for Status {
             ServiceError::Random(_) => Code::Internal,
             ServiceError::RateLimited(..) => Code::ResourceExhausted,
             ServiceError::Store(store) => match store {
-                StoreError::VersionConflict { .. } | StoreError::UsersChanged(_) => Code::Aborted,
+                StoreError::VersionConflict { .. } | StoreError::UsersChanged(_) | StoreError::AccessChanged => {
+                    Code::Aborted
+                }
                 StoreError::NotFound(_) => Code::NotFound,
                 StoreError::ScopeMissing(_) => Code::InvalidArgument,
                 StoreError::AlreadyExists(_) => Code::AlreadyExists,

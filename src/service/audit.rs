@@ -87,7 +87,7 @@ pub(super) fn scope_changes(old: Option<&Scope>, new: &Scope) -> Vec<String> {
 impl Keyscope {
     /// The store write of `record`, with the configured retention.
     pub(super) fn audit_write<'a>(&self, record: &'a AuditRecord) -> AuditWrite<'a> {
-        AuditWrite { record, max_events: self.audit_max_events }
+        AuditWrite { record, max_events: self.audit_max_events, access_version: None }
     }
 
     pub(super) fn record(

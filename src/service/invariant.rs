@@ -15,14 +15,24 @@ use std::{collections::BTreeSet, sync::Arc};
 use super::{Caller, Keyscope, ServiceError};
 use crate::{
     domain::{
-        AccessGraph, Holding, Key, KeyFacts, KeyId, Mutation, Registration, Rule, Scope, Subject, Tenant, judge,
-        key_status,
+        AccessGraph, AuditRecord, Holding, Key, KeyFacts, KeyId, Mutation, Registration, Rule, Scope, Subject, Tenant,
+        judge, key_status,
     },
-    store::{KeyQuery, Owner},
+    store::{AuditWrite, KeyQuery, Owner, StoreError},
 };
 
 /// Page size when the loader walks a tenant's scopes, principals or keys.
 const LOAD_PAGE: usize = 1000;
+
+/// How many times a change is judged and written again when other changes of the tenant land
+/// in between.
+const JUDGE_ATTEMPTS: usize = 32;
+
+/// Proof that a change was judged: the tenant's access version it was judged against. The
+/// store writes the change only if that version still holds, so two changes racing in one
+/// tenant can never combine into what neither alone would be allowed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Judged(u64);
 
 impl Caller {
     /// What the calling key holds: its scopes, within its registered owner's bound scopes.
@@ -54,7 +64,10 @@ impl Keyscope {
         change: &Mutation,
         keys: &[Arc<Key>],
         rule: Rule,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Judged, ServiceError> {
+        // Read first: any change recorded while the graph loads moves it on, and the write
+        // guarded by it is refused.
+        let version = self.store.access_version(&caller.tenant).await?;
         let mut before = self.access_graph(&caller.tenant).await?;
         for key in keys {
             before.keys.insert(key.id.clone(), self.key_facts(key));
@@ -81,7 +94,7 @@ impl Keyscope {
         let mut after = before.clone();
         change.apply(&mut after);
         match judge(&before, &after, &caller.holding(), rule) {
-            None => Ok(()),
+            None => Ok(Judged(version)),
             Some(violation) => {
                 tracing::info!(tenant = %caller.tenant, actor = %caller.key.id, rule = ?violation.rule, "admin change refused");
                 Err(match violation.rule {
@@ -90,6 +103,27 @@ impl Keyscope {
                 })
             }
         }
+    }
+
+    /// The audit write of a judged change: written only while the tenant's access is still
+    /// what it was judged against.
+    pub(super) fn judged_write<'a>(&self, record: &'a AuditRecord, judged: Judged) -> AuditWrite<'a> {
+        AuditWrite { access_version: Some(judged.0), ..self.audit_write(record) }
+    }
+
+    /// Runs `change` (judge, then write) again while other changes of the tenant land between
+    /// its judgment and its write.
+    pub(super) async fn until_judged<T, Attempt>(&self, mut change: impl FnMut() -> Attempt) -> Result<T, ServiceError>
+    where
+        Attempt: Future<Output = Result<T, ServiceError>>,
+    {
+        for _ in 0..JUDGE_ATTEMPTS {
+            match change().await {
+                Err(ServiceError::Store(StoreError::AccessChanged)) => tokio::task::yield_now().await,
+                other => return other,
+            }
+        }
+        Err(StoreError::AccessChanged.into())
     }
 
     /// The tenant's scopes (builtins included), their bindings and its registered principals.

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::SystemTime};
 
 use ipnet::IpNet;
 
-use super::{Caller, Keyscope, Page, RETRIES, ServiceError};
+use super::{Caller, Keyscope, Page, RETRIES, ServiceError, invariant::Judged};
 use crate::{
     domain::{
         AuditOperation, AuditRecord, InputError, Key, KeyId, KeyState, Metadata, Mutation, RateLimit, Rule, ScopeId,
@@ -73,7 +73,7 @@ impl Keyscope {
         current: Option<&Arc<Key>>,
         key: &Key,
         issued: bool,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Judged, ServiceError> {
         let change = Mutation::PutKey { id: key.id.clone(), facts: self.key_facts(key), issued };
         self.enforce(caller, field, &change, current.map(std::slice::from_ref).unwrap_or_default(), Rule::NoEscalation)
             .await
@@ -85,9 +85,11 @@ impl Keyscope {
         key: &Key,
         expected_version: Option<u64>,
         audit: &AuditRecord,
+        judged: Judged,
     ) -> Result<(), ServiceError> {
         let stored_scopes = self.stored_ids(&key.scope_ids);
-        let write = KeyWrite { key, expected_version, stored_scopes: &stored_scopes, audit: self.audit_write(audit) };
+        let audit = self.judged_write(audit, judged);
+        let write = KeyWrite { key, expected_version, stored_scopes: &stored_scopes, audit };
         match self.store.put_key(write, self.quotas.max_keys_per_tenant).await {
             Err(StoreError::ScopeMissing(id)) => {
                 let i = key.scope_ids.iter().position(|s| *s == id).unwrap_or(0);
@@ -128,9 +130,13 @@ impl Keyscope {
             allowed_cidrs: new.allowed_cidrs,
             rate_limit: new.rate_limit,
         };
-        self.admit_key(caller, "scope_ids", None, &key, true).await?;
         let audit = self.key_event(&caller.author(), AuditOperation::CreateKey, None, &key);
-        self.write_key(&key, None, &audit).await?;
+        let (key_ref, audit) = (&key, &audit);
+        self.until_judged(move || async move {
+            let judged = self.admit_key(caller, "scope_ids", None, key_ref, true).await?;
+            self.write_key(key_ref, None, audit, judged).await
+        })
+        .await?;
         tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, "key created");
         Ok((key, text))
     }
@@ -211,9 +217,13 @@ impl Keyscope {
         key.updated_at = self.clock.now();
         // Any change to a key hands its grants out again: the caller must hold the reserved
         // ones, not only when its scopes change.
-        self.admit_key(caller, "scope_ids", Some(&current), &key, true).await?;
         let audit = self.key_event(&caller.author(), AuditOperation::UpdateKey, Some(&current), &key);
-        self.write_key(&key, Some(version), &audit).await?;
+        let (key_ref, current, audit) = (&key, &current, &audit);
+        self.until_judged(move || async move {
+            let judged = self.admit_key(caller, "scope_ids", Some(current), key_ref, true).await?;
+            self.write_key(key_ref, Some(version), audit, judged).await
+        })
+        .await?;
         tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, "key updated");
         Ok(key)
     }
@@ -244,15 +254,16 @@ impl Keyscope {
             key.version += 1;
             key.updated_at = self.clock.now();
             // Enabling hands the key's grants back out; disabling and revoking only narrow.
-            self.admit_key(caller, "id", Some(&current), &key, false).await?;
+            let judged = self.admit_key(caller, "id", Some(&current), &key, false).await?;
             let operation = match target {
                 KeyState::Active => AuditOperation::EnableKey,
                 KeyState::Disabled => AuditOperation::DisableKey,
                 KeyState::Revoked => AuditOperation::RevokeKey,
             };
             let audit = self.key_event(&caller.author(), operation, Some(&current), &key);
-            match self.write_key(&key, Some(current.version), &audit).await {
+            match self.write_key(&key, Some(current.version), &audit, judged).await {
                 Err(ServiceError::Store(StoreError::VersionConflict { .. })) if version.is_none() => continue,
+                Err(ServiceError::Store(StoreError::AccessChanged)) => continue,
                 other => other?,
             }
             tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, state = target.as_str(), "key state changed");

@@ -353,9 +353,10 @@ impl Keyscope {
             };
             let registration = Registration::Registered { roles: new.roles.clone(), enabled: new.enabled };
             let change = Mutation::PutPrincipal(subject.clone(), registration);
-            self.enforce(caller, "roles", &change, &[], Rule::NoEscalation).await?;
+            let judged = self.enforce(caller, "roles", &change, &[], Rule::NoEscalation).await?;
             let audit = self.principal_event(caller, operation, old.as_deref(), &new);
-            match self.store.put_principal(&new, expected, self.audit_write(&audit)).await {
+            match self.store.put_principal(&new, expected, self.judged_write(&audit, judged)).await {
+                Err(StoreError::AccessChanged) => continue,
                 // Someone else registered or changed it meanwhile: start over, unless the
                 // caller pinned a version.
                 Err(StoreError::AlreadyExists(_) | StoreError::NotFound(_)) if version.is_none() => continue,
@@ -397,9 +398,6 @@ impl Keyscope {
     ) -> Result<(), ServiceError> {
         let old = self.get_principal(caller, subject).await?;
         super::at_version(|| format!("principal `{subject}`"), version, old.version)?;
-        // A delete never widens: not a disabled principal's bearer checks, nor (through a
-        // role it loses) anyone's.
-        self.enforce(caller, "subject", &Mutation::DeletePrincipal(subject.clone()), &[], Rule::NoWidening).await?;
         let details = BTreeMap::from([("version".to_owned(), old.version.to_string())]);
         let audit = self.record(
             &caller.author(),
@@ -409,10 +407,17 @@ impl Keyscope {
             Vec::new(),
             details,
         );
-        match self.store.delete_principal(&caller.tenant, subject, version, self.audit_write(&audit)).await {
-            Err(StoreError::NotFound(_)) => Err(principal_not_found(subject, &caller.tenant)),
-            other => Ok(other?),
-        }
+        let (change, audit) = (&Mutation::DeletePrincipal(subject.clone()), &audit);
+        self.until_judged(move || async move {
+            // A delete never widens: its keys and its bearer checks are denied from then on.
+            let judged = self.enforce(caller, "subject", change, &[], Rule::NoWidening).await?;
+            let audit = self.judged_write(audit, judged);
+            match self.store.delete_principal(&caller.tenant, subject, version, audit).await {
+                Err(StoreError::NotFound(_)) => Err(principal_not_found(subject, &caller.tenant)),
+                other => Ok(other?),
+            }
+        })
+        .await
     }
 
     /// The scope (builtin or stored) of the caller's tenant, or NOT_FOUND.
@@ -445,9 +450,6 @@ impl Keyscope {
         // No bindings ever reach u64::MAX: a version that large is bad input, not a conflict.
         let next = version.checked_add(1).ok_or_else(|| InputError::invalid("version", "is out of range"))?;
         let members = Members { subjects, roles, version: next }.normalized();
-        // Binding or unbinding is an explicit edit: held to no escalation.
-        self.enforce(caller, "scope_id", &Mutation::SetMembers(id.clone(), members.clone()), &[], Rule::NoEscalation)
-            .await?;
         let details = BTreeMap::from([
             ("version".to_owned(), members.version.to_string()),
             ("subjects".to_owned(), members.subjects.len().to_string()),
@@ -463,12 +465,19 @@ impl Keyscope {
             details,
         );
         let stored = !self.builtins.contains(id);
-        match self.store.set_members(&caller.tenant, id, &members, version, stored, self.audit_write(&audit)).await {
-            Err(StoreError::NotFound(_)) => {
-                return Err(ServiceError::NotFound(format!("no scope `{id}` in tenant `{}`", caller.tenant)));
+        let (change, audit, bound) = (&Mutation::SetMembers(id.clone(), members.clone()), &audit, &members);
+        self.until_judged(move || async move {
+            // Binding or unbinding is an explicit edit: held to no escalation.
+            let judged = self.enforce(caller, "scope_id", change, &[], Rule::NoEscalation).await?;
+            let audit = self.judged_write(audit, judged);
+            match self.store.set_members(&caller.tenant, id, bound, version, stored, audit).await {
+                Err(StoreError::NotFound(_)) => {
+                    Err(ServiceError::NotFound(format!("no scope `{id}` in tenant `{}`", caller.tenant)))
+                }
+                other => Ok(other?),
             }
-            other => other?,
-        }
+        })
+        .await?;
         tracing::info!(scope_id = %id, tenant = %caller.tenant, actor = %caller.key.id, "scope members set");
         Ok(members)
     }

@@ -41,7 +41,7 @@ impl Keyscope {
             self.check_lifetime(&caller.tenant, current.expires_at).await?;
             // The caller receives a working token for the key: it must hold any administrative
             // grant the key has.
-            self.admit_key(caller, "id", Some(&current), &current, true).await?;
+            let judged = self.admit_key(caller, "id", Some(&current), &current, true).await?;
             let (token, text) = self.tokens.issue(id)?;
             let now = self.clock.now();
             let mut key = Key::clone(&current);
@@ -56,8 +56,9 @@ impl Keyscope {
             if let Some(previous) = &key.previous_secret {
                 audit.details.insert("previous_secret_expires_at_ms".into(), millis(previous.expires_at).to_string());
             }
-            match self.write_key(&key, Some(current.version), &audit).await {
+            match self.write_key(&key, Some(current.version), &audit, judged).await {
                 Err(ServiceError::Store(StoreError::VersionConflict { .. })) if version.is_none() => continue,
+                Err(ServiceError::Store(StoreError::AccessChanged)) => continue,
                 other => other?,
             }
             tracing::info!(key_id = %key.id, tenant = %key.tenant, actor = %caller.key.id, grace_secs = grace.as_secs(), "key rotated");

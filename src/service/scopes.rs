@@ -55,12 +55,17 @@ impl Keyscope {
         scope: &Scope,
         audit: &AuditRecord,
     ) -> Result<(), ServiceError> {
-        self.enforce(caller, "rules", &Mutation::PutScope(Arc::new(scope.clone())), &[], Rule::NoEscalation).await?;
+        let change = Mutation::PutScope(Arc::new(scope.clone()));
         let reserved = self.builtins.folded_labels();
         let expected_version = old.map(|o| o.version);
         let max = self.quotas.max_scopes_per_tenant;
-        self.store.put_scope(scope, expected_version, reserved, max, self.audit_write(audit)).await?;
-        Ok(())
+        let change = &change;
+        self.until_judged(move || async move {
+            let judged = self.enforce(caller, "rules", change, &[], Rule::NoEscalation).await?;
+            let audit = self.judged_write(audit, judged);
+            Ok(self.store.put_scope(scope, expected_version, reserved, max, audit).await?)
+        })
+        .await
     }
 
     /// Creates a scope in the caller's tenant.
@@ -214,7 +219,8 @@ impl Keyscope {
             }
             // A removal never widens: not the keys holding the scope, nor (through their
             // owners) the keys of the principals it is bound to, nor bearer principals.
-            self.enforce(caller, "id", &Mutation::DeleteScope(id.clone()), &holders, Rule::NoWidening).await?;
+            let judged =
+                self.enforce(caller, "id", &Mutation::DeleteScope(id.clone()), &holders, Rule::NoWidening).await?;
             let guard: Vec<(KeyId, u64)> = holders.iter().map(|k| (k.id.clone(), k.version)).collect();
             let detached: Vec<KeyId> = guard.iter().map(|(k, _)| k.clone()).collect();
             let audit = self.delete_event(caller, &scope, force, &detached);
@@ -226,10 +232,12 @@ impl Keyscope {
                 expected_version: Some(scope.version),
                 holders: &guard,
                 now: self.clock.now(),
-                audit: self.audit_write(&audit),
+                audit: self.judged_write(&audit, judged),
             };
             match self.store.delete_scope(delete).await {
-                Err(StoreError::UsersChanged(_) | StoreError::VersionConflict { .. }) => continue,
+                Err(StoreError::UsersChanged(_) | StoreError::VersionConflict { .. } | StoreError::AccessChanged) => {
+                    continue;
+                }
                 Err(StoreError::NotFound(_)) => return Err(scope_not_found(id, caller)),
                 other => other?,
             }

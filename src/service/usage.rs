@@ -389,6 +389,9 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
         }
+        async fn access_version(&self, t: &Tenant) -> Result<u64, StoreError> {
+            self.inner.access_version(t).await
+        }
         async fn get_tenant_policy(&self, t: &Tenant) -> Result<Option<crate::domain::TenantPolicy>, StoreError> {
             self.inner.get_tenant_policy(t).await
         }

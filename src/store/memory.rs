@@ -57,6 +57,8 @@ struct TenantData {
     principals: BTreeMap<Subject, Arc<Principal>>,
     /// Subjects of deleted principals (until registered again).
     gone: BTreeSet<Subject>,
+    /// Grows with every audited change (see [`Store::access_version`]).
+    access: u64,
     /// Member bindings per scope id (builtin ids included).
     members: HashMap<ScopeId, Members>,
     /// Subject -> scopes bound to it.
@@ -99,6 +101,19 @@ fn members_name(id: &ScopeId) -> String {
 }
 
 impl Inner {
+    /// The tenant's access version (see [`Store::access_version`]).
+    fn access(&self, tenant: &Tenant) -> u64 {
+        self.tenants.get(tenant).map_or(0, |d| d.access)
+    }
+
+    /// Refuses a write judged against an access version that no longer holds.
+    fn judged(&self, tenant: &Tenant, audit: AuditWrite<'_>) -> Result<(), StoreError> {
+        match audit.access_version {
+            Some(expected) if expected != self.access(tenant) => Err(StoreError::AccessChanged),
+            _ => Ok(()),
+        }
+    }
+
     fn tenant_key(&self, tenant: &Tenant, id: &KeyId) -> Option<&Arc<Key>> {
         self.keys.get(id).filter(|k| k.tenant == *tenant)
     }
@@ -145,6 +160,7 @@ impl Inner {
 impl TenantData {
     /// Appends the audit event of a change of `tenant`, dropping the oldest beyond the bound.
     fn record(&mut self, tenant: &Tenant, audit: AuditWrite<'_>) {
+        self.access += 1;
         let id = AuditId::next(self.audit.back().map(|e| e.id), audit.record.at);
         let mut record = audit.record.clone();
         record.tenant = tenant.clone();
@@ -245,6 +261,7 @@ impl Store for MemoryStore {
 
     async fn put_key(&self, write: KeyWrite<'_>, max_keys: usize) -> Result<(), StoreError> {
         let mut inner = self.write();
+        inner.judged(&write.key.tenant, write.audit)?;
         inner.check_key_write(&write, max_keys)?;
         let key = Arc::new(write.key.clone());
         let old = inner.keys.insert(key.id.clone(), key.clone());
@@ -285,6 +302,7 @@ impl Store for MemoryStore {
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
         let mut inner = self.write();
+        inner.judged(&scope.tenant, audit)?;
         // A tenant's entry is made only once the write is known to succeed.
         let empty = TenantData::default();
         let data = inner.tenants.get(&scope.tenant).unwrap_or(&empty);
@@ -328,6 +346,7 @@ impl Store for MemoryStore {
 
     async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError> {
         let mut inner = self.write();
+        inner.judged(delete.tenant, delete.audit)?;
         let Inner { keys, tenants, .. } = &mut *inner;
         let data = tenants.get_mut(delete.tenant).ok_or_else(|| StoreError::NotFound(scope_name(delete.id)))?;
         let scope = data.scopes.get(delete.id).ok_or_else(|| StoreError::NotFound(scope_name(delete.id)))?;
@@ -366,6 +385,7 @@ impl Store for MemoryStore {
 
     async fn claim_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<Option<KeyId>, StoreError> {
         let mut inner = self.write();
+        inner.judged(&key.tenant, audit)?;
         if let Some(existing) = &inner.bootstrap {
             return Ok(Some(existing.clone()));
         }
@@ -441,6 +461,10 @@ impl Store for MemoryStore {
         Ok(AuditPage { events, next })
     }
 
+    async fn access_version(&self, tenant: &Tenant) -> Result<u64, StoreError> {
+        Ok(self.read().access(tenant))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -456,6 +480,7 @@ impl Store for MemoryStore {
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
         let mut inner = self.write();
+        inner.judged(&policy.tenant, audit)?;
         let found = inner.tenants.get(&policy.tenant).and_then(|d| d.policy.as_ref()).map_or(0, |p| p.version);
         if found != expected_version {
             return Err(StoreError::VersionConflict {
@@ -493,6 +518,7 @@ impl Store for MemoryStore {
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
         let mut inner = self.write();
+        inner.judged(&principal.tenant, audit)?;
         let data = inner.tenants.entry(principal.tenant.clone()).or_default();
         let name = || principal_name(&principal.subject);
         match (expected_version, data.principals.get(&principal.subject)) {
@@ -517,6 +543,7 @@ impl Store for MemoryStore {
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
         let mut inner = self.write();
+        inner.judged(tenant, audit)?;
         let data = inner.tenants.get_mut(tenant).ok_or_else(|| StoreError::NotFound(principal_name(subject)))?;
         let old = data.principals.get(subject).ok_or_else(|| StoreError::NotFound(principal_name(subject)))?;
         if let Some(expected) = expected_version.filter(|&v| v != old.version) {
@@ -542,6 +569,7 @@ impl Store for MemoryStore {
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError> {
         let mut inner = self.write();
+        inner.judged(tenant, audit)?;
         let data = inner.tenants.entry(tenant.clone()).or_default();
         if stored && !data.scopes.contains_key(scope) {
             return Err(StoreError::NotFound(scope_name(scope)));

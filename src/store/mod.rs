@@ -58,6 +58,10 @@ pub enum StoreError {
     /// A stored record cannot be read back (or the stored schema is not this build's).
     #[error("store data unreadable: {0}")]
     Corrupt(String),
+    /// The tenant's access (its keys, scopes, bindings or principals) changed since the change
+    /// was judged against it; the caller may judge it again.
+    #[error("the tenant's keys, scopes or principals changed meanwhile; retry")]
+    AccessChanged,
     /// The backend cannot be reached or failed; no decision or change was possible.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -159,6 +163,10 @@ pub struct AuditWrite<'a> {
     pub record: &'a AuditRecord,
     /// How many events the tenant's log keeps (`audit.max_events_per_tenant`); at least 1.
     pub max_events: usize,
+    /// The tenant's access version the change was judged against
+    /// ([`Store::access_version`]): the write is refused ([`StoreError::AccessChanged`]) if
+    /// another change was recorded since. `None`: not guarded.
+    pub access_version: Option<u64>,
 }
 
 /// Which audit events a listing returns: newest first, older than a cursor, with filters.
@@ -350,6 +358,10 @@ pub trait Store: Send + Sync + 'static {
         first: Day,
         last: Day,
     ) -> Result<Vec<DailyUsage>, StoreError>;
+
+    /// A number that grows with every audited change of the tenant, in the same atomic write:
+    /// a change judged against this version is written only if it still holds.
+    async fn access_version(&self, tenant: &Tenant) -> Result<u64, StoreError>;
 
     /// Whether the store answers now (readiness).
     async fn ping(&self) -> Result<(), StoreError>;

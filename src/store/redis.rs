@@ -769,7 +769,10 @@ fn audit_args(call: &mut ScriptInvocation<'_>, audit: AuditWrite<'_>) -> Result<
         request_id: r.request_id.to_string(),
     };
     let body = serde_json::to_string(&body).map_err(|e| corrupt("audit event", e))?;
-    call.arg(millis(r.at)).arg(audit.max_events.max(1)).arg(body);
+    call.arg(audit.access_version.map(|v| v.to_string()).unwrap_or_default())
+        .arg(millis(r.at))
+        .arg(audit.max_events.max(1))
+        .arg(body);
     Ok(())
 }
 
@@ -805,6 +808,7 @@ fn outcome(reply: &[String], what: impl Fn() -> String, expected: Option<u64>) -
             expected: expected.unwrap_or(0),
             found: reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0),
         }),
+        Some("stale") => Err(StoreError::AccessChanged),
         Some("expired") => Err(StoreError::Unavailable(
             "redis took the write after its deadline and refused it; nothing was written".into(),
         )),
@@ -1109,6 +1113,13 @@ impl Store for RedisStore {
             newest = prev;
         }
         Ok(AuditPage { events, next: None })
+    }
+
+    async fn access_version(&self, tenant: &Tenant) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let name = format!("{}access", self.base(tenant));
+        let found: Option<u64> = self.admin(redis::cmd("GET").arg(name).query_async(&mut conn)).await?;
+        Ok(found.unwrap_or(0))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

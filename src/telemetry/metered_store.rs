@@ -128,6 +128,10 @@ impl Store for MeteredStore {
         self.timed("ping", self.inner.ping()).await
     }
 
+    async fn access_version(&self, tenant: &Tenant) -> Result<u64, StoreError> {
+        self.timed("access_version", self.inner.access_version(tenant)).await
+    }
+
     async fn get_tenant_policy(&self, tenant: &Tenant) -> Result<Option<TenantPolicy>, StoreError> {
         self.timed("get_tenant_policy", self.inner.get_tenant_policy(tenant)).await
     }

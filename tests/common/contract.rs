@@ -40,11 +40,11 @@ static NOTED: LazyLock<AuditRecord> =
 
 /// The audit event of a change whose event is not what a case checks.
 pub fn noted() -> AuditWrite<'static> {
-    AuditWrite { record: &NOTED, max_events: 1000 }
+    AuditWrite { record: &NOTED, max_events: 1000, access_version: None }
 }
 
 fn kept(record: &AuditRecord, max_events: usize) -> AuditWrite<'_> {
-    AuditWrite { record, max_events }
+    AuditWrite { record, max_events, access_version: None }
 }
 
 async fn audit_page(store: &dyn Store, t: &str, query: &AuditQuery) -> AuditPage {
@@ -707,6 +707,7 @@ macro_rules! contract_cases {
             member_bindings_are_versioned_and_feed_principal_grants,
             deleting_a_scope_drops_its_member_bindings,
             principal_changes_record_their_audit_events,
+            writes_judged_against_an_older_access_version_are_refused,
         );
     };
 }
@@ -1016,4 +1017,34 @@ macro_rules! contract_in_turn {
             contract::$name(($factory)(&$shared).await).await;
         )*
     };
+}
+
+/// Every audited change moves its tenant's access version on; a change judged against an
+/// older version writes nothing, and another tenant's changes do not move it.
+pub async fn writes_judged_against_an_older_access_version_are_refused(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    let start = store.access_version(&t).await.expect("version");
+    create_scope(store.as_ref(), &scope("acme", "s1", "one")).await;
+    let judged = store.access_version(&t).await.expect("version");
+    assert!(judged > start, "a change moves the version on");
+    create_scope(store.as_ref(), &scope("other", "s1", "one")).await;
+    assert_eq!(store.access_version(&t).await.expect("version"), judged, "other tenants do not move it");
+
+    let guarded = |v: u64| AuditWrite { access_version: Some(v), ..noted() };
+    let k = key("acme", 1, &["s1"]);
+    let stored = k.scope_ids.clone();
+    let write = |v: u64| KeyWrite { key: &k, expected_version: None, stored_scopes: &stored, audit: guarded(v) };
+    // Someone else changes the tenant between the judgment and the write.
+    create_scope(store.as_ref(), &scope("acme", "s2", "two")).await;
+    assert_eq!(store.put_key(write(judged), 1000).await, Err(StoreError::AccessChanged));
+    assert!(store.get_key(&t, &k.id).await.expect("read").is_none(), "nothing written");
+    let refused = store.set_members(&t, &scope_id("s1"), &members(&["alice"], &[], 1), 0, true, guarded(judged)).await;
+    assert_eq!(refused, Err(StoreError::AccessChanged));
+    assert!(store.get_members(&t, &scope_id("s1")).await.expect("read").is_empty(), "nothing bound");
+    let refused = store.put_principal(&principal("acme", "alice", &[], 1), None, guarded(judged)).await;
+    assert_eq!(refused, Err(StoreError::AccessChanged));
+    // Judged again, against the current version, it goes through.
+    let now = store.access_version(&t).await.expect("version");
+    store.put_key(write(now), 1000).await.expect("judged against the current version");
+    assert!(store.access_version(&t).await.expect("version") > now);
 }

@@ -1,9 +1,18 @@
 -- Shared by every mutation script (prepended to it): appends the change's audit event to the
--- tenant's stream `<base>audit` (same hash slot as the change), keeping its newest events.
--- The three ARGV before the deadline: the event's time in milliseconds, how many events to
--- keep (exact MAXLEN), and the event body. Ids are `<ms>-<seq>` and always grow: an event
--- timed at or before the stream's last one takes the next sequence number of that one.
+-- tenant's stream `<base>audit` (same hash slot as the change), keeping its newest events,
+-- and moves the tenant's access version `<base>access` on by one.
+-- The four ARGV before the deadline: the access version the change was judged against ('' =
+-- not guarded), the event's time in milliseconds, how many events to keep (exact MAXLEN), and
+-- the event body. Ids are `<ms>-<seq>` and always grow: an event timed at or before the
+-- stream's last one takes the next sequence number of that one.
+local function judged(base)
+  local expected = ARGV[#ARGV - 4]
+  if expected == '' then return true end
+  return (redis.call('GET', base .. 'access') or '0') == expected
+end
+
 local function audit(base)
+  redis.call('INCR', base .. 'access')
   local stream = base .. 'audit'
   local ms, keep, body = ARGV[#ARGV - 3], ARGV[#ARGV - 2], ARGV[#ARGV - 1]
   local id = ms .. '-0'

@@ -5,6 +5,7 @@
 local t = redis.call('TIME')
 if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[#ARGV]) then return {'expired'} end
 local base, expected = ARGV[1], ARGV[2]
+if not judged(base) then return {'stale'} end
 local cur = redis.call('HGET', KEYS[1], 'v') or '0'
 if cur ~= expected then return {'conflict', cur} end
 redis.call('HSET', KEYS[1], 'v', ARGV[3], 'body', ARGV[4])

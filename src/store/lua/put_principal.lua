@@ -6,6 +6,7 @@
 local t = redis.call('TIME')
 if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[#ARGV]) then return {'expired'} end
 local base, subject, expected = ARGV[1], ARGV[2], ARGV[3]
+if not judged(base) then return {'stale'} end
 local chan = string.match(base, '^([^{]*):{') .. ':changes'
 local tenant = string.match(base, '{(.*)}')
 local rec = base .. 'principal:' .. subject

@@ -8,6 +8,7 @@
 local t = redis.call('TIME')
 if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[#ARGV]) then return {'expired'} end
 local base, sid = ARGV[1], ARGV[2]
+if not judged(base) then return {'stale'} end
 local chan = string.match(base, '^([^{]*):{') .. ':changes'
 local tenant = string.match(base, '{(.*)}')
 if ARGV[5] == '1' and redis.call('EXISTS', base .. 'scope:' .. sid) == 0 then return {'notfound'} end
