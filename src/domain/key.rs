@@ -185,7 +185,8 @@ pub fn validate_metadata(field: &str, metadata: &Metadata) -> Result<(), InputEr
                 ),
             ));
         }
-        check_text(&format!("{field}[{k}]"), v, limits::METADATA_VALUE_MAX)?;
+        // The key names the entry, shortened: a metadata key may be a pasted token.
+        check_text(&format!("{field}[{}]", super::ids::shorten(k)), v, limits::METADATA_VALUE_MAX)?;
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     domain::{
         Action, AuditOperation, AuditRecord, AuditTarget, InputError, Key, Members, Module, Principal, Reason, Role,
-        Scope, ScopeId, Subject, Tenant, evaluate, limits, parse_field, parse_names,
+        Scope, ScopeId, Subject, Tenant, evaluate, limits, parse_field, parse_names, shorten_for_message,
     },
     store::{Owner, PrincipalGrants, StoreError},
     telemetry::annotate,
@@ -64,15 +64,27 @@ impl Ceiling {
             Ceiling::Gone => Some((
                 Reason::OwnerDenied,
                 Vec::new(),
-                say(&|| format!("the key's owner `{owner}` was deleted; the key is denied everything")),
+                say(&|| {
+                    format!(
+                        "the key's owner `{}` was deleted; the key is denied everything",
+                        shorten_for_message(owner)
+                    )
+                }),
             )),
-            Ceiling::Disabled => {
-                Some((Reason::OwnerDisabled, Vec::new(), say(&|| format!("the key's owner `{owner}` is disabled"))))
-            }
+            Ceiling::Disabled => Some((
+                Reason::OwnerDisabled,
+                Vec::new(),
+                say(&|| format!("the key's owner `{}` is disabled", shorten_for_message(owner))),
+            )),
             Ceiling::Bound { missing: Some(id), .. } => Some((
                 Reason::OwnerDenied,
                 vec![id.clone()],
-                say(&|| format!("scope `{id}` bound to the key's owner `{owner}` no longer exists; the key is denied")),
+                say(&|| {
+                    format!(
+                        "scope `{id}` bound to the key's owner `{}` no longer exists; the key is denied",
+                        shorten_for_message(owner)
+                    )
+                }),
             )),
             Ceiling::Bound { scopes, missing: None } => {
                 let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
@@ -87,7 +99,10 @@ impl Ceiling {
                     } else {
                         decision.message(module, action)
                     };
-                    format!("the key's owner `{owner}` is not allowed {action} on '{module}': {why}")
+                    format!(
+                        "the key's owner `{}` is not allowed {action} on '{module}': {why}",
+                        shorten_for_message(owner)
+                    )
                 });
                 Some((Reason::OwnerDenied, ids, message))
             }
@@ -115,7 +130,7 @@ impl PrincipalCredential {
 }
 
 fn principal_not_found(subject: &Subject, tenant: &Tenant) -> ServiceError {
-    ServiceError::NotFound(format!("no principal `{subject}` in tenant `{tenant}`"))
+    ServiceError::NotFound(format!("no principal `{}` in tenant `{tenant}`", shorten_for_message(subject.as_str())))
 }
 
 fn retry_exhausted(what: &str) -> ServiceError {
@@ -182,21 +197,27 @@ impl Keyscope {
                     let message = if explain == Explain::Never {
                         String::new()
                     } else {
-                        format!("principal `{subject}` is disabled")
+                        format!("principal `{}` is disabled", shorten_for_message(subject.as_str()))
                     };
                     (Reason::PrincipalDisabled, Vec::new(), message)
                 } else if let Some(id) = &missing {
                     let message = if explain == Explain::Never {
                         String::new()
                     } else {
-                        format!("scope `{id}` bound to principal `{subject}` no longer exists; it is denied everything")
+                        format!(
+                            "scope `{id}` bound to principal `{}` no longer exists; it is denied everything",
+                            shorten_for_message(subject.as_str())
+                        )
                     };
                     (Reason::DeniedByScope, vec![id.clone()], message)
                 } else {
                     let decision = evaluate(&refs, module, *action);
                     let (reason, ids, mut message) = explained(&decision, module, *action, explain);
                     if reason == Reason::NoScope && !message.is_empty() {
-                        message = format!("no scope is bound to principal `{subject}` or its roles");
+                        message = format!(
+                            "no scope is bound to principal `{}` or its roles",
+                            shorten_for_message(subject.as_str())
+                        );
                     }
                     (reason, ids, message)
                 };
@@ -314,7 +335,11 @@ impl Keyscope {
             let old = self.store.get_principal(&caller.tenant, subject).await?;
             let (new, expected, operation) = match &old {
                 Some(old) => {
-                    super::at_version(|| format!("principal `{subject}`"), version, old.version)?;
+                    super::at_version(
+                        || format!("principal `{}`", shorten_for_message(subject.as_str())),
+                        version,
+                        old.version,
+                    )?;
                     let mut new = change(old);
                     new.version = old.version + 1;
                     new.updated_at = now;
@@ -344,10 +369,10 @@ impl Keyscope {
                 Err(StoreError::VersionConflict { .. }) if version.is_none() => continue,
                 other => other?,
             }
-            tracing::info!(%subject, tenant = %caller.tenant, actor = %caller.key.id, "principal written");
+            tracing::info!(subject = %shorten_for_message(subject.as_str()), tenant = %caller.tenant, actor = %caller.key.id, "principal written");
             return Ok(new);
         }
-        Err(retry_exhausted(&format!("principal `{subject}`")))
+        Err(retry_exhausted(&format!("principal `{}`", shorten_for_message(subject.as_str()))))
     }
 
     /// One registered principal of the caller's tenant.
