@@ -378,8 +378,8 @@ async fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()
     file.sync_all().await
 }
 
-/// `keyscope serve`: validate settings, start telemetry, ensure the bootstrap key, serve until
-/// SIGINT/SIGTERM, then shut down gracefully within `server.shutdown_grace_ms`: health goes
+/// `keyscope serve`: validate settings, start telemetry, connect the store, bind the ports,
+/// ensure the bootstrap key (and show a created token), serve until SIGINT/SIGTERM, then shut down gracefully within `server.shutdown_grace_ms`: health goes
 /// NOT_SERVING (for `server.shutdown_delay_ms` calls are still accepted), in-flight calls
 /// finish, then buffered spans are flushed.
 pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {

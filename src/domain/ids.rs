@@ -352,6 +352,22 @@ fn longest_alnum_run(s: &str) -> usize {
     s.split(|c: char| !c.is_ascii_alphanumeric()).map(str::len).max().unwrap_or(0)
 }
 
+/// [`shorten`] as a value to format: nothing is computed unless it is formatted (a check
+/// that explains nothing pays nothing).
+#[derive(Debug, Clone, Copy)]
+pub struct Shown<'a>(&'a str);
+
+/// `s` as an error message or a log line may show it (see [`shorten`]).
+pub fn shown(s: &str) -> Shown<'_> {
+    Shown(s)
+}
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&shorten(self.0))
+    }
+}
+
 /// Input as an error message or a log line may show it: the one helper for every echo of
 /// text a caller sent (or stored, like a subject or an owner). Any run of more than 20 letters
 /// and digits may be a secret (a keyscope secret has 28 with its checksum) and is replaced by
@@ -448,7 +464,7 @@ mod tests {
         assert_eq!(shorten("0123456789abcdefghijKLMNOPqr"), "…");
         assert_eq!(shorten("user:0123456789abcdefghijKLMNOPqr@example"), "user:…@example");
         let refused = token.parse::<ScopeId>().err().map(|p| p.0).unwrap_or_default();
-        assert!(!refused.is_empty() && !refused.contains("AbCdEfGh"), "{refused}");
+        assert!(!refused.is_empty() && !refused.contains("0123456789abcdefghij"), "{refused}");
         assert!("scp_AbCdEfGhIjKlMnOpQrSt".parse::<ScopeId>().is_ok());
         assert!(ScopeId::generate().is_ok_and(|id| id.as_str().parse::<ScopeId>().is_ok()));
         assert_eq!(shorten("Bad Module"), "Bad Module");

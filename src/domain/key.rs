@@ -237,6 +237,18 @@ mod tests {
     }
 
     #[test]
+    fn a_token_used_as_a_metadata_key_is_named_by_its_key_id_only() {
+        let token = "ks_AbCdEfGhIjKlMnOpQrSt_0123456789abcdefghijKLMNOPqr";
+        let too_long: Metadata = [(token.to_owned(), "x".repeat(600))].into_iter().collect();
+        let error = validate_metadata("metadata", &too_long).expect_err("value too long");
+        assert_eq!(error.field(), "metadata[ks_AbCdEfGhIjKlMnOpQrSt_…]");
+        assert!(!error.to_string().contains("0123456789abcdefghij"), "{error}");
+        let bad_key: Metadata = [(format!("{token}!"), String::new())].into_iter().collect();
+        let error = validate_metadata("metadata", &bad_key).expect_err("bad key");
+        assert!(!error.to_string().contains("0123456789abcdefghij"), "{error}");
+    }
+
+    #[test]
     fn state_checks_come_in_spec_order() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let past = Some(now - Duration::from_secs(1));

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::domain::{
     Action, InputError, Key, Module, RequestId, Scope, ScopeId, Tenant, change_grants_reserved, describe_module,
-    grants_reserved, parse_field, shorten_for_message,
+    grants_reserved, parse_field, shown,
 };
 
 /// An authenticated admin caller and the tenant its call acts in.
@@ -64,10 +64,7 @@ impl Caller {
             handed_out(&refs(&self.scopes)).map(|found| (found, format!("the calling key `{}`", self.key.id)));
         let lacking = lacking.or_else(|| {
             let owner = self.owner_scopes.as_deref()?;
-            Some((
-                handed_out(&refs(owner))?,
-                format!("the calling key's owner `{}`", shorten_for_message(&self.key.owner)),
-            ))
+            Some((handed_out(&refs(owner))?, format!("the calling key's owner `{}`", shown(&self.key.owner))))
         });
         match lacking {
             None => Ok(()),

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     domain::{
         Action, AuditOperation, AuditRecord, AuditTarget, InputError, Key, Members, Module, Principal, Reason, Role,
-        Scope, ScopeId, Subject, Tenant, evaluate, limits, parse_field, parse_names, shorten_for_message,
+        Scope, ScopeId, Subject, Tenant, evaluate, limits, parse_field, parse_names, shown,
     },
     store::{Owner, PrincipalGrants, StoreError},
     telemetry::annotate,
@@ -59,32 +59,21 @@ impl Ceiling {
         explain: Explain,
     ) -> Option<(Reason, Vec<ScopeId>, String)> {
         let say = |text: &dyn Fn() -> String| if explain == Explain::Never { String::new() } else { text() };
+        let owner = shown(owner);
         match self {
             Ceiling::None => None,
             Ceiling::Gone => Some((
                 Reason::OwnerDenied,
                 Vec::new(),
-                say(&|| {
-                    format!(
-                        "the key's owner `{}` was deleted; the key is denied everything",
-                        shorten_for_message(owner)
-                    )
-                }),
+                say(&|| format!("the key's owner `{owner}` was deleted; the key is denied everything")),
             )),
-            Ceiling::Disabled => Some((
-                Reason::OwnerDisabled,
-                Vec::new(),
-                say(&|| format!("the key's owner `{}` is disabled", shorten_for_message(owner))),
-            )),
+            Ceiling::Disabled => {
+                Some((Reason::OwnerDisabled, Vec::new(), say(&|| format!("the key's owner `{owner}` is disabled"))))
+            }
             Ceiling::Bound { missing: Some(id), .. } => Some((
                 Reason::OwnerDenied,
                 vec![id.clone()],
-                say(&|| {
-                    format!(
-                        "scope `{id}` bound to the key's owner `{}` no longer exists; the key is denied",
-                        shorten_for_message(owner)
-                    )
-                }),
+                say(&|| format!("scope `{id}` bound to the key's owner `{owner}` no longer exists; the key is denied")),
             )),
             Ceiling::Bound { scopes, missing: None } => {
                 let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
@@ -99,10 +88,7 @@ impl Ceiling {
                     } else {
                         decision.message(module, action)
                     };
-                    format!(
-                        "the key's owner `{}` is not allowed {action} on '{module}': {why}",
-                        shorten_for_message(owner)
-                    )
+                    format!("the key's owner `{owner}` is not allowed {action} on '{module}': {why}")
                 });
                 Some((Reason::OwnerDenied, ids, message))
             }
@@ -130,7 +116,7 @@ impl PrincipalCredential {
 }
 
 fn principal_not_found(subject: &Subject, tenant: &Tenant) -> ServiceError {
-    ServiceError::NotFound(format!("no principal `{}` in tenant `{tenant}`", shorten_for_message(subject.as_str())))
+    ServiceError::NotFound(format!("no principal `{}` in tenant `{tenant}`", subject.shown()))
 }
 
 fn retry_exhausted(what: &str) -> ServiceError {
@@ -190,6 +176,7 @@ impl Keyscope {
         let (scopes, missing) = self.bound_scopes(&grants);
         let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
         let subject = &credential.subject;
+        let named = subject.shown();
         let answers: Vec<CheckAnswer> = items
             .iter()
             .map(|(module, action)| {
@@ -197,27 +184,21 @@ impl Keyscope {
                     let message = if explain == Explain::Never {
                         String::new()
                     } else {
-                        format!("principal `{}` is disabled", shorten_for_message(subject.as_str()))
+                        format!("principal `{named}` is disabled")
                     };
                     (Reason::PrincipalDisabled, Vec::new(), message)
                 } else if let Some(id) = &missing {
                     let message = if explain == Explain::Never {
                         String::new()
                     } else {
-                        format!(
-                            "scope `{id}` bound to principal `{}` no longer exists; it is denied everything",
-                            shorten_for_message(subject.as_str())
-                        )
+                        format!("scope `{id}` bound to principal `{named}` no longer exists; it is denied everything")
                     };
                     (Reason::DeniedByScope, vec![id.clone()], message)
                 } else {
                     let decision = evaluate(&refs, module, *action);
                     let (reason, ids, mut message) = explained(&decision, module, *action, explain);
                     if reason == Reason::NoScope && !message.is_empty() {
-                        message = format!(
-                            "no scope is bound to principal `{}` or its roles",
-                            shorten_for_message(subject.as_str())
-                        );
+                        message = format!("no scope is bound to principal `{named}` or its roles");
                     }
                     (reason, ids, message)
                 };
@@ -335,11 +316,7 @@ impl Keyscope {
             let old = self.store.get_principal(&caller.tenant, subject).await?;
             let (new, expected, operation) = match &old {
                 Some(old) => {
-                    super::at_version(
-                        || format!("principal `{}`", shorten_for_message(subject.as_str())),
-                        version,
-                        old.version,
-                    )?;
+                    super::at_version(|| format!("principal `{}`", subject.shown()), version, old.version)?;
                     let mut new = change(old);
                     new.version = old.version + 1;
                     new.updated_at = now;
@@ -369,10 +346,10 @@ impl Keyscope {
                 Err(StoreError::VersionConflict { .. }) if version.is_none() => continue,
                 other => other?,
             }
-            tracing::info!(subject = %shorten_for_message(subject.as_str()), tenant = %caller.tenant, actor = %caller.key.id, "principal written");
+            tracing::info!(subject = %subject.shown(), tenant = %caller.tenant, actor = %caller.key.id, "principal written");
             return Ok(new);
         }
-        Err(retry_exhausted(&format!("principal `{}`", shorten_for_message(subject.as_str()))))
+        Err(retry_exhausted(&format!("principal `{}`", subject.shown())))
     }
 
     /// One registered principal of the caller's tenant.

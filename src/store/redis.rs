@@ -27,6 +27,9 @@
 //! | `P:{T}:bound:s:<subject>` | set | ids of the scopes bound to the subject |
 //! | `P:{T}:bound:r:<role>` | set | ids of the scopes bound to the role |
 //!
+//! No record that decides access has a TTL (only the usage counts expire), and at connect the
+//! store refuses a Redis whose `maxmemory-policy` could evict one (any `allkeys-*` policy).
+//!
 //! Mutations are Lua scripts (`src/store/lua/`), atomic by construction; each one appends its
 //! audit event to the tenant's stream in the same script (`lua/audit.lua`). A check that misses
 //! every cache costs two round trips: the key's tenant, then one script returning the key and
