@@ -471,7 +471,9 @@ fn on_redis(redis: &RedisServer, prefix: &str) -> ServerOptions {
 fn bootstrap_left(redis: &RedisServer, prefix: &str) -> Option<String> {
     let marker = redis.cli(&["GET", &format!("{prefix}:{{system}}:bootstrap")]).expect("redis-cli GET");
     let keys = redis.cli(&["ZCARD", &format!("{prefix}:{{system}}:keys")]).expect("redis-cli ZCARD");
-    (!marker.is_empty() || keys != "0").then(|| format!("marker {marker:?}, {keys} system key(s)"))
+    let mappings = redis.cli(&["KEYS", &format!("{prefix}:kt:*")]).expect("redis-cli KEYS");
+    (!marker.is_empty() || keys != "0" || !mappings.is_empty())
+        .then(|| format!("marker {marker:?}, {keys} system key(s), key mappings {mappings:?}"))
 }
 
 /// A failed start prints one `error:` line naming `what`, and no token.

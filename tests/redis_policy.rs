@@ -56,11 +56,20 @@ fn a_redis_with_a_volatile_policy_is_served() {
 
 #[test]
 fn a_redis_that_hides_its_configuration_is_served_with_a_warning() {
-    let redis = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
-    let server = on_redis(&redis, &redis_server::fresh_prefix()).start();
-    server.cli().args(["key", "list", "--tenant", "system"]).run().success();
-    let warned = server.stderr_lines().iter().any(|l| l.contains("cannot read Redis's maxmemory-policy"));
-    assert!(warned, "no warning about the unreadable policy:\n{}", server.stderr_lines().join("\n"));
+    // CONFIG renamed away, or denied to keyscope's ACL user (as managed services do).
+    let renamed = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
+    let acl = RedisServer::start_with(&["--user", "keyscope", "on", ">ks-pw", "~*", "&*", "+@all", "-config"]);
+    for (redis, user) in [(&renamed, None), (&acl, Some(("keyscope", "ks-pw")))] {
+        let mut options = on_redis(redis, &redis_server::fresh_prefix());
+        if let Some((name, password)) = user {
+            options =
+                options.env("KEYSCOPE__STORE__REDIS__USERNAME", name).env("KEYSCOPE__STORE__REDIS__PASSWORD", password);
+        }
+        let server = options.start();
+        server.cli().args(["key", "list", "--tenant", "system"]).run().success();
+        let warned = server.stderr_lines().iter().any(|l| l.contains("cannot read Redis's maxmemory-policy"));
+        assert!(warned, "no warning about the unreadable policy:\n{}", server.stderr_lines().join("\n"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1113,12 +1113,19 @@ impl Store for RedisStore {
         audit_args(&mut call, audit)?;
         call.arg(self.deadline());
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
-        // The key -> tenant mapping stays, as after any create that did not last: it names no
-        // key, which a check treats as an unknown key.
         match reply.first().map(String::as_str) {
-            Some("other" | "changed") => Ok(false),
-            _ => outcome(&reply, || format!("key `{}`", key.id), None).map(|()| true),
+            Some("other" | "changed") => return Ok(false),
+            _ => outcome(&reply, || format!("key `{}`", key.id), None)?,
         }
+        // The key -> tenant mapping lives in another slot, so it goes after the script. Left
+        // behind (if this fails) it names no key, as after any create that did not last, and a
+        // check treats it as an unknown key.
+        self.tenants.invalidate(&key.id);
+        let removed: Result<(), StoreError> = self.admin(conn.del(self.tenant_of(&key.id))).await;
+        if let Err(error) = removed {
+            tracing::debug!(key_id = %key.id, %error, "the released key's tenant mapping stays");
+        }
+        Ok(true)
     }
 
     async fn record_usage(&self, batch: &[UsageDelta], retention_days: u32) -> Result<(), StoreError> {
