@@ -379,9 +379,10 @@ async fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()
 }
 
 /// `keyscope serve`: validate settings, start telemetry, connect the store, bind the ports,
-/// ensure the bootstrap key (and show a created token), serve until SIGINT/SIGTERM, then shut down gracefully within `server.shutdown_grace_ms`: health goes
-/// NOT_SERVING (for `server.shutdown_delay_ms` calls are still accepted), in-flight calls
-/// finish, then buffered spans are flushed.
+/// ensure the bootstrap key (and show a created token), serve until SIGINT/SIGTERM, then shut
+/// down gracefully within `server.shutdown_grace_ms`: health goes NOT_SERVING (for
+/// `server.shutdown_delay_ms` calls are still accepted), in-flight calls finish, then buffered
+/// spans are flushed.
 pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
     let validated = settings.validate()?;
     let spans = match &validated.traces {

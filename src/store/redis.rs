@@ -340,8 +340,11 @@ impl RedisStore {
         let replies: Vec<(Option<String>, Result<Value, RedisError>)> = match &self.conn {
             Conn::Single(conn) => {
                 let mut conn = conn.clone();
-                let reply =
-                    tokio::time::timeout(limit, cmd.query_async::<Value>(&mut conn)).await.map_err(|_| late())?;
+                let reply = match tokio::time::timeout(limit, cmd.query_async::<Value>(&mut conn)).await {
+                    Err(_) => return Err(late()),
+                    Ok(Ok(Value::ServerError(error))) => Err(RedisError::from(error)),
+                    Ok(reply) => reply,
+                };
                 vec![(None, reply)]
             }
             Conn::Cluster(conn) => {
@@ -380,8 +383,16 @@ impl RedisStore {
                 }
                 Err(error) => return Err(unavailable(error)),
             };
-            if let Some(problem) = config.get("maxmemory-policy").and_then(|policy| eviction_problem(&name, policy)) {
-                return Err(StoreError::Unsafe(problem));
+            match config.get("maxmemory-policy") {
+                Some(policy) => {
+                    if let Some(problem) = eviction_problem(&name, policy) {
+                        return Err(StoreError::Unsafe(problem));
+                    }
+                }
+                None => tracing::warn!(
+                    node = %name,
+                    "Redis did not report its maxmemory-policy; keep it `noeviction` (or `volatile-*`): an evicting policy could drop keyscope's records and widen access"
+                ),
             }
         }
         Ok(())
