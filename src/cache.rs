@@ -371,6 +371,12 @@ impl Store for CachedStore {
         result
     }
 
+    async fn release_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<bool, StoreError> {
+        let result = self.store.release_bootstrap(key, audit).await;
+        self.inner.changed(&Change::Key(key.id.clone()));
+        result
+    }
+
     // Usage is not part of the cached records: writing it drops nothing.
     async fn record_usage(&self, batch: &[UsageDelta], retention_days: u32) -> Result<(), StoreError> {
         self.store.record_usage(batch, retention_days).await

@@ -310,30 +310,57 @@ pub async fn build(validated: &crate::config::Validated) -> Result<Built, StartE
 }
 
 /// Tells the operator about the bootstrap admin key: a created token is printed once on
-/// stdout (or written to `bootstrap.token_file`); nothing else ever shows a token.
-async fn announce(outcome: crate::service::Bootstrap, token_file: Option<&std::path::Path>) -> Result<(), StartError> {
+/// stdout (or written to `bootstrap.token_file`); nothing else ever shows a token. A created
+/// key whose token cannot be shown is removed again, so that the next start makes a new one
+/// instead of finding a key nobody holds.
+async fn announce(
+    core: &Keyscope,
+    outcome: crate::service::Bootstrap,
+    token_file: Option<&std::path::Path>,
+) -> Result<(), StartError> {
     use crate::service::Bootstrap;
-    match outcome {
+    let (id, token) = match outcome {
         Bootstrap::Configured(id) | Bootstrap::ConfiguredCreated(id) => {
             tracing::info!(key_id = %id, "bootstrap admin key from bootstrap.admin_token is ready");
+            return Ok(());
         }
-        Bootstrap::Existing(id) => tracing::info!(key_id = %id, "bootstrap admin key exists"),
-        Bootstrap::Created(id, token) => match token_file {
-            Some(path) => {
-                write_private(path, token.expose())
-                    .await
-                    .map_err(|e| StartError::Io(format!("bootstrap.token_file `{}`: {e}", path.display())))?;
+        Bootstrap::Existing(id) => {
+            tracing::info!(key_id = %id, "bootstrap admin key exists");
+            return Ok(());
+        }
+        Bootstrap::Created(id, token) => (id, token),
+    };
+    let shown = match token_file {
+        Some(path) => write_private(path, token.expose())
+            .await
+            .map(|()| {
                 tracing::info!(key_id = %id, path = %path.display(), "bootstrap admin key created; its token was written to bootstrap.token_file");
-            }
-            None => {
-                tracing::info!(key_id = %id, "bootstrap admin key created; its token is printed once on stdout");
-                println!("keyscope: created the bootstrap admin key {id} (tenant `system`, scope `admin`).");
-                println!("keyscope: its token is shown once; store it now:");
-                println!("{}", token.expose());
-            }
-        },
-    }
-    Ok(())
+            })
+            .map_err(|e| format!("bootstrap.token_file `{}`: {e}", path.display())),
+        None => {
+            tracing::info!(key_id = %id, "bootstrap admin key created; its token is printed once on stdout");
+            print_banner(&id, token.expose()).map_err(|e| format!("cannot print the bootstrap token on stdout: {e}"))
+        }
+    };
+    let Err(problem) = shown else { return Ok(()) };
+    let outcome = match core.release_bootstrap(&id).await {
+        Ok(true) => "the key was removed again; the next start makes a new one".to_owned(),
+        Ok(false) => "the key could not be removed (it is no longer the unchanged bootstrap key)".to_owned(),
+        Err(error) => format!("the key could not be removed ({error}); set bootstrap.admin_token to add another"),
+    };
+    Err(StartError::Io(format!("{problem}; bootstrap admin key `{id}`: {outcome}")))
+}
+
+/// The three lines that show a created bootstrap token, written at once (no panic if stdout
+/// is closed: the error is returned).
+fn print_banner(id: &crate::domain::KeyId, token: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    write!(
+        out,
+        "keyscope: created the bootstrap admin key {id} (tenant `system`, scope `admin`).\nkeyscope: its token is shown once; store it now:\n{token}\n"
+    )?;
+    out.flush()
 }
 
 async fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
@@ -351,10 +378,11 @@ async fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()
     file.sync_all().await
 }
 
-/// `keyscope serve`: validate settings, start telemetry, ensure the bootstrap key, serve until
-/// SIGINT/SIGTERM, then shut down gracefully within `server.shutdown_grace_ms`: health goes
-/// NOT_SERVING (for `server.shutdown_delay_ms` calls are still accepted), in-flight calls
-/// finish, then buffered spans are flushed.
+/// `keyscope serve`: validate settings, start telemetry, connect the store, bind the ports,
+/// ensure the bootstrap key (and show a created token), serve until SIGINT/SIGTERM, then shut
+/// down gracefully within `server.shutdown_grace_ms`: health goes NOT_SERVING (for
+/// `server.shutdown_delay_ms` calls are still accepted), in-flight calls finish, then buffered
+/// spans are flushed.
 pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
     let validated = settings.validate()?;
     let spans = match &validated.traces {
@@ -372,7 +400,8 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
         built.metrics.observe_spans(spans.stats());
     }
     let core = built.core.clone();
-    let outcome = core.ensure_bootstrap(settings.bootstrap.admin_token.as_ref().map(|t| t.expose())).await?;
+    // The ports are bound before the bootstrap key is made: a start that cannot serve must
+    // not leave behind a key whose token was never shown.
     let listener = TcpListener::bind(validated.grpc_addr)
         .await
         .map_err(|e| StartError::Io(format!("server.grpc_addr {}: {e}", validated.grpc_addr)))?;
@@ -381,7 +410,8 @@ pub async fn run(settings: crate::config::Settings) -> Result<(), StartError> {
         .map_err(|e| StartError::Io(format!("server.http_addr {}: {e}", validated.http_addr)))?;
     let local = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
     let http_local = http.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
-    announce(outcome, settings.bootstrap.token_file.as_deref()).await?;
+    let outcome = core.ensure_bootstrap(settings.bootstrap.admin_token.as_ref().map(|t| t.expose())).await?;
+    announce(&core, outcome, settings.bootstrap.token_file.as_deref()).await?;
     let store = if validated.redis.is_some() { "redis" } else { "memory" };
     let tls = match &validated.tls {
         None => "off",

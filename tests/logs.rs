@@ -239,6 +239,26 @@ fn no_token_secret_or_pepper_is_ever_logged() {
     check(&["courses", "read", "--credential", &rotated_token, "--source", "10.0.0.1"]).success();
     check(&["courses", "read", "--credential", &rotated_token, "--source", "10.0.0.1"]).expect_code(3);
 
+    // A token pasted where a subject or a metadata key goes is never logged whole, and the
+    // errors that name it show only its key id.
+    let pasted = Cli::new().args(["token", "new"]).run().success().stdout.trim().to_owned();
+    forbidden.token("a token used as a subject and a metadata key", &pasted);
+    let (_, pasted_tail) = pasted.rsplit_once('_').expect("token parts");
+    let principal = |verb: &str| server.cli().args(["principal", verb, &pasted, "--tenant", "acme"]).run();
+    let missing = principal("get").expect_code(1);
+    assert!(!missing.stderr.contains(pasted_tail), "the subject was echoed: {}", missing.describe());
+    principal("upsert").success();
+    principal("get").success();
+    principal("delete").success();
+    let gone = principal("delete").expect_code(1);
+    assert!(!gone.stderr.contains(pasted_tail), "the subject was echoed: {}", gone.describe());
+    let metadata = format!("{pasted}={}", "x".repeat(600));
+    let refused =
+        server.cli().args(["key", "create", "--tenant", "acme", "--scope", "read-only", "--meta", &metadata]).run();
+    let refused = refused.expect_code(1);
+    assert!(refused.stderr.contains("metadata["), "the field is not named: {}", refused.describe());
+    assert!(!refused.stderr.contains(pasted_tail), "the metadata key was echoed: {}", refused.describe());
+
     let captured = server.stop();
 
     // stdout holds the banner (with the bootstrap token, on purpose) and nothing after it.

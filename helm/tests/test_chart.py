@@ -895,6 +895,7 @@ class EvaluationRedis(unittest.TestCase):
         self.assertIn("--save", c["args"])
         self.assertEqual(c["args"][c["args"].index("--save") + 1], "", "no RDB snapshots")
         self.assertEqual(c["args"][c["args"].index("--appendonly") + 1], "no", "no AOF")
+        self.assertEqual(c["args"][c["args"].index("--maxmemory-policy") + 1], "noeviction", "never evicts keyscope's records")
         self.assertNotIn("persistentVolumeClaim", json.dumps(dep))
         self.assertIn("EVALUATION ONLY", render(values)["keyscope/templates/NOTES.txt"])
         self.assertNotIn("EVALUATION ONLY", render()["keyscope/templates/NOTES.txt"])

@@ -47,9 +47,8 @@ impl std::str::FromStr for Action {
     type Err = Problem;
 
     fn from_str(s: &str) -> Result<Self, Problem> {
-        Action::ALL
-            .into_iter()
-            .find(|a| a.as_str() == s)
-            .ok_or_else(|| Problem::new(format!("`{s}` is not one of create, read, update, delete")))
+        Action::ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| {
+            Problem::new(format!("`{}` is not one of create, read, update, delete", super::ids::shorten(s)))
+        })
     }
 }

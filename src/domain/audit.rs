@@ -46,11 +46,15 @@ pub enum AuditOperation {
     DeletePrincipal,
     /// A scope's member bindings (subjects and roles) were replaced.
     SetScopeMembers,
+    /// A key was deleted. Only keyscope itself deletes a key: the bootstrap admin key it
+    /// had just made, when its token could not be shown (printed or written to the token
+    /// file), so that the next start makes a new one.
+    DeleteKey,
 }
 
 impl AuditOperation {
     /// Every operation, in wire order.
-    pub const ALL: [AuditOperation; 14] = [
+    pub const ALL: [AuditOperation; 15] = [
         AuditOperation::CreateKey,
         AuditOperation::UpdateKey,
         AuditOperation::DisableKey,
@@ -65,6 +69,7 @@ impl AuditOperation {
         AuditOperation::PutPrincipal,
         AuditOperation::DeletePrincipal,
         AuditOperation::SetScopeMembers,
+        AuditOperation::DeleteKey,
     ];
 
     /// The stored and printed name, e.g. `create_key`.
@@ -84,6 +89,7 @@ impl AuditOperation {
             AuditOperation::PutPrincipal => "put_principal",
             AuditOperation::DeletePrincipal => "delete_principal",
             AuditOperation::SetScopeMembers => "set_scope_members",
+            AuditOperation::DeleteKey => "delete_key",
         }
     }
 }

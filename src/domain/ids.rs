@@ -352,15 +352,62 @@ fn longest_alnum_run(s: &str) -> usize {
     s.split(|c: char| !c.is_ascii_alphanumeric()).map(str::len).max().unwrap_or(0)
 }
 
-/// Echoes at most 64 characters of rejected input, with control characters escaped, so an
-/// error message stays one short line whatever was sent. Input that looks like it holds a
-/// secret (a run of more than 20 letters and digits) is not echoed at all.
-pub fn shorten(s: &str) -> String {
-    if longest_alnum_run(s) > ALNUM_RUN_MAX {
-        return "(value not shown: it looks like a credential)".to_owned();
+/// [`shorten`] as a value to format: nothing is computed unless it is formatted (a check
+/// that explains nothing pays nothing).
+#[derive(Debug, Clone, Copy)]
+pub struct Shown<'a>(&'a str);
+
+/// `s` as an error message or a log line may show it (see [`shorten`]).
+pub fn shown(s: &str) -> Shown<'_> {
+    Shown(s)
+}
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&shorten(self.0))
     }
-    let mut out: String = s.chars().take(64).flat_map(char::escape_default).collect();
-    if s.chars().nth(64).is_some() {
+}
+
+/// Input as an error message or a log line may show it: the one helper for every echo of
+/// text a caller sent (or stored, like a subject or an owner). Any run of more than 20 letters
+/// and digits may be a secret (a keyscope secret has 28 with its checksum) and is replaced by
+/// `…`, so a pasted keyscope token shows only its prefix and key id (`ks_<key id>_…`); the
+/// rest is cut at 64 characters, with control characters escaped, so the text stays one
+/// short line whatever was sent.
+pub fn shorten(s: &str) -> String {
+    // Each shown character, `None` for a hidden run.
+    let mut shown: Vec<Option<char>> = Vec::with_capacity(s.len().min(128));
+    let mut run: Vec<char> = Vec::new();
+    let flush = |run: &mut Vec<char>, shown: &mut Vec<Option<char>>| {
+        if run.len() > ALNUM_RUN_MAX {
+            shown.push(None);
+        } else {
+            shown.extend(run.iter().copied().map(Some));
+        }
+        run.clear();
+    };
+    for c in s.chars() {
+        if shown.len() > 64 {
+            // Cut: a run still being read is dropped whole (part of a secret is not shown).
+            run.clear();
+            break;
+        }
+        if c.is_ascii_alphanumeric() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut shown);
+            shown.push(Some(c));
+        }
+    }
+    flush(&mut run, &mut shown);
+    let mut out = String::new();
+    for piece in shown.iter().take(64) {
+        match piece {
+            Some(c) => out.extend(c.escape_default()),
+            None => out.push('…'),
+        }
+    }
+    if shown.len() > 64 {
         out.push('…');
     }
     out
@@ -412,10 +459,12 @@ mod tests {
     #[test]
     fn token_shaped_input_is_never_echoed_nor_a_scope_id() {
         let token = "ks_AbCdEfGhIjKlMnOpQrSt_0123456789abcdefghijKLMNOPqr";
-        assert!(!shorten(token).contains("AbCdEfGh"));
-        assert!(!shorten("0123456789abcdefghijKLMNOPqr").contains("0123"));
+        // The key id (20 characters) is shown, never the secret and checksum (28).
+        assert_eq!(shorten(token), "ks_AbCdEfGhIjKlMnOpQrSt_…");
+        assert_eq!(shorten("0123456789abcdefghijKLMNOPqr"), "…");
+        assert_eq!(shorten("user:0123456789abcdefghijKLMNOPqr@example"), "user:…@example");
         let refused = token.parse::<ScopeId>().err().map(|p| p.0).unwrap_or_default();
-        assert!(!refused.is_empty() && !refused.contains("AbCdEfGh"), "{refused}");
+        assert!(!refused.is_empty() && !refused.contains("0123456789abcdefghij"), "{refused}");
         assert!("scp_AbCdEfGhIjKlMnOpQrSt".parse::<ScopeId>().is_ok());
         assert!(ScopeId::generate().is_ok_and(|id| id.as_str().parse::<ScopeId>().is_ok()));
         assert_eq!(shorten("Bad Module"), "Bad Module");

@@ -185,7 +185,8 @@ pub fn validate_metadata(field: &str, metadata: &Metadata) -> Result<(), InputEr
                 ),
             ));
         }
-        check_text(&format!("{field}[{k}]"), v, limits::METADATA_VALUE_MAX)?;
+        // The key names the entry, shortened: a metadata key may be a pasted token.
+        check_text(&format!("{field}[{}]", super::ids::shorten(k)), v, limits::METADATA_VALUE_MAX)?;
     }
     Ok(())
 }
@@ -233,6 +234,18 @@ mod tests {
             allowed_cidrs: Vec::new(),
             rate_limit: None,
         }
+    }
+
+    #[test]
+    fn a_token_used_as_a_metadata_key_is_named_by_its_key_id_only() {
+        let token = "ks_AbCdEfGhIjKlMnOpQrSt_0123456789abcdefghijKLMNOPqr";
+        let too_long: Metadata = [(token.to_owned(), "x".repeat(600))].into_iter().collect();
+        let error = validate_metadata("metadata", &too_long).expect_err("value too long");
+        assert_eq!(error.field(), "metadata[ks_AbCdEfGhIjKlMnOpQrSt_…]");
+        assert!(!error.to_string().contains("0123456789abcdefghij"), "{error}");
+        let bad_key: Metadata = [(format!("{token}!"), String::new())].into_iter().collect();
+        let error = validate_metadata("metadata", &bad_key).expect_err("bad key");
+        assert!(!error.to_string().contains("0123456789abcdefghij"), "{error}");
     }
 
     #[test]

@@ -20,6 +20,12 @@ impl Subject {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The subject as messages and logs show it: shortened, since a subject may be a pasted
+    /// token ([`super::shown`]).
+    pub fn shown(&self) -> super::Shown<'_> {
+        super::shown(&self.0)
+    }
 }
 
 impl fmt::Display for Subject {
@@ -148,6 +154,14 @@ pub fn parse_names<T: FromStr<Err = Problem> + Ord>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subject_that_is_a_token_is_shown_by_its_key_id_only() {
+        let subject: Subject = "ks_AbCdEfGhIjKlMnOpQrSt_0123456789abcdefghijKLMNOPqr".parse().expect("a subject");
+        assert_eq!(subject.shown().to_string(), "ks_AbCdEfGhIjKlMnOpQrSt_…");
+        let plain: Subject = "alice@example.com".parse().expect("a subject");
+        assert_eq!(plain.shown().to_string(), "alice@example.com");
+    }
 
     #[test]
     fn subjects_are_printable_without_spaces_and_bounded() {

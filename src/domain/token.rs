@@ -103,7 +103,8 @@ impl TokenFormat {
             && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !ok {
             return Err(Problem::new(format!(
-                "`{prefix}` is not a token prefix (1 to {PREFIX_MAX} characters [a-z0-9])"
+                "`{}` is not a token prefix (1 to {PREFIX_MAX} characters [a-z0-9])",
+                super::ids::shorten(prefix)
             )));
         }
         Ok(TokenFormat { prefix: prefix.to_owned() })

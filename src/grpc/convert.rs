@@ -261,6 +261,7 @@ pub fn operation_to_pb(operation: AuditOperation) -> pb::AuditOperation {
         AuditOperation::PutPrincipal => pb::AuditOperation::PutPrincipal,
         AuditOperation::DeletePrincipal => pb::AuditOperation::DeletePrincipal,
         AuditOperation::SetScopeMembers => pb::AuditOperation::SetScopeMembers,
+        AuditOperation::DeleteKey => pb::AuditOperation::DeleteKey,
     }
 }
 

@@ -28,7 +28,7 @@ impl From<ServiceError> for Status {
                 StoreError::AlreadyExists(_) => Code::AlreadyExists,
                 StoreError::QuotaReached { .. } => Code::ResourceExhausted,
                 StoreError::Unavailable(_) => Code::Unavailable,
-                StoreError::Corrupt(_) => Code::Internal,
+                StoreError::Corrupt(_) | StoreError::Unsafe(_) => Code::Internal,
             },
         };
         // The store's own words (which may name Redis users, keys or hosts) go to the log only;

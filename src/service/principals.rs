@@ -24,7 +24,7 @@ use crate::{
     domain::{
         Action, AuditOperation, AuditRecord, AuditTarget, InputError, Key, Members, Module, Mutation, Principal,
         Reason, Registration, Role, Rule, Scope, ScopeId, Subject, Tenant, evaluate, limits, parse_field, parse_names,
-        shorten_for_message,
+        shown,
     },
     store::{Owner, PrincipalGrants, StoreError},
     telemetry::annotate,
@@ -60,6 +60,7 @@ impl Ceiling {
         explain: Explain,
     ) -> Option<(Reason, Vec<ScopeId>, String)> {
         let say = |text: &dyn Fn() -> String| if explain == Explain::Never { String::new() } else { text() };
+        let owner = shown(owner);
         match self {
             Ceiling::None => None,
             Ceiling::Gone => Some((
@@ -116,7 +117,7 @@ impl PrincipalCredential {
 }
 
 fn principal_not_found(subject: &Subject, tenant: &Tenant) -> ServiceError {
-    ServiceError::NotFound(format!("no principal `{subject}` in tenant `{tenant}`"))
+    ServiceError::NotFound(format!("no principal `{}` in tenant `{tenant}`", subject.shown()))
 }
 
 fn retry_exhausted(what: &str) -> ServiceError {
@@ -181,6 +182,7 @@ impl Keyscope {
         let (scopes, missing) = self.bound_scopes(&grants);
         let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
         let subject = &credential.subject;
+        let named = subject.shown();
         let answers: Vec<CheckAnswer> = items
             .iter()
             .map(|(module, action)| {
@@ -189,21 +191,21 @@ impl Keyscope {
                         String::new()
                     } else {
                         let state = if deleted { "was deleted" } else { "is disabled" };
-                        format!("principal `{}` {state}", shorten_for_message(subject.as_str()))
+                        format!("principal `{named}` {state}")
                     };
                     (Reason::PrincipalDisabled, Vec::new(), message)
                 } else if let Some(id) = &missing {
                     let message = if explain == Explain::Never {
                         String::new()
                     } else {
-                        format!("scope `{id}` bound to principal `{subject}` no longer exists; it is denied everything")
+                        format!("scope `{id}` bound to principal `{named}` no longer exists; it is denied everything")
                     };
                     (Reason::DeniedByScope, vec![id.clone()], message)
                 } else {
                     let decision = evaluate(&refs, module, *action);
                     let (reason, ids, mut message) = explained(&decision, module, *action, explain);
                     if reason == Reason::NoScope && !message.is_empty() {
-                        message = format!("no scope is bound to principal `{subject}` or its roles");
+                        message = format!("no scope is bound to principal `{named}` or its roles");
                     }
                     (reason, ids, message)
                 };
@@ -321,12 +323,12 @@ impl Keyscope {
             let old = self.store.get_principal(&caller.tenant, subject).await?;
             let (new, expected, operation) = match &old {
                 Some(old) => {
-                    super::at_version(|| format!("principal `{subject}`"), version, old.version)?;
+                    super::at_version(|| format!("principal `{}`", subject.shown()), version, old.version)?;
                     // Replacing a registered principal is a change, whatever the RPC.
                     if create && !caller.holding().allows(&Module::principals(), Action::Update) {
                         return Err(ServiceError::PermissionDenied(format!(
                             "principal `{}` is registered; replacing it needs update on `{}`",
-                            shorten_for_message(subject.as_str()),
+                            subject.shown(),
                             Module::principals()
                         )));
                     }
@@ -363,10 +365,10 @@ impl Keyscope {
                 Err(StoreError::VersionConflict { .. }) if version.is_none() => continue,
                 other => other?,
             }
-            tracing::info!(%subject, tenant = %caller.tenant, actor = %caller.key.id, "principal written");
+            tracing::info!(subject = %subject.shown(), tenant = %caller.tenant, actor = %caller.key.id, "principal written");
             return Ok(new);
         }
-        Err(retry_exhausted(&format!("principal `{subject}`")))
+        Err(retry_exhausted(&format!("principal `{}`", subject.shown())))
     }
 
     /// One registered principal of the caller's tenant.
@@ -397,7 +399,7 @@ impl Keyscope {
         version: Option<u64>,
     ) -> Result<(), ServiceError> {
         let old = self.get_principal(caller, subject).await?;
-        super::at_version(|| format!("principal `{subject}`"), version, old.version)?;
+        super::at_version(|| format!("principal `{}`", subject.shown()), version, old.version)?;
         let details = BTreeMap::from([("version".to_owned(), old.version.to_string())]);
         let audit = self.record(
             &caller.author(),

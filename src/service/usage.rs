@@ -370,6 +370,9 @@ mod tests {
         async fn claim_bootstrap(&self, k: &Key, a: crate::store::AuditWrite<'_>) -> Result<Option<KeyId>, StoreError> {
             self.inner.claim_bootstrap(k, a).await
         }
+        async fn release_bootstrap(&self, k: &Key, a: crate::store::AuditWrite<'_>) -> Result<bool, StoreError> {
+            self.inner.release_bootstrap(k, a).await
+        }
         async fn record_usage(&self, batch: &[UsageDelta], retention: u32) -> Result<(), StoreError> {
             if self.writes_left.fetch_sub(1, Ordering::SeqCst) <= 0 {
                 return Err(StoreError::Unavailable("down for the test".into()));

@@ -93,7 +93,7 @@ fn scope_name(id: &ScopeId) -> String {
 }
 
 fn principal_name(subject: &Subject) -> String {
-    format!("principal `{subject}`")
+    format!("principal `{}`", crate::domain::shorten_for_message(subject.as_str()))
 }
 
 fn members_name(id: &ScopeId) -> String {
@@ -185,6 +185,19 @@ impl TenantData {
             self.holders.entry(id.clone()).or_default().insert(key.id.clone());
         }
         self.key_ids.insert(key.id.clone());
+    }
+
+    /// Drops a removed key from the indexes.
+    fn unindex(&mut self, key: &Key) {
+        for id in &key.scope_ids {
+            if let Some(set) = self.holders.get_mut(id) {
+                set.remove(&key.id);
+                if set.is_empty() {
+                    self.holders.remove(id);
+                }
+            }
+        }
+        self.key_ids.remove(&key.id);
     }
 
     /// Replaces the member bindings of a scope and the indexes that follow them.
@@ -326,7 +339,10 @@ impl Store for MemoryStore {
         let taken =
             reserved_labels.contains(&folded) || data.labels.get(&folded).is_some_and(|owner| *owner != scope.id);
         if taken {
-            return Err(StoreError::AlreadyExists(format!("a scope labelled `{}`", scope.label)));
+            return Err(StoreError::AlreadyExists(format!(
+                "a scope labelled `{}`",
+                crate::domain::shorten_for_message(scope.label.as_str())
+            )));
         }
         let data = inner.tenants.entry(scope.tenant.clone()).or_default();
         if let Some(old) = &old {
@@ -399,6 +415,27 @@ impl Store for MemoryStore {
         data.record(&key.tenant, audit);
         inner.bootstrap = Some(key.id.clone());
         Ok(None)
+    }
+
+    async fn release_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<bool, StoreError> {
+        let mut inner = self.write();
+        let Inner { keys, tenants, usage, bootstrap } = &mut *inner;
+        let claimed = bootstrap.as_ref() == Some(&key.id)
+            && keys.get(&key.id).is_some_and(|k| k.tenant == key.tenant && k.version == key.version);
+        if !claimed {
+            return Ok(false);
+        }
+        if let Some(stored) = keys.remove(&key.id) {
+            let data = tenants.entry(key.tenant.clone()).or_default();
+            data.unindex(&stored);
+            data.record(&key.tenant, audit);
+        }
+        if let Some(used) = usage.get_mut(&key.tenant) {
+            used.last_used.remove(&key.id);
+            used.days.remove(&key.id);
+        }
+        *bootstrap = None;
+        Ok(true)
     }
 
     async fn record_usage(&self, batch: &[UsageDelta], retention_days: u32) -> Result<(), StoreError> {

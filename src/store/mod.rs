@@ -65,6 +65,10 @@ pub enum StoreError {
     /// The backend cannot be reached or failed; no decision or change was possible.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The backend is set up in a way that could lose keyscope's records (e.g. a Redis that
+    /// may evict them); keyscope refuses to use it.
+    #[error("store unsafe: {0}")]
+    Unsafe(String),
 }
 
 /// A key with the stored scopes it names, loaded together for a check.
@@ -339,6 +343,13 @@ pub trait Store: Send + Sync + 'static {
     /// Makes `key` the bootstrap admin key unless one was made before; returns the id of the
     /// one made before, if any (and then records nothing).
     async fn claim_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<Option<KeyId>, StoreError>;
+
+    /// Undoes [`Store::claim_bootstrap`] for a key whose token could never be shown: removes
+    /// the key (record and indexes) and the bootstrap marker together, recording `audit`, but
+    /// only while the marker still names `key.id` and the stored key is still at
+    /// `key.version`. Returns whether it did; `false` wrote nothing. Afterwards the store is
+    /// as if the claim never happened (a later claim makes a new bootstrap key).
+    async fn release_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<bool, StoreError>;
 
     /// A page of a tenant's audit events, newest first (see [`AuditQuery`]).
     async fn list_audit(&self, tenant: &Tenant, query: &AuditQuery) -> Result<AuditPage, StoreError>;

@@ -27,6 +27,9 @@
 //! | `P:{T}:bound:s:<subject>` | set | ids of the scopes bound to the subject |
 //! | `P:{T}:bound:r:<role>` | set | ids of the scopes bound to the role |
 //!
+//! No record that decides access has a TTL (only the usage counts expire), and at connect the
+//! store refuses a Redis whose `maxmemory-policy` could evict one (any `allkeys-*` policy).
+//!
 //! Mutations are Lua scripts (`src/store/lua/`), atomic by construction; each one appends its
 //! audit event to the tenant's stream in the same script (`lua/audit.lua`). A check that misses
 //! every cache costs two round trips: the key's tenant, then one script returning the key and
@@ -49,6 +52,7 @@ use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
+    cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo},
 };
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +64,7 @@ use crate::domain::{
     AuditEvent, AuditId, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Members, Pattern, Principal, Role, Rules,
     Scope, ScopeId, ScopeMode, SecretHash, Subject, Tenant, millis,
 };
-use crate::domain::{PreviousSecret, RateLimit, TenantPolicy};
+use crate::domain::{PreviousSecret, RateLimit, TenantPolicy, shorten_for_message};
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: &str = "1";
@@ -206,6 +210,7 @@ struct Scripts {
     put_scope: Script,
     delete_scope: Script,
     claim_bootstrap: Script,
+    release_bootstrap: Script,
     credential: Script,
     record_usage: Script,
     put_policy: Script,
@@ -284,6 +289,10 @@ impl RedisStore {
                     include_str!("lua/audit.lua"),
                     include_str!("lua/claim_bootstrap.lua")
                 )),
+                release_bootstrap: Script::new(concat!(
+                    include_str!("lua/audit.lua"),
+                    include_str!("lua/release_bootstrap.lua")
+                )),
                 credential: Script::new(concat!(
                     include_str!("lua/scope_records.lua"),
                     include_str!("lua/credential.lua")
@@ -309,9 +318,84 @@ impl RedisStore {
                 )),
             }),
         };
+        // First, so that a refused Redis is not written to at all.
+        store.check_eviction_policy().await?;
         store.check_schema().await?;
         store.clock_offset_us = store.measure_clock_offset().await?;
         Ok(store)
+    }
+
+    /// Refuses a Redis whose `maxmemory-policy` may evict keyscope's records (on a cluster,
+    /// every master is asked): a lost member binding, deny-mode scope or deleted-owner marker
+    /// would widen access. keyscope's records have no TTL (only usage counts expire), so
+    /// `noeviction` and the `volatile-*` policies never evict one. A Redis that does not let
+    /// keyscope read its configuration (`CONFIG` renamed, or denied by an ACL, as on some
+    /// managed services) is used, with a warning: its operator must keep the policy safe.
+    async fn check_eviction_policy(&self) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let limit = self.admin_timeout;
+        let late = || StoreError::Unavailable(format!("redis: no answer within {} ms", limit.as_millis()));
+        // Each node (`None`: the one server) and its reply, or the error it answered with.
+        let replies: Vec<(Option<String>, Result<Value, RedisError>)> = match &self.conn {
+            Conn::Single(conn) => {
+                let mut conn = conn.clone();
+                let reply = match tokio::time::timeout(limit, cmd.query_async::<Value>(&mut conn)).await {
+                    Err(_) => return Err(late()),
+                    Ok(Ok(Value::ServerError(error))) => Err(RedisError::from(error)),
+                    Ok(reply) => reply,
+                };
+                vec![(None, reply)]
+            }
+            Conn::Cluster(conn) => {
+                let mut conn = conn.clone();
+                let masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let reply = tokio::time::timeout(limit, conn.route_command(cmd, masters))
+                    .await
+                    .map_err(|_| late())?
+                    .map_err(unavailable)?;
+                let Value::Map(nodes) = reply else { return Err(corrupt("CONFIG GET reply", "not one per node")) };
+                nodes
+                    .into_iter()
+                    .map(|(node, reply)| {
+                        let node = String::from_redis_value(node).unwrap_or_default();
+                        let reply = match reply {
+                            Value::ServerError(error) => Err(RedisError::from(error)),
+                            other => Ok(other),
+                        };
+                        (Some(node), reply)
+                    })
+                    .collect()
+            }
+        };
+        for (node, reply) in replies {
+            let name = node.as_deref().map_or_else(|| "redis".to_owned(), |n| format!("redis node {n}"));
+            let config: BTreeMap<String, String> = match reply {
+                Ok(value) => FromRedisValue::from_redis_value(value).map_err(|e| corrupt("CONFIG GET reply", e))?,
+                // The server answered, with a refusal: CONFIG is renamed or not allowed.
+                Err(error) if error.code().is_some() => {
+                    tracing::warn!(
+                        node = %name,
+                        %error,
+                        "cannot read Redis's maxmemory-policy; keep it `noeviction` (or `volatile-*`): an evicting policy could drop keyscope's records and widen access"
+                    );
+                    continue;
+                }
+                Err(error) => return Err(unavailable(error)),
+            };
+            match config.get("maxmemory-policy") {
+                Some(policy) => {
+                    if let Some(problem) = eviction_problem(&name, policy) {
+                        return Err(StoreError::Unsafe(problem));
+                    }
+                }
+                None => tracing::warn!(
+                    node = %name,
+                    "Redis did not report its maxmemory-policy; keep it `noeviction` (or `volatile-*`): an evicting policy could drop keyscope's records and widen access"
+                ),
+            }
+        }
+        Ok(())
     }
 
     async fn open(options: &RedisOptions) -> Result<Conn, StoreError> {
@@ -488,6 +572,18 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         self.admin(conn.zrangebylex_limit(set, min, "+", 0, limit as isize)).await
     }
+}
+
+/// Why a `maxmemory-policy` is not safe for keyscope, if it is not: any policy but
+/// `noeviction` and `volatile-*` (unknown ones included) may evict a record without a TTL.
+fn eviction_problem(node: &str, policy: &str) -> Option<String> {
+    if policy == "noeviction" || policy.starts_with("volatile-") {
+        return None;
+    }
+    Some(format!(
+        "{node} has maxmemory-policy `{}`, which may evict keyscope's records (a lost binding or deny marker would widen access); set it to `noeviction`",
+        shorten_for_message(policy)
+    ))
 }
 
 fn local_micros(at: SystemTime) -> i64 {
@@ -730,8 +826,13 @@ fn split_lines<T: std::str::FromStr>(text: &str, what: &str) -> Result<Vec<T>, S
     text.split('\n').filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| corrupt(what, "name"))).collect()
 }
 
+/// How messages name a principal: its subject shortened (a subject may be a pasted token).
+fn principal_name(subject: &str) -> String {
+    format!("principal `{}`", shorten_for_message(subject))
+}
+
 fn decode_principal(tenant: &Tenant, subject: &str, v: &str, roles: &str, body: &str) -> Result<Principal, StoreError> {
-    let what = format!("principal `{subject}`");
+    let what = principal_name(subject);
     let body: PrincipalBody = serde_json::from_str(body).map_err(|e| corrupt(&what, e))?;
     Ok(Principal {
         tenant: tenant.clone(),
@@ -958,7 +1059,10 @@ impl Store for RedisStore {
             Some("quota") => {
                 Err(StoreError::QuotaReached { tenant: scope.tenant.clone(), what: "scopes", limit: max_scopes })
             }
-            Some("labeltaken") => Err(StoreError::AlreadyExists(format!("a scope labelled `{}`", scope.label))),
+            Some("labeltaken") => Err(StoreError::AlreadyExists(format!(
+                "a scope labelled `{}`",
+                shorten_for_message(scope.label.as_str())
+            ))),
             Some("exists") => Err(StoreError::AlreadyExists(format!("scope `{}`", scope.id))),
             _ => outcome(&reply, || format!("scope `{}`", scope.id), expected_version),
         }
@@ -1014,6 +1118,29 @@ impl Store for RedisStore {
             }
             _ => outcome(&reply, || format!("key `{}`", key.id), None).map(|()| None),
         }
+    }
+
+    async fn release_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<bool, StoreError> {
+        let base = self.base(&key.tenant);
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.release_bootstrap.key(format!("{base}keys"));
+        call.arg(&base).arg(key.id.as_str()).arg(key.version);
+        audit_args(&mut call, audit)?;
+        call.arg(self.deadline());
+        let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
+        match reply.first().map(String::as_str) {
+            Some("other" | "changed") => return Ok(false),
+            _ => outcome(&reply, || format!("key `{}`", key.id), None)?,
+        }
+        // The key -> tenant mapping lives in another slot, so it goes after the script. Left
+        // behind (if this fails) it names no key, as after any create that did not last, and a
+        // check treats it as an unknown key.
+        self.tenants.invalidate(&key.id);
+        let removed: Result<(), StoreError> = self.admin(conn.del(self.tenant_of(&key.id))).await;
+        if let Err(error) = removed {
+            tracing::debug!(key_id = %key.id, %error, "the released key's tenant mapping stays");
+        }
+        Ok(true)
     }
 
     async fn record_usage(&self, batch: &[UsageDelta], retention_days: u32) -> Result<(), StoreError> {
@@ -1202,7 +1329,7 @@ impl Store for RedisStore {
         call.arg(self.deadline());
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
-        outcome(&reply, || format!("principal `{}`", principal.subject), expected_version)
+        outcome(&reply, || principal_name(principal.subject.as_str()), expected_version)
     }
 
     async fn delete_principal(
@@ -1219,7 +1346,7 @@ impl Store for RedisStore {
         call.arg(self.deadline());
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
-        outcome(&reply, || format!("principal `{subject}`"), expected_version)
+        outcome(&reply, || principal_name(subject.as_str()), expected_version)
     }
 
     async fn get_members(&self, tenant: &Tenant, scope: &ScopeId) -> Result<Members, StoreError> {
@@ -1275,7 +1402,7 @@ impl Store for RedisStore {
         call.arg(&base).arg(subject.as_str()).arg(roles.iter().map(Role::as_str).collect::<Vec<_>>());
         let mut conn = self.conn.clone();
         let reply: Vec<Option<String>> = Self::bounded(self.check_timeout, call.invoke_async(&mut conn)).await?;
-        let what = format!("principal `{subject}`");
+        let what = principal_name(subject.as_str());
         let [state, v, held, body, count, rest @ ..] = reply.as_slice() else {
             return Err(corrupt(&what, "grants reply"));
         };

@@ -106,6 +106,10 @@ impl Store for MeteredStore {
         self.timed("claim_bootstrap", self.inner.claim_bootstrap(key, audit)).await
     }
 
+    async fn release_bootstrap(&self, key: &Key, audit: AuditWrite<'_>) -> Result<bool, StoreError> {
+        self.timed("release_bootstrap", self.inner.release_bootstrap(key, audit)).await
+    }
+
     async fn record_usage(&self, batch: &[UsageDelta], retention_days: u32) -> Result<(), StoreError> {
         self.timed("record_usage", self.inner.record_usage(batch, retention_days)).await
     }

@@ -348,6 +348,46 @@ pub async fn bootstrap_is_claimed_once(store: Arc<dyn Store>) {
     assert!(store.get_key(&tenant("system"), &second.id).await.expect("get").is_none());
 }
 
+/// A claim whose token was never shown is undone: the key, its indexes and the marker go
+/// together (audited), only while the marker names the key and the key is unchanged; then a
+/// new claim succeeds, as on a store that was never claimed.
+pub async fn a_bootstrap_claim_is_released_only_while_it_is_the_claimed_key(store: Arc<dyn Store>) {
+    let t = tenant("system");
+    let first = key("system", 1, &["admin"]);
+    assert_eq!(store.claim_bootstrap(&first, noted()).await.expect("claim"), None);
+    let before = audit_requests(&*store, "system").await;
+    let refused = audit_record("system", AuditOperation::DeleteKey, AuditTarget::Key(key_id(1)), "refused", 2);
+    let other = key("system", 2, &["admin"]);
+    let write = KeyWrite { key: &other, expected_version: None, stored_scopes: &[], audit: noted() };
+    store.put_key(write, 1000).await.expect("another system key");
+    let before_other = audit_requests(&*store, "system").await;
+    assert!(!store.release_bootstrap(&other, kept(&refused, 1000)).await.expect("release"), "not the claimed key");
+    let mut changed = first.clone();
+    changed.version = 2;
+    assert!(!store.release_bootstrap(&changed, kept(&refused, 1000)).await.expect("release"), "not at that version");
+    assert_eq!(audit_requests(&*store, "system").await, before_other, "a refused release records nothing");
+    assert!(before_other.len() == before.len() + 1);
+    assert!(store.get_key(&t, &first.id).await.expect("get").is_some(), "a refused release removes nothing");
+
+    let released = audit_record("system", AuditOperation::DeleteKey, AuditTarget::Key(key_id(1)), "released", 3);
+    assert!(store.release_bootstrap(&first, kept(&released, 1000)).await.expect("release"));
+    assert!(store.get_key(&t, &first.id).await.expect("get").is_none());
+    assert!(store.credential(&first.id).await.expect("credential").is_none());
+    let listed = store.list_keys(&t, &KeyQuery { limit: 10, ..Default::default() }).await.expect("list");
+    assert_eq!(listed.iter().map(|k| k.id.clone()).collect::<Vec<_>>(), vec![other.id.clone()]);
+    let holders = store.scope_holders(&t, &scope_id("admin")).await.expect("holders");
+    assert_eq!(holders.iter().map(|k| k.id.clone()).collect::<Vec<_>>(), vec![other.id.clone()]);
+    assert_eq!(audit_requests(&*store, "system").await.first().map(String::as_str), Some("released"));
+    assert!(!store.release_bootstrap(&first, noted()).await.expect("release again"), "nothing left to release");
+
+    // As if never claimed: the next claim makes its key the bootstrap key.
+    let third = key("system", 3, &["admin"]);
+    assert_eq!(store.claim_bootstrap(&third, noted()).await.expect("claim"), None);
+    assert_eq!(store.claim_bootstrap(&key("system", 4, &[]), noted()).await.expect("claim"), Some(third.id.clone()));
+    assert!(!store.release_bootstrap(&first, noted()).await.expect("release"), "the old id is not the claimed key");
+    assert!(store.get_key(&t, &third.id).await.expect("get").is_some());
+}
+
 /// Many writers add keys on a scope while another deletes it through the guarded protocol:
 /// afterwards no key names a missing scope.
 pub async fn concurrent_key_writes_never_leave_a_key_on_a_deleted_scope(store: Arc<dyn Store>) {
@@ -691,6 +731,7 @@ macro_rules! contract_cases {
             scope_listing_pages_by_id,
             scope_delete_is_guarded_by_its_holders,
             bootstrap_is_claimed_once,
+            a_bootstrap_claim_is_released_only_while_it_is_the_claimed_key,
             concurrent_key_writes_never_leave_a_key_on_a_deleted_scope,
             usage_adds_up_per_key_and_day_and_stays_in_its_tenant,
             last_use_is_the_latest_and_never_changes_the_key_record,
