@@ -439,6 +439,12 @@ fn model_outcome(tenant: &ModelTenant, caller: &str, op: &Op, created: Option<&s
         };
         gains.push((cred, now.difference(&was).copied().collect()));
     }
+    // A token handed to the caller: everything its key's own scopes allow, whatever its state
+    // or owner now (both may be lifted later).
+    if let Some(key) = issued.as_ref().and_then(|id| after.keys.get(id)) {
+        let own: Option<Vec<&ModelScope>> = key.scopes.iter().map(|id| after.scopes.get(id)).collect();
+        gains.push((Cred::Key("<the token handed out>".into()), allowed_by(own)));
+    }
     if let Some((old, new)) = &changed_scope {
         let was = old.as_ref().map(|s| allowed_by(Some(vec![s]))).unwrap_or_default();
         let now = allowed_by(Some(vec![new]));

@@ -22,8 +22,9 @@
 //!   decided exactly from per-role facts (see [`bearer_gain`]), so no combination is missed;
 //! - a changed scope on its own (so a scope is never made to grant a reserved module its
 //!   author does not hold, whoever holds it later);
-//! - a key whose token the change hands to the caller (a rotation, any key update), judged as
-//!   if it held nothing before.
+//! - a key whose token the change hands to the caller (created, rotated, any key update),
+//!   judged as if it held nothing before and as if it held all its own scopes allow, whatever
+//!   its state or its owner's ceiling now: both may be lifted later, and the token stays.
 //!
 //! Modules are compared on witnesses ([`super::decision::witnesses`]): one module for every
 //! class of modules the patterns involved cannot tell apart, so the comparison is exact.
@@ -134,6 +135,14 @@ impl Mutation {
             Mutation::DeletePrincipal(subject) => {
                 graph.principals.insert(subject.clone(), Registration::Gone);
             }
+        }
+    }
+
+    /// The principal the change registers, changes or deletes, if any.
+    pub fn subject(&self) -> Option<&Subject> {
+        match self {
+            Mutation::PutPrincipal(subject, _) | Mutation::DeletePrincipal(subject) => Some(subject),
+            _ => None,
         }
     }
 
@@ -289,6 +298,13 @@ impl AccessGraph {
         self.facts_holding(key)
     }
 
+    /// What a key of this graph could hold if it were live and its owner allowed everything:
+    /// its own scopes (nothing if one is missing).
+    fn potential_holding(&self, id: &KeyId) -> Holding<'_> {
+        let own = self.keys.get(id).and_then(|key| self.resolve(&key.scope_ids));
+        own.map_or(Holding::Nothing, |own| Holding::Layers(vec![own]))
+    }
+
     fn facts_holding<'g>(&'g self, key: &KeyFacts) -> Holding<'g> {
         if !key.live {
             return Holding::Nothing;
@@ -436,8 +452,15 @@ pub fn judge(before: &AccessGraph, after: &AccessGraph, caller: &Holding<'_>, ru
         if !seen.insert((before.keys.get(id), after.keys.get(id), issued)) {
             continue;
         }
-        let old = if issued { Holding::Nothing } else { before.key_holding(id) };
-        if let Some(found) = gained(&old, &after.key_holding(id)) {
+        // A token handed to the caller is judged on what its key can come to hold: its own
+        // scopes, whatever its state or its owner's ceiling now (both may be lifted later by
+        // someone who holds the grants, and the caller would keep the token).
+        let (old, new) = if issued {
+            (Holding::Nothing, after.potential_holding(id))
+        } else {
+            (before.key_holding(id), after.key_holding(id))
+        };
+        if let Some(found) = gained(&old, &new) {
             return Some(violation(Credential::Key(id.clone()), found));
         }
     }
@@ -465,6 +488,16 @@ pub fn judge(before: &AccessGraph, after: &AccessGraph, caller: &Holding<'_>, ru
         })
         .collect();
     let subjects: BTreeSet<&Subject> = before.named_subjects().into_iter().chain(after.named_subjects()).collect();
+    // Per forbidden (action, module): what each role says before and after, computed once.
+    let per_pair: Vec<Vec<(&Role, [Facts; 2])>> = forbidden
+        .iter()
+        .map(|&(action, module)| {
+            role_scopes
+                .iter()
+                .map(|(r, [b, a])| (*r, [Facts::of(b, module, action), Facts::of(a, module, action)]))
+                .collect()
+        })
+        .collect();
     let mut bases_seen = BTreeSet::new();
     for subject in subjects.into_iter().map(Some).chain([None]) {
         let bases = [before.bearer_base(subject).ok(), after.bearer_base(subject).ok()];
@@ -473,13 +506,9 @@ pub fn judge(before: &AccessGraph, after: &AccessGraph, caller: &Holding<'_>, ru
         if !bases_seen.insert(signature) {
             continue;
         }
-        for &(action, module) in &forbidden {
+        for (&(action, module), per_role) in forbidden.iter().zip(&per_pair) {
             let base = [0, 1].map(|w| Facts::of(&bases[w], module, action));
-            let per_role: Vec<(&Role, [Facts; 2])> = role_scopes
-                .iter()
-                .map(|(r, [b, a])| (*r, [Facts::of(b, module, action), Facts::of(a, module, action)]))
-                .collect();
-            if let Some(presented) = bearer_gain(base, &per_role) {
+            if let Some(presented) = bearer_gain(base, per_role) {
                 let credential = Credential::Bearer(subject.cloned(), presented.into_iter().cloned().collect());
                 return Some(violation(credential, (action, module)));
             }
@@ -615,17 +644,34 @@ mod tests {
     }
 
     #[test]
-    fn deleting_a_disabled_principal_widens_its_bearer_checks() {
+    fn deleting_a_principal_never_widens_its_bearer_checks_or_keys() {
         let mut g = graph();
         g.members.insert(id("courses"), members(&["alice"], &[]));
         g.principals.insert(id("alice"), Registration::Registered { roles: Vec::new(), enabled: false });
-        let found =
-            outcome(&g, Mutation::DeletePrincipal(id("alice")), &Holding::Nothing, Rule::NoWidening).expect("widens");
-        assert!(found.contains("principal `alice`"), "{found}");
-        // Deleting an enabled one only takes away from its keys.
+        // A deleted principal is denied everything, as a disabled one is.
+        assert_eq!(outcome(&g, Mutation::DeletePrincipal(id("alice")), &Holding::Nothing, Rule::NoWidening), None);
         g.principals.insert(id("alice"), registered(&[]));
         g.keys.insert(kid("k1"), key(&["courses"], "alice"));
         assert_eq!(outcome(&g, Mutation::DeletePrincipal(id("alice")), &Holding::Nothing, Rule::NoWidening), None);
+        // Registering it again is a change like any other: judged.
+        let mut gone = g.clone();
+        gone.principals.insert(id("alice"), Registration::Gone);
+        gone.members.insert(id("admin"), members(&[], &["ops"]));
+        let again = Mutation::PutPrincipal(id("alice"), registered(&["ops"]));
+        let found = outcome(&gone, again, &Holding::Nothing, Rule::NoEscalation).expect("escalation");
+        assert!(found.contains("principal `alice`") || found.contains("key `k1"), "{found}");
+    }
+
+    #[test]
+    fn a_token_handed_out_is_judged_on_everything_its_key_can_come_to_hold() {
+        let mut g = graph();
+        // A disabled admin key owned by a principal bound to nothing: it holds nothing now.
+        g.principals.insert(id("bob"), registered(&[]));
+        g.keys.insert(kid("k1"), KeyFacts { live: false, ..key(&["admin"], "bob") });
+        let rotate =
+            Mutation::PutKey { id: kid("k1"), facts: KeyFacts { live: false, ..key(&["admin"], "bob") }, issued: true };
+        let found = outcome(&g, rotate, &Holding::Nothing, Rule::NoEscalation).expect("escalation");
+        assert!(found.contains("keyscope"), "{found}");
     }
 
     #[test]

@@ -32,7 +32,14 @@ const JUDGE_ATTEMPTS: usize = 32;
 /// store writes the change only if that version still holds, so two changes racing in one
 /// tenant can never combine into what neither alone would be allowed.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Judged(u64);
+pub(super) struct Judged(Option<u64>);
+
+impl Judged {
+    /// A change that only takes access away (disabling or revoking a key): it cannot make any
+    /// credential gain, alone or together with any change judged meanwhile, so it needs no
+    /// judgment and is not guarded (nor does it make others judge again).
+    pub(super) const NARROWING: Judged = Judged(None);
+}
 
 impl Caller {
     /// What the calling key holds: its scopes, within its registered owner's bound scopes.
@@ -89,12 +96,12 @@ impl Keyscope {
         change.apply(&mut probe);
         let owners = before.keys.values().chain(probe.keys.values()).filter_map(|k| k.owner.parse().ok());
         let bound = before.members.values().chain(probe.members.values()).flat_map(|m| m.subjects.iter().cloned());
-        let named: BTreeSet<Subject> = owners.chain(bound).collect();
+        let named: BTreeSet<Subject> = owners.chain(bound).chain(change.subject().cloned()).collect();
         self.load_deleted(&caller.tenant, named, &mut before).await?;
         let mut after = before.clone();
         change.apply(&mut after);
         match judge(&before, &after, &caller.holding(), rule) {
-            None => Ok(Judged(version)),
+            None => Ok(Judged(Some(version))),
             Some(violation) => {
                 tracing::info!(tenant = %caller.tenant, actor = %caller.key.id, rule = ?violation.rule, "admin change refused");
                 Err(match violation.rule {
@@ -108,7 +115,7 @@ impl Keyscope {
     /// The audit write of a judged change: written only while the tenant's access is still
     /// what it was judged against.
     pub(super) fn judged_write<'a>(&self, record: &'a AuditRecord, judged: Judged) -> AuditWrite<'a> {
-        AuditWrite { access_version: Some(judged.0), ..self.audit_write(record) }
+        AuditWrite { access_version: judged.0, ..self.audit_write(record) }
     }
 
     /// Runs `change` (judge, then write) again while other changes of the tenant land between

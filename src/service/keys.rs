@@ -254,7 +254,10 @@ impl Keyscope {
             key.version += 1;
             key.updated_at = self.clock.now();
             // Enabling hands the key's grants back out; disabling and revoking only narrow.
-            let judged = self.admit_key(caller, "id", Some(&current), &key, false).await?;
+            let judged = match target {
+                KeyState::Active => self.admit_key(caller, "id", Some(&current), &key, false).await?,
+                KeyState::Disabled | KeyState::Revoked => Judged::NARROWING,
+            };
             let operation = match target {
                 KeyState::Active => AuditOperation::EnableKey,
                 KeyState::Disabled => AuditOperation::DisableKey,

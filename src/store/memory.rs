@@ -160,7 +160,9 @@ impl Inner {
 impl TenantData {
     /// Appends the audit event of a change of `tenant`, dropping the oldest beyond the bound.
     fn record(&mut self, tenant: &Tenant, audit: AuditWrite<'_>) {
-        self.access += 1;
+        if audit.access_version.is_some() {
+            self.access += 1;
+        }
         let id = AuditId::next(self.audit.back().map(|e| e.id), audit.record.at);
         let mut record = audit.record.clone();
         record.tenant = tenant.clone();

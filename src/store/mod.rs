@@ -370,8 +370,10 @@ pub trait Store: Send + Sync + 'static {
         last: Day,
     ) -> Result<Vec<DailyUsage>, StoreError>;
 
-    /// A number that grows with every audited change of the tenant, in the same atomic write:
-    /// a change judged against this version is written only if it still holds.
+    /// A number that grows with every judged change of the tenant (one whose audit write
+    /// carries an access version), in the same atomic write: a change judged against this
+    /// version is written only if it still holds. Unjudged changes (they only narrow access, or
+    /// change none) leave it as it is.
     async fn access_version(&self, tenant: &Tenant) -> Result<u64, StoreError>;
 
     /// Whether the store answers now (readiness).

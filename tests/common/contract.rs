@@ -1060,23 +1060,27 @@ macro_rules! contract_in_turn {
     };
 }
 
-/// Every audited change moves its tenant's access version on; a change judged against an
-/// older version writes nothing, and another tenant's changes do not move it.
+/// Every judged change moves its tenant's access version on; a change judged against an
+/// older version writes nothing; unjudged changes and another tenant's do not move it.
 pub async fn writes_judged_against_an_older_access_version_are_refused(store: Arc<dyn Store>) {
     let t = tenant("acme");
+    let guarded = |v: u64| AuditWrite { access_version: Some(v), ..noted() };
     let start = store.access_version(&t).await.expect("version");
-    create_scope(store.as_ref(), &scope("acme", "s1", "one")).await;
+    create_scope(store.as_ref(), &scope("acme", "s0", "zero")).await;
+    assert_eq!(store.access_version(&t).await.expect("version"), start, "an unjudged change does not move it");
+    store.put_scope(&scope("acme", "s1", "one"), None, &[], 1000, guarded(start)).await.expect("judged scope");
     let judged = store.access_version(&t).await.expect("version");
-    assert!(judged > start, "a change moves the version on");
-    create_scope(store.as_ref(), &scope("other", "s1", "one")).await;
+    assert!(judged > start, "a judged change moves the version on");
+    let other = tenant("other");
+    let theirs = store.access_version(&other).await.expect("version");
+    store.put_scope(&scope("other", "s1", "one"), None, &[], 1000, guarded(theirs)).await.expect("other tenant");
     assert_eq!(store.access_version(&t).await.expect("version"), judged, "other tenants do not move it");
 
-    let guarded = |v: u64| AuditWrite { access_version: Some(v), ..noted() };
     let k = key("acme", 1, &["s1"]);
     let stored = k.scope_ids.clone();
     let write = |v: u64| KeyWrite { key: &k, expected_version: None, stored_scopes: &stored, audit: guarded(v) };
     // Someone else changes the tenant between the judgment and the write.
-    create_scope(store.as_ref(), &scope("acme", "s2", "two")).await;
+    store.put_scope(&scope("acme", "s2", "two"), None, &[], 1000, guarded(judged)).await.expect("judged scope");
     assert_eq!(store.put_key(write(judged), 1000).await, Err(StoreError::AccessChanged));
     assert!(store.get_key(&t, &k.id).await.expect("read").is_none(), "nothing written");
     let refused = store.set_members(&t, &scope_id("s1"), &members(&["alice"], &[], 1), 0, true, guarded(judged)).await;

@@ -1,6 +1,6 @@
 -- Shared by every mutation script (prepended to it): appends the change's audit event to the
 -- tenant's stream `<base>audit` (same hash slot as the change), keeping its newest events,
--- and moves the tenant's access version `<base>access` on by one.
+-- and, for a judged change, moves the tenant's access version `<base>access` on by one.
 -- The four ARGV before the deadline: the access version the change was judged against ('' =
 -- not guarded), the event's time in milliseconds, how many events to keep (exact MAXLEN), and
 -- the event body. Ids are `<ms>-<seq>` and always grow: an event timed at or before the
@@ -12,7 +12,9 @@ local function judged(base)
 end
 
 local function audit(base)
-  redis.call('INCR', base .. 'access')
+  -- Only a judged change moves the version: an unjudged one (a disable, a revoke, a policy)
+  -- never widens access, so a change judged meanwhile stays right.
+  if ARGV[#ARGV - 4] ~= '' then redis.call('INCR', base .. 'access') end
   local stream = base .. 'audit'
   local ms, keep, body = ARGV[#ARGV - 3], ARGV[#ARGV - 2], ARGV[#ARGV - 1]
   local id = ms .. '-0'
