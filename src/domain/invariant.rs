@@ -258,6 +258,17 @@ impl Holding<'_> {
     }
 }
 
+/// What a subject puts on the keys it owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerCeiling<'g> {
+    /// Not a registered principal: its keys are bounded by their scopes only.
+    Unbounded,
+    /// Deleted, disabled, or bound to a scope that no longer exists: its keys hold nothing.
+    DeniesAll,
+    /// Registered: its keys hold only what the scopes bound to it and its roles allow.
+    Bound(Vec<&'g Scope>),
+}
+
 /// A subject's or role's scopes in one graph: `None` when one of them is missing (which
 /// denies everything).
 type Bound<'g> = Option<Vec<&'g Scope>>;
@@ -279,16 +290,15 @@ impl AccessGraph {
             .collect()
     }
 
-    /// The ceiling a subject puts on the keys it owns: `Ok(None)` when it is not registered (no
-    /// ceiling), the scopes bound to it and its roles when it is, `Err(())` when its keys are
-    /// denied everything (deleted, disabled, or a bound scope is missing).
-    pub fn ceiling(&self, subject: &Subject) -> Result<Option<Vec<&Scope>>, ()> {
+    /// The ceiling a subject puts on the keys it owns.
+    pub fn ceiling(&self, subject: &Subject) -> OwnerCeiling<'_> {
         match self.principals.get(subject) {
-            None => Ok(None),
-            Some(Registration::Gone | Registration::Registered { enabled: false, .. }) => Err(()),
-            Some(Registration::Registered { roles, .. }) => {
-                self.resolve(self.bound_ids(Some(subject), roles)).map(Some).ok_or(())
-            }
+            None => OwnerCeiling::Unbounded,
+            Some(Registration::Gone | Registration::Registered { enabled: false, .. }) => OwnerCeiling::DeniesAll,
+            Some(Registration::Registered { roles, .. }) => match self.resolve(self.bound_ids(Some(subject), roles)) {
+                Some(scopes) => OwnerCeiling::Bound(scopes),
+                None => OwnerCeiling::DeniesAll,
+            },
         }
     }
 
@@ -311,15 +321,10 @@ impl AccessGraph {
         }
         let Some(own) = self.resolve(&key.scope_ids) else { return Holding::Nothing };
         // An owner that is not a valid subject can never be registered: no ceiling.
-        let ceiling = match key.owner.parse::<Subject>() {
-            Ok(owner) => match self.principals.get(&owner) {
-                None => None,
-                Some(_) => match self.ceiling(&owner) {
-                    Ok(base) => base,
-                    Err(()) => return Holding::Nothing,
-                },
-            },
-            Err(_) => None,
+        let ceiling = match key.owner.parse::<Subject>().map(|owner| self.ceiling(&owner)) {
+            Err(_) | Ok(OwnerCeiling::Unbounded) => None,
+            Ok(OwnerCeiling::DeniesAll) => return Holding::Nothing,
+            Ok(OwnerCeiling::Bound(scopes)) => Some(scopes),
         };
         Holding::Layers(std::iter::once(own).chain(ceiling).collect())
     }

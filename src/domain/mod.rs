@@ -28,7 +28,9 @@ pub use day::{Day, LAST_DAY};
 pub use decision::{Decision, Reason, describe_module, evaluate};
 pub use error::{InputError, Problem, parse_field};
 pub use ids::{KeyId, Label, Module, Pattern, ScopeId, Shown, Tenant, shorten as shorten_for_message, shown};
-pub use invariant::{AccessGraph, Credential, Holding, KeyFacts, Mutation, Registration, Rule, Violation, judge};
+pub use invariant::{
+    AccessGraph, Credential, Holding, KeyFacts, Mutation, OwnerCeiling, Registration, Rule, Violation, judge,
+};
 pub use key::{
     Key, KeyState, Metadata, key_status, validate_description, validate_metadata, validate_owner, validate_scope_ids,
 };
