@@ -352,38 +352,63 @@ impl AccessGraph {
     }
 }
 
+/// What the roles bound in a tenant say about one module and action, before and after a
+/// change, summed up once for every subject: among the roles that do not deny after (the only
+/// ones a gaining bearer may present), one that grants after, one that denies before (and
+/// whether it grants after), and one that grants after and not before.
+#[derive(Debug, Clone, Copy, Default)]
+struct RoleFacts<'r> {
+    granter: Option<&'r Role>,
+    before_denier: Option<(&'r Role, bool)>,
+    new_granter: Option<&'r Role>,
+}
+
+impl<'r> RoleFacts<'r> {
+    fn of(roles: impl Iterator<Item = (&'r Role, [Facts; 2])>) -> Self {
+        let mut out = RoleFacts::default();
+        for (role, [before, after]) in roles.filter(|(_, [_, a])| !a.denies) {
+            if after.grants {
+                out.granter.get_or_insert(role);
+                if !before.grants {
+                    out.new_granter.get_or_insert(role);
+                }
+            }
+            if before.denies {
+                out.before_denier.get_or_insert((role, after.grants));
+            }
+        }
+        out
+    }
+}
+
 /// Decides whether some role set `P` makes a bearer subject allowed `action` on `module`
-/// after the change and not before, from per-world facts. Returns the smallest such `P`
-/// (at most two roles) when there is one.
+/// after the change and not before, from its base's facts and the roles' summary. Returns the
+/// smallest such `P` (at most two roles) when there is one.
 ///
 /// Allowed in a world iff the base is alive and does not deny, no presented role denies (a role
 /// bound to a missing scope denies), and the base or some presented role grants. Only roles
 /// that do not deny after may be presented; among them, one role that denies before (or a
 /// base that does) plus one that grants after suffices, else a role that grants after and not
 /// before, with a base that does not grant before.
-fn bearer_gain<'r>(base: [Facts; 2], roles: &[(&'r Role, [Facts; 2])]) -> Option<Vec<&'r Role>> {
+fn bearer_gain<'r>(base: [Facts; 2], roles: &RoleFacts<'r>) -> Option<Vec<&'r Role>> {
     let [before, after] = base;
-    if after.dead || after.denies {
+    if after.dead || after.denies || (!after.grants && roles.granter.is_none()) {
         return None;
     }
-    let usable: Vec<&(&Role, [Facts; 2])> = roles.iter().filter(|(_, [_, a])| !a.denies).collect();
-    let granter = usable.iter().find(|(_, [_, a])| a.grants).map(|(r, _)| *r);
-    if !after.grants && granter.is_none() {
-        return None;
-    }
-    let with_grant = |mut set: Vec<&'r Role>| {
-        if !after.grants && !set.iter().any(|r| usable.iter().any(|(u, [_, a])| u == r && a.grants)) {
-            set.extend(granter);
+    // A grant after: the base's, or one more role's.
+    let with_grant = |mut set: Vec<&'r Role>, grants: bool| {
+        if !after.grants && !grants {
+            set.extend(roles.granter);
         }
         set.sort();
         set.dedup();
         Some(set)
     };
     if before.dead || before.denies {
-        return with_grant(Vec::new());
+        return with_grant(Vec::new(), false);
     }
-    if let Some((r, _)) = usable.iter().find(|(_, [b, _])| b.denies) {
-        return with_grant(vec![*r]);
+    if let Some((role, grants)) = roles.before_denier {
+        return with_grant(vec![role], grants);
     }
     if before.grants {
         return None;
@@ -391,7 +416,7 @@ fn bearer_gain<'r>(base: [Facts; 2], roles: &[(&'r Role, [Facts; 2])]) -> Option
     if after.grants {
         return Some(Vec::new());
     }
-    usable.iter().find(|(_, [b, a])| a.grants && !b.grants).map(|(r, _)| vec![*r])
+    roles.new_granter.map(|role| vec![role])
 }
 
 /// What a set of scopes says about one module and action.
@@ -493,14 +518,16 @@ pub fn judge(before: &AccessGraph, after: &AccessGraph, caller: &Holding<'_>, ru
         })
         .collect();
     let subjects: BTreeSet<&Subject> = before.named_subjects().into_iter().chain(after.named_subjects()).collect();
-    // Per forbidden (action, module): what each role says before and after, computed once.
-    let per_pair: Vec<Vec<(&Role, [Facts; 2])>> = forbidden
+    // Per forbidden (action, module): what the roles say before and after, summed up once for
+    // every subject, so a subject costs one step per pair whatever the number of roles.
+    let per_pair: Vec<RoleFacts<'_>> = forbidden
         .iter()
         .map(|&(action, module)| {
-            role_scopes
-                .iter()
-                .map(|(r, [b, a])| (*r, [Facts::of(b, module, action), Facts::of(a, module, action)]))
-                .collect()
+            RoleFacts::of(
+                role_scopes
+                    .iter()
+                    .map(|(r, [b, a])| (*r, [Facts::of(b, module, action), Facts::of(a, module, action)])),
+            )
         })
         .collect();
     let mut bases_seen = BTreeSet::new();

@@ -26,7 +26,7 @@ const LOAD_PAGE: usize = 1000;
 
 /// How many times a change is judged and written again when other changes of the tenant land
 /// in between.
-const JUDGE_ATTEMPTS: usize = 32;
+pub(super) const JUDGE_ATTEMPTS: usize = 32;
 
 /// Proof that a change was judged: the tenant's access version it was judged against. The
 /// store writes the change only if that version still holds, so two changes racing in one

@@ -195,7 +195,9 @@ impl Keyscope {
         if self.builtins.contains(id) {
             return Err(locked(id));
         }
-        for _ in 0..RETRIES {
+        // Creations and other judged changes racing the delete make it start over; each attempt
+        // judges again.
+        for _ in 0..super::invariant::JUDGE_ATTEMPTS {
             let Some(scope) = self.store.get_scope(&caller.tenant, id).await? else {
                 return Err(scope_not_found(id, caller));
             };
