@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
-use super::{Builtins, Caller, Keyscope, Page, RETRIES, ServiceError, check::explained};
+use super::{Builtins, Caller, Keyscope, Page, ServiceError, check::explained};
 use crate::{
     domain::{
         Action, AuditOperation, AuditRecord, InputError, KeyId, Label, Module, Mutation, Reason, Rule, Rules, Scope,
