@@ -165,10 +165,15 @@ async fn measure(name: &str, store: Arc<dyn Store>, redis: Option<&Redis>) {
     assert_eq!(detached.len(), n);
     println!("{name}: forced delete of a scope held by {n} keys: {:.0} ms", took.as_secs_f64() * 1e3);
     if let Some(redis) = redis {
-        let log = redis.cli(&["SLOWLOG", "GET", "100000"]).unwrap_or_default();
-        // redis-cli prints each entry as id, time, duration (µs), ...: the third line of each.
-        let lines: Vec<&str> = log.lines().collect();
-        let slowest = lines.chunks(6).filter_map(|e| e.get(2)?.trim().parse::<u64>().ok()).max().unwrap_or(0);
+        let log = redis.cli(&["--json", "SLOWLOG", "GET", "100000"]).unwrap_or_default();
+        // Each entry: [id, unix time, duration in µs, [command and arguments], client, name].
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&log).unwrap_or_default();
+        let slowest = entries.iter().filter_map(|e| e.get(2)?.as_u64()).max().unwrap_or(0);
+        let command =
+            |e: &serde_json::Value| e.get(3).and_then(|c| c.get(0)).and_then(|c| c.as_str()).map(String::from);
+        let slowest_command =
+            entries.iter().find(|e| e.get(2).and_then(|d| d.as_u64()) == Some(slowest)).and_then(command);
+        println!("{name}: {} commands during the delete; the slowest was {slowest_command:?}", entries.len());
         println!("{name}: slowest single Redis command during the delete: {:.1} ms", slowest as f64 / 1e3);
     }
 }

@@ -124,9 +124,9 @@ impl Keyscope {
     where
         Attempt: Future<Output = Result<T, ServiceError>>,
     {
-        for _ in 0..JUDGE_ATTEMPTS {
+        for attempt in 0..JUDGE_ATTEMPTS {
             match change().await {
-                Err(ServiceError::Store(StoreError::AccessChanged)) => tokio::task::yield_now().await,
+                Err(ServiceError::Store(StoreError::AccessChanged)) => backoff(attempt).await,
                 other => return other,
             }
         }
@@ -215,6 +215,16 @@ impl Keyscope {
         }
         Ok(())
     }
+}
+
+/// Waits a random time that grows with `attempt` (up to about 50 ms), so that changes racing
+/// in one tenant stop meeting each other.
+pub(super) async fn backoff(attempt: usize) {
+    let mut byte = [0u8; 2];
+    // A failing random source only loses the jitter.
+    let jitter = getrandom::fill(&mut byte).map_or(0, |()| u64::from(u16::from_le_bytes(byte)));
+    let ceiling_us = (250u64 << attempt.min(8)).min(50_000);
+    tokio::time::sleep(std::time::Duration::from_micros(jitter % ceiling_us)).await;
 }
 
 /// The subjects whose keys' ceiling differs between the two graphs.

@@ -197,7 +197,7 @@ impl Keyscope {
         }
         // Creations and other judged changes racing the delete make it start over; each attempt
         // judges again.
-        for _ in 0..super::invariant::JUDGE_ATTEMPTS {
+        for attempt in 0..super::invariant::JUDGE_ATTEMPTS {
             let Some(scope) = self.store.get_scope(&caller.tenant, id).await? else {
                 return Err(scope_not_found(id, caller));
             };
@@ -238,6 +238,7 @@ impl Keyscope {
             };
             match self.store.delete_scope(delete).await {
                 Err(StoreError::UsersChanged(_) | StoreError::VersionConflict { .. } | StoreError::AccessChanged) => {
+                    super::invariant::backoff(attempt).await;
                     continue;
                 }
                 Err(StoreError::NotFound(_)) => return Err(scope_not_found(id, caller)),
