@@ -892,6 +892,16 @@ impl Settings {
         }
         builder =
             builder.add_source(config::Environment::with_prefix("KEYSCOPE").prefix_separator("__").separator("__"));
+        Self::build(builder)
+    }
+
+    /// Loads defaults, then `yaml` (the text of a config file); no file, no environment
+    /// variables. For tests and fuzzing; call [`Settings::validate`] after it, as after `load`.
+    pub fn from_yaml_str(yaml: &str) -> Result<Settings, ConfigError> {
+        Self::build(config::Config::builder().add_source(config::File::from_str(yaml, config::FileFormat::Yaml)))
+    }
+
+    fn build(builder: config::ConfigBuilder<config::builder::DefaultState>) -> Result<Settings, ConfigError> {
         let raw = builder.build().map_err(|e| ConfigError(e.to_string()))?;
         raw.try_deserialize().map_err(|e| ConfigError(e.to_string()))
     }
@@ -1194,6 +1204,17 @@ mod tests {
         let mut s = Settings::default();
         s.audit.max_events_per_tenant = 100;
         assert_eq!(s.validate().map(|v| v.audit_max_events).ok(), Some(100));
+    }
+
+    #[test]
+    fn settings_load_from_yaml_text() {
+        let s = Settings::from_yaml_str("server:\n  grpc_addr: 0.0.0.0:7000\nsecurity:\n  token_prefix: acme\n")
+            .expect("valid yaml");
+        assert_eq!(s.server.grpc_addr, "0.0.0.0:7000");
+        assert_eq!(s.security.token_prefix, "acme");
+        assert_eq!(s.server.http_addr, ServerSettings::default().http_addr, "defaults fill the rest");
+        assert!(Settings::from_yaml_str("server: [").is_err());
+        assert!(Settings::from_yaml_str("no_such_section: 1").is_err());
     }
 
     #[test]
