@@ -1,7 +1,7 @@
-//! Names, patterns, rules and the decision (`Module`, `Pattern`, `Rules::parse`, `evaluate`,
-//! `widens`, `grants_reserved`): never panics on any input, parsed names and patterns agree
-//! with their text form, and the widening checks that admin calls rely on are sound on every
-//! module the input names.
+//! Names, patterns, rules, the decision and the admin invariants (`Module`, `Pattern`,
+//! `Rules::parse`, `evaluate`, `judge`): never panics on any input, parsed names and patterns
+//! agree with their text form, and the judgment admin calls rely on is sound on every module
+//! the input names.
 //!
 //! Input: lines. Each line is parsed as every kind of name; a line `<c><pattern>` also adds
 //! the pattern to one of four scopes (two before, two after a change), chosen by the control
@@ -10,8 +10,11 @@
 
 use std::time::SystemTime;
 
+use std::sync::Arc;
+
 use keyscope::domain::{
-    Action, KeyId, Label, Module, Pattern, Rules, Scope, ScopeId, ScopeMode, Tenant, evaluate, grants_reserved, widens,
+    AccessGraph, Action, Holding, KeyFacts, KeyId, Label, Module, Mutation, Pattern, Rule, Rules, Scope, ScopeId,
+    ScopeMode, Tenant, evaluate, judge,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -142,8 +145,34 @@ fuzz_target!(|data: &[u8]| {
     let scopes: Vec<Scope> = (0..4).map(|n| scope(n, deny[n], &raw[n])).collect();
     let before: Vec<&Scope> = scopes[..2].iter().collect();
     let after: Vec<&Scope> = scopes[2..].iter().collect();
-    let widened = widens(&before, &after, |_, _| true);
-    let reserved_gain = grants_reserved(&after, &before);
+    // A key holding the first two scopes is changed to hold the last two: judged as a removal
+    // (nothing may be gained), and as a handed-out key by a caller holding the first two (no
+    // reserved grant the caller lacks).
+    let mut graph = AccessGraph::default();
+    for s in &scopes {
+        graph.scopes.insert(s.id.clone(), Arc::new(s.clone()));
+    }
+    let key: KeyId = "k0000000000000000000".parse().expect("key id");
+    let facts = |set: &[&Scope]| KeyFacts {
+        scope_ids: set.iter().map(|s| s.id.clone()).collect(),
+        owner: String::new(),
+        live: true,
+    };
+    graph.keys.insert(key.clone(), facts(&before));
+    let judged = |issued: bool, caller: &Holding<'_>, rule: Rule| {
+        let mut changed = graph.clone();
+        Mutation::PutKey { id: key.clone(), facts: facts(&after), issued }.apply(&mut changed);
+        if issued {
+            changed.keys.insert(key.clone(), facts(&after));
+            let mut empty = graph.clone();
+            empty.keys.clear();
+            judge(&empty, &changed, caller, rule)
+        } else {
+            judge(&graph, &changed, caller, rule)
+        }
+    };
+    let widened = judged(false, &Holding::Nothing, Rule::NoWidening).map(|v| (v.action, v.module));
+    let reserved_gain = judged(true, &Holding::Layers(vec![before.clone()]), Rule::NoEscalation);
     if let Some((action, module)) = &widened {
         assert!(allowed(&after, module, *action) && !allowed(&before, module, *action));
     }
@@ -152,10 +181,10 @@ fuzz_target!(|data: &[u8]| {
             let after_allows = allowed(&after, m, action);
             let before_allows = allowed(&before, m, action);
             if widened.is_none() {
-                assert!(!after_allows || before_allows, "widens missed {action} on {m}");
+                assert!(!after_allows || before_allows, "the judgment missed a widening: {action} on {m}");
             }
             if reserved_gain.is_none() && m.is_reserved() {
-                assert!(!after_allows || before_allows, "grants_reserved missed {action} on {m}");
+                assert!(!after_allows || before_allows, "the judgment missed an escalation: {action} on {m}");
             }
             // Deny by default: allowed only when a scope grants and none denies; a reserved
             // module only through an allow-mode pattern that names it.
