@@ -1,5 +1,5 @@
 //! Key and scope administration over real sockets: key states and check reasons, tenants,
-//! builtin scopes, versions, deletes, clones, pagination, admin authorization (SPEC section 5)
+//! builtin scopes, versions, deletes, clones, pagination, admin authorization
 //! and the validation of every request field.
 
 // The shared harness panics on a broken test setup, which is what a test harness should do.
@@ -834,7 +834,7 @@ async fn tampered_page_tokens_are_invalid_argument() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 8. admin authorization (SPEC section 5)
+// 8. admin authorization
 
 fn list_keys_in(tenant: &str) -> pb::ListKeysRequest {
     pb::ListKeysRequest { tenant: tenant.into(), ..Default::default() }

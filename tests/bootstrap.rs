@@ -1,4 +1,4 @@
-//! The bootstrap admin key (SPEC section 5): made once, from a configured token or a new one,
+//! The bootstrap admin key (README, "Bootstrap"): made once, from a configured token or a new one,
 //! and refused at start when the configured token's key can no longer administer. A start
 //! that cannot serve or cannot show the token leaves no key behind; no principal anybody
 //! registers bounds the key; replicas starting together with one configured token all start.

@@ -1,4 +1,4 @@
-//! The public decision cases of SPEC section 2, run three ways: through the pure core,
+//! The public decision cases of the decision rules, run three ways: through the pure core,
 //! through `ScopeAdmin.EvaluateScopes` with inline scopes, and through `Checker.Check` on
 //! real keys holding stored scopes, over a real socket.
 

@@ -1,5 +1,5 @@
 //! The token format (`TokenFormat::parse`, `parse_pair`, `issue`): never panics on any input,
-//! and what parses is exactly what the format says (SPEC section 3), checked against an
+//! and what parses is exactly what the format says (README, "Tokens and secrets"), checked against an
 //! independent model of the checksum.
 #![no_main]
 
@@ -23,7 +23,7 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-/// The checksum of SPEC section 3: the CRC-32 of the body in 6 base62 digits, most
+/// The checksum of the token format: the CRC-32 of the body in 6 base62 digits, most
 /// significant first.
 fn checksum(body: &str) -> String {
     let mut n = u64::from(crc32(body.as_bytes()));

@@ -1,4 +1,4 @@
-//! The decision of SPEC section 2: a total function from scopes, module and action to an
+//! The decision of the decision rules: a total function from scopes, module and action to an
 //! answer with its reason and the scopes that decided. Deny is the default.
 
 use std::fmt::{self, Write as _};
@@ -111,7 +111,8 @@ impl<'a> Decision<'a> {
     }
 }
 
-/// Decides `action` on `module` for a key holding `scopes` (SPEC section 2, steps 1 to 4).
+/// Decides `action` on `module` for a key holding `scopes` (steps 1 to 4 of README "How a check
+/// is decided").
 pub fn evaluate<'a>(scopes: &[&'a Scope], module: &Module, action: Action) -> Decision<'a> {
     if scopes.is_empty() {
         return Decision { reason: Reason::NoScope, deciding: Vec::new() };

@@ -126,7 +126,7 @@ impl RateLimit {
     }
 }
 
-/// The state checks of SPEC section 2, in order, once the secret is verified:
+/// The state checks of the decision rules, in order, once the secret is verified:
 /// revoked -> disabled -> expired -> tenant mismatch. `None` means "go on to the scopes".
 pub fn key_status(key: &Key, now: SystemTime, requested_tenant: Option<&Tenant>) -> Option<Reason> {
     match key.state {

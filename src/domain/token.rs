@@ -1,4 +1,4 @@
-//! The token format of SPEC section 3 and the keyed hash of secrets.
+//! The token format of the token format and the keyed hash of secrets.
 //!
 //! A token is `<prefix>_<key id>_<secret><checksum>`: a configurable prefix, a 20-character
 //! base62 key id, a 22-character base62 secret (131 bits from the OS CSPRNG) and a

@@ -55,7 +55,7 @@ impl From<InputError> for Status {
 }
 
 /// The code of a response whose request was over the decoding limit
-/// (`limits::MESSAGE_MAX_BYTES`): `RESOURCE_EXHAUSTED`, the code gRPC and SPEC section 6 give an
+/// (`limits::MESSAGE_MAX_BYTES`): `RESOURCE_EXHAUSTED`, the code gRPC and the API give an
 /// exceeded message size, where tonic's decoder says `OUT_OF_RANGE`. Only that decoder produces
 /// `OUT_OF_RANGE` here: no keyscope error maps to it. Applied to every response by
 /// [`super::Edge`].

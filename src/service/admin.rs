@@ -1,4 +1,4 @@
-//! Admin authorization (SPEC section 5): an admin call is allowed when its bearer key may do
+//! Admin authorization (README, API section): an admin call is allowed when its bearer key may do
 //! the matching action on a reserved module, in its own tenant (or any, for `system` keys).
 //! The caller carries the request id its changes are audited under.
 

@@ -258,7 +258,7 @@ impl Keyscope {
     }
 
     /// The owner ceiling of a verified key when its scopes allowed something (`needed`): the
-    /// owner is a later check (SPEC section 2), so a denied request costs no owner read.
+    /// owner is a later check, so a denied request costs no owner read.
     pub(super) async fn ceiling_if(&self, holder: &Holder, needed: bool) -> Result<Ceiling, ServiceError> {
         if needed { self.ceiling(&holder.key).await } else { Ok(Ceiling::None) }
     }
@@ -406,7 +406,7 @@ impl Keyscope {
 }
 
 impl Keyscope {
-    /// The checks of SPEC section 2 that follow the key's scopes, for an `answer` they gave, in
+    /// The checks of the decision rules that follow the key's scopes, for an `answer` they gave, in
     /// order: the owner `ceiling`, then the key's own limits ([`Keyscope::key_limits`]).
     #[allow(clippy::too_many_arguments)] // one check's full context
     pub(super) fn later_checks(

@@ -4,7 +4,7 @@
 //! A principal's permissions are the scopes bound to its subject or to any of its roles,
 //! evaluated with the ordinary decision rules (deny wins). A key whose owner is a registered
 //! principal of its tenant is allowed only what both its scopes and its owner allow: the
-//! owner is evaluated after the key's scopes allow (SPEC section 2: later checks come after
+//! owner is evaluated after the key's scopes allow (later checks come after
 //! the scopes). A key whose owner is not registered is bounded by its scopes only. A deleted
 //! owner is remembered by the store (it leaves a marker), so its keys are denied
 //! (`OWNER_DENIED`) until a principal of that subject is registered again: deleting an owner

@@ -1,4 +1,4 @@
-//! Loads the public decision cases of SPEC section 2 (`tests/fixtures/decisions.yaml`).
+//! Loads the public decision cases of the decision rules (`tests/fixtures/decisions.yaml`).
 #![allow(dead_code, missing_docs)]
 
 use std::collections::BTreeMap;
