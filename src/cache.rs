@@ -111,9 +111,11 @@ pub struct EntryCounts {
 type GrantsKey = (Tenant, Subject, Vec<Role>);
 
 struct Inner {
-    keys: Moka<KeyId, Arc<Key>>,
-    /// `None`: the store holds no such scope (a builtin id, or a deleted scope).
-    scopes: Moka<(Tenant, ScopeId), Option<Arc<Scope>>>,
+    /// What a check needs of a key, as one shared record: a hit clones one `Arc`. A change to
+    /// the key drops its record; a change to a scope drops every record holding it.
+    keys: Moka<KeyId, Arc<Credential>>,
+    /// The stored scopes the records hold, so that keys holding the same scope share one copy.
+    scopes: Moka<(Tenant, ScopeId), Arc<Scope>>,
     unknown: Moka<KeyId, ()>,
     /// A principal's grants by (tenant, subject, roles asked for). Any change to a principal,
     /// a member binding or a scope of a tenant drops all of that tenant's entries.
@@ -140,7 +142,11 @@ impl CachedStore {
     /// A cache in front of `store`.
     pub fn new(store: Arc<dyn Store>, settings: CacheSettings) -> Self {
         let inner = Inner {
-            keys: Moka::builder().max_capacity(settings.max_keys).time_to_live(settings.time_to_live).build(),
+            keys: Moka::builder()
+                .max_capacity(settings.max_keys)
+                .time_to_live(settings.time_to_live)
+                .support_invalidation_closures()
+                .build(),
             scopes: Moka::builder().max_capacity(settings.max_scopes).time_to_live(settings.time_to_live).build(),
             unknown: Moka::builder().max_capacity(settings.max_keys).time_to_live(settings.negative_ttl).build(),
             grants: Moka::builder()
@@ -188,44 +194,38 @@ impl CachedStore {
         self.inner.clone()
     }
 
-    fn cached(&self, id: &KeyId) -> Option<Credential> {
-        let key = self.inner.keys.get(id)?;
-        let mut scopes = Vec::with_capacity(key.scope_ids.len());
-        for scope_id in &key.scope_ids {
-            if let Some(scope) = self.inner.scopes.get(&(key.tenant.clone(), scope_id.clone()))? {
-                scopes.push(scope);
-            }
-        }
-        Some(Credential { key, scopes })
-    }
-
-    fn fill(&self, epoch: u64, id: &KeyId, found: Option<&Credential>) {
+    /// Caches what the store answered for `id` (read since `epoch`), and returns the record
+    /// to answer with: its scopes shared with the other cached records holding them.
+    fn fill(&self, epoch: u64, id: &KeyId, found: Option<Arc<Credential>>) -> Option<Arc<Credential>> {
         let inner = &self.inner;
         // A change arrived while the store was read: what was read may predate it.
         if inner.epoch.load(Ordering::SeqCst) != epoch {
-            return;
+            return found;
         }
         let Some(credential) = found else {
             inner.keep(epoch, &inner.unknown, id.clone(), ());
-            return;
+            return None;
         };
-        let key = &credential.key;
-        let scope_keys: Vec<(Tenant, ScopeId)> =
-            key.scope_ids.iter().map(|s| (key.tenant.clone(), s.clone())).collect();
-        for (entry, scope_id) in scope_keys.iter().zip(&key.scope_ids) {
-            let scope = credential.scopes.iter().find(|s| s.id == *scope_id).cloned();
-            inner.scopes.insert(entry.clone(), scope);
-        }
-        inner.keys.insert(id.clone(), key.clone());
-        // A change that bumped the epoch after the check above may have dropped its entries
-        // before these were inserted: take them out again. Whichever way the two interleave,
-        // either the change's invalidation follows these inserts or this check sees its bump.
-        if inner.epoch.load(Ordering::SeqCst) != epoch {
-            inner.keys.invalidate(id);
-            for entry in &scope_keys {
-                inner.scopes.invalidate(entry);
-            }
-        }
+        let tenant = &credential.key.tenant;
+        let scopes = credential
+            .scopes
+            .iter()
+            .map(|scope| {
+                // Shared only when identical to what was just read: an older copy interned by a
+                // racing fill is replaced, never served.
+                let entry = (tenant.clone(), scope.id.clone());
+                match inner.scopes.get(&entry) {
+                    Some(shared) if shared == *scope => shared,
+                    _ => {
+                        inner.scopes.insert(entry, scope.clone());
+                        scope.clone()
+                    }
+                }
+            })
+            .collect();
+        let record = Arc::new(Credential { key: credential.key.clone(), scopes });
+        inner.keep(epoch, &inner.keys, id.clone(), record.clone());
+        Some(record)
     }
 }
 
@@ -260,6 +260,7 @@ impl ChangeSink for Inner {
             }
             Change::Scope(tenant, id) => {
                 self.scopes.invalidate(&(tenant.clone(), id.clone()));
+                self.drop_holders(tenant, id);
                 self.drop_grants(tenant);
             }
             Change::Principal(tenant, _) | Change::Members(tenant, _) => self.drop_grants(tenant),
@@ -277,6 +278,19 @@ impl ChangeSink for Inner {
 }
 
 impl Inner {
+    /// Drops the records of the keys of `tenant` that hold scope `id`.
+    fn drop_holders(&self, tenant: &Tenant, id: &ScopeId) {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        let holds = move |_: &KeyId, record: &Arc<Credential>| {
+            record.key.tenant == tenant && record.key.scope_ids.contains(&id)
+        };
+        // INVARIANT: the records cache is built with `support_invalidation_closures`; should
+        // that ever fail, dropping every record is the safe fallback.
+        if self.keys.invalidate_entries_if(holds).is_err() {
+            self.keys.invalidate_all();
+        }
+    }
+
     fn drop_grants(&self, tenant: &Tenant) {
         let tenant = tenant.clone();
         // INVARIANT: the grants cache is built with `support_invalidation_closures`; should
@@ -289,13 +303,13 @@ impl Inner {
 
 #[async_trait]
 impl Store for CachedStore {
-    async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError> {
+    async fn credential(&self, id: &KeyId) -> Result<Option<Arc<Credential>>, StoreError> {
         if self.inner.unknown.contains_key(id) {
             self.inner.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
             mark_cache_hit(true);
             return Ok(None);
         }
-        if let Some(found) = self.cached(id) {
+        if let Some(found) = self.inner.keys.get(id) {
             self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
             mark_cache_hit(true);
             return Ok(Some(found));
@@ -304,8 +318,7 @@ impl Store for CachedStore {
         mark_cache_hit(false);
         let epoch = self.inner.epoch.load(Ordering::SeqCst);
         let found = self.store.credential(id).await?;
-        self.fill(epoch, id, found.as_ref());
-        Ok(found)
+        Ok(self.fill(epoch, id, found))
     }
 
     async fn get_key(&self, tenant: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError> {

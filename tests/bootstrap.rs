@@ -214,7 +214,7 @@ mod gated {
 
     #[async_trait]
     impl Store for Gated {
-        async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError> {
+        async fn credential(&self, id: &KeyId) -> Result<Option<std::sync::Arc<Credential>>, StoreError> {
             let found = self.inner.credential(id).await;
             if self.gate.reads.fetch_add(1, Ordering::SeqCst) < self.gate.readers {
                 self.gate.barrier.wait().await;

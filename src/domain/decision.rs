@@ -3,9 +3,11 @@
 
 use std::fmt::{self, Write as _};
 
+use smallvec::SmallVec;
+
 use super::{
     action::Action,
-    ids::{Module, RESERVED_ROOT},
+    ids::{Module, RESERVED_ROOT, ScopeId},
     scope::Scope,
 };
 
@@ -75,29 +77,71 @@ impl fmt::Display for Reason {
     }
 }
 
-/// The answer for one module and action: the reason and the scopes that decided it.
+/// The scopes that decided a check: at most a few, kept inline (no heap allocation for two).
+pub type Deciding<'a> = SmallVec<[&'a Scope; 2]>;
+
+/// Whose access a check was decided on: the one the reason is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whose {
+    /// The credential itself (malformed, unknown, or a key's state, tenant or networks).
+    Credential,
+    /// The key's own scopes.
+    Key,
+    /// The key's owner, a registered principal (its ceiling).
+    Owner,
+    /// A bearer principal (its subject's and roles' bound scopes).
+    Principal,
+    /// A set of scopes evaluated on their own (`EvaluateScopes`, the invariant's judge).
+    Scopes,
+}
+
+/// The answer for one module and action: the reason, the scopes that decided it, and whose
+/// access it was decided on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision<'a> {
     /// Why.
     pub reason: Reason,
-    /// Every denying scope for [`Reason::DeniedByScope`], every granting scope for
-    /// [`Reason::Ok`], sorted by id; empty otherwise.
-    pub deciding: Vec<&'a Scope>,
+    /// Every denying scope for [`Reason::DeniedByScope`] (or a ceiling's denial), every
+    /// granting scope for [`Reason::Ok`], sorted by id; empty otherwise.
+    pub deciding: Deciding<'a>,
+    /// Scope ids the credential holds that exist nowhere (deleted meanwhile): they deny
+    /// everything, since a missing deny-mode scope must not widen. Empty otherwise.
+    pub missing: SmallVec<[&'a ScopeId; 1]>,
+    /// Whose access decided.
+    pub whose: Whose,
 }
 
 impl<'a> Decision<'a> {
+    /// A decision with no deciding scope.
+    pub fn bare(reason: Reason, whose: Whose) -> Self {
+        Decision { reason, deciding: SmallVec::new(), missing: SmallVec::new(), whose }
+    }
+
     /// Whether the check is allowed.
     pub fn allowed(&self) -> bool {
         self.reason == Reason::Ok
     }
 
-    /// A one-line explanation, e.g. `scope 'website' (scp_1) denies read on 'users'`.
+    /// The ids of the deciding scopes (or of the missing ones that denied), sorted.
+    pub fn scope_ids(&self) -> SmallVec<[ScopeId; 2]> {
+        if self.missing.is_empty() {
+            self.deciding.iter().map(|s| s.id.clone()).collect()
+        } else {
+            self.missing.iter().map(|id| (*id).clone()).collect()
+        }
+    }
+
+    /// A one-line explanation of a decision by scopes alone, e.g.
+    /// `scope 'website' (scp_1) denies read on 'users'`.
     pub fn message(&self, module: &Module, action: Action) -> String {
+        if let Some(id) = self.missing.first() {
+            return format!("scope `{id}` no longer exists; it denies everything");
+        }
         let (one, many) = match self.reason {
             Reason::Ok => ("allows", "allow"),
-            Reason::DeniedByScope => ("denies", "deny"),
-            Reason::NoScope => return "the key has no scope".to_owned(),
-            Reason::NotGranted => return format!("no scope grants {action} on '{module}'"),
+            Reason::DeniedByScope | Reason::OwnerDenied if !self.deciding.is_empty() => ("denies", "deny"),
+            Reason::NoScope => return "no scope, so everything is denied".to_owned(),
+            Reason::NotGranted | Reason::OwnerDenied => return format!("no scope grants {action} on '{module}'"),
             other => return other.as_str().to_owned(),
         };
         let mut out = String::from(if self.deciding.len() == 1 { "scope " } else { "scopes " });
@@ -111,27 +155,43 @@ impl<'a> Decision<'a> {
     }
 }
 
-/// Decides `action` on `module` for a key holding `scopes` (steps 1 to 4 of README "How a check
-/// is decided").
+/// Decides `action` on `module` by `scopes` alone (steps 1 to 4 of the decision rules):
+/// no scope denies everything, any denying scope denies (deny wins), else any granting scope
+/// allows. One pass, no heap allocation for up to two deciding scopes.
 pub fn evaluate<'a>(scopes: &[&'a Scope], module: &Module, action: Action) -> Decision<'a> {
-    if scopes.is_empty() {
-        return Decision { reason: Reason::NoScope, deciding: Vec::new() };
+    decide_scopes(scopes.iter().copied(), module, action, Whose::Scopes)
+}
+
+/// [`evaluate`] over any scopes, on behalf of `whose`.
+pub(super) fn decide_scopes<'a>(
+    scopes: impl Iterator<Item = &'a Scope>,
+    module: &Module,
+    action: Action,
+    whose: Whose,
+) -> Decision<'a> {
+    let mut any = false;
+    let mut denying = Deciding::new();
+    let mut granting = Deciding::new();
+    for scope in scopes {
+        any = true;
+        if scope.denies(module, action) {
+            denying.push(scope);
+        } else if denying.is_empty() && scope.grants(module, action) {
+            granting.push(scope);
+        }
     }
-    let pick = |keep: &dyn Fn(&Scope) -> bool| {
-        let mut chosen: Vec<&'a Scope> = scopes.iter().copied().filter(|s| keep(s)).collect();
-        chosen.sort_by(|a, b| a.id.cmp(&b.id));
-        chosen.dedup_by(|a, b| a.id == b.id);
-        chosen
+    let (reason, mut deciding) = if !any {
+        (Reason::NoScope, Deciding::new())
+    } else if !denying.is_empty() {
+        (Reason::DeniedByScope, denying)
+    } else if !granting.is_empty() {
+        (Reason::Ok, granting)
+    } else {
+        (Reason::NotGranted, Deciding::new())
     };
-    let denying = pick(&|s| s.denies(module, action));
-    if !denying.is_empty() {
-        return Decision { reason: Reason::DeniedByScope, deciding: denying };
-    }
-    let granting = pick(&|s| s.grants(module, action));
-    if !granting.is_empty() {
-        return Decision { reason: Reason::Ok, deciding: granting };
-    }
-    Decision { reason: Reason::NotGranted, deciding: Vec::new() }
+    deciding.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    deciding.dedup_by(|a, b| a.id == b.id);
+    Decision { reason, deciding, missing: SmallVec::new(), whose }
 }
 
 /// Modules that tell apart everything the patterns of `scopes` can tell apart: any module is
@@ -165,26 +225,8 @@ pub fn describe_module(module: &Module) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
-    use crate::domain::{Rules, ScopeId, ScopeMode, Tenant};
-
-    fn scope(id: &str, mode: ScopeMode, read: &[&str]) -> Scope {
-        let none: &[&str] = &[];
-        Scope {
-            id: id.parse::<ScopeId>().expect("test id"),
-            tenant: "t".parse::<Tenant>().expect("test tenant"),
-            label: id.parse().expect("test label"),
-            description: String::new(),
-            mode,
-            rules: Rules::parse([none, read, none, none]).expect("test rules"),
-            builtin: false,
-            version: 1,
-            created_at: SystemTime::UNIX_EPOCH,
-            updated_at: SystemTime::UNIX_EPOCH,
-        }
-    }
+    use crate::domain::{ScopeMode, testing::scope};
 
     fn module(s: &str) -> Module {
         s.parse().expect("test module")

@@ -215,25 +215,8 @@ mod tests {
     use super::*;
 
     fn key(state: KeyState, expires_at: Option<SystemTime>) -> Key {
-        Key {
-            id: "abcdefghijABCDEFGHIJ".parse().expect("test id"),
-            tenant: "acme".parse().expect("test tenant"),
-            description: String::new(),
-            owner: String::new(),
-            scope_ids: vec![],
-            state,
-            expires_at,
-            metadata: Metadata::new(),
-            version: 1,
-            created_at: SystemTime::UNIX_EPOCH,
-            updated_at: SystemTime::UNIX_EPOCH,
-            last_used_at: None,
-            secret_hash: SecretHash::from_bytes([0; 32]),
-            previous_secret: None,
-            rotated_at: None,
-            allowed_cidrs: Vec::new(),
-            rate_limit: None,
-        }
+        let tenant = "acme".parse().expect("test tenant");
+        Key { state, expires_at, tenant, ..crate::domain::testing::key(&[], "") }
     }
 
     #[test]

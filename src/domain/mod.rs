@@ -7,6 +7,7 @@
 
 mod action;
 mod audit;
+mod check;
 mod day;
 mod decision;
 mod error;
@@ -18,14 +19,19 @@ mod network;
 mod policy;
 mod principal;
 mod scope;
+#[cfg(test)]
+mod testing;
 mod token;
 
 pub use action::Action;
 pub use audit::{
     Actor, AuditEvent, AuditId, AuditOperation, AuditRecord, AuditTarget, REQUEST_ID_MAX, RequestId, millis,
 };
+pub use check::{
+    Held, KeyCheck, OwnerBound, PrincipalCheck, PrincipalState, ScopeLookup, rate_limited_message, refusal_message,
+};
 pub use day::{Day, LAST_DAY};
-pub use decision::{Decision, Reason, describe_module, evaluate};
+pub use decision::{Deciding, Decision, Reason, Whose, describe_module, evaluate};
 pub use error::{InputError, Problem, parse_field};
 pub use ids::{KeyId, Label, Module, Pattern, ScopeId, Shown, Tenant, shorten as shorten_for_message, shown};
 pub use invariant::{

@@ -9,7 +9,7 @@ use super::{
     check::{CheckAnswer, Holder, Resolved},
     principals::Ceiling,
 };
-use crate::domain::{Action, InputError, Key, Module, RequestId, Scope, ScopeId, Tenant, parse_field};
+use crate::domain::{Action, InputError, Key, Module, Reason, RequestId, Scope, ScopeId, Tenant, parse_field};
 
 /// An authenticated admin caller and the tenant its call acts in.
 #[derive(Debug, Clone)]
@@ -41,51 +41,6 @@ impl Caller {
 
 const BAD_TOKEN: &str = "missing or invalid admin credential: send `authorization: Bearer <token>`";
 
-/// Authorizes a verified key for `action` on `module` in the tenant named (`""`: its own):
-/// what its scopes decided (`by_scopes`), bounded by its owner's `ceiling`.
-fn admit(
-    holder: &Holder,
-    ceiling: &Ceiling,
-    by_scopes: CheckAnswer,
-    tenant: &str,
-    module: &Module,
-    action: Action,
-) -> Result<Caller, ServiceError> {
-    let answer = holder.cap(ceiling, by_scopes, module, action, Explain::Never);
-    if !answer.allowed() {
-        tracing::info!(key_id = %holder.key.id, %module, %action, reason = %answer.reason, "admin call refused");
-        return Err(ServiceError::PermissionDenied(format!(
-            "key `{}` is not allowed {action} on `{module}`",
-            holder.key.id
-        )));
-    }
-    let own = &holder.key.tenant;
-    let tenant: Tenant = if tenant.is_empty() { own.clone() } else { parse_field("tenant", tenant)? };
-    if tenant != *own && !own.is_system() {
-        return Err(ServiceError::PermissionDenied(format!(
-            "key `{}` of tenant `{own}` may not act in tenant `{tenant}`",
-            holder.key.id
-        )));
-    }
-    // The admin call's span (when there is one) names who acted where; never the token.
-    let span = tracing::Span::current();
-    span.record("tenant", tenant.as_str());
-    span.record("actor_key_id", holder.key.id.as_str());
-    // Admitted, so any owner ceiling is a registered owner's bound scopes (a deleted or
-    // disabled owner, or a missing bound scope, denies everything).
-    let owner_scopes = match ceiling {
-        Ceiling::Bound { scopes, missing: None } => Some(scopes.clone()),
-        _ => None,
-    };
-    Ok(Caller {
-        key: holder.key.clone(),
-        scopes: holder.scopes.clone(),
-        owner_scopes,
-        tenant,
-        request_id: RequestId::generate()?,
-    })
-}
-
 impl Keyscope {
     /// Authenticates the bearer token and authorizes `action` on the reserved `module` in
     /// the tenant the request names (`""`: the key's own tenant).
@@ -100,8 +55,9 @@ impl Keyscope {
     }
 
     /// [`Keyscope::authorize`] for a call from `source` (the gRPC peer, when known): an admin
-    /// call is a check of its key, so the key's source networks and rate limit apply too, after
-    /// its scopes (a key with networks and no known source is refused).
+    /// call is a check of its key on a reserved module, decided as every check is (state,
+    /// scopes, owner, source networks), then its rate limit (a key with networks and no known
+    /// source is refused).
     pub async fn authorize_from(
         &self,
         bearer: Option<&str>,
@@ -111,14 +67,12 @@ impl Keyscope {
         action: Action,
     ) -> Result<Caller, ServiceError> {
         let Some(bearer) = bearer else { return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())) };
-        let resolved = self.resolve(&Presented::Token(bearer.to_owned()), None).await?;
+        let resolved = self.resolve(&Presented::Token(bearer.to_owned())).await?;
         let outcome = match &resolved {
             Resolved::Holder(holder) => {
-                // An admin key is bounded by its owner too (read once its scopes allow).
-                let by_scopes = holder.decide(module, action, Explain::Never);
-                let ceiling = self.ceiling_if(holder, by_scopes.allowed()).await?;
-                admit(holder, &ceiling, by_scopes, tenant, module, action)
-                    .and_then(|caller| self.admit_limits(holder, source, caller))
+                let ceiling = self.ceiling(holder.key()).await?;
+                let answer = self.answer_key(holder, &ceiling, None, source, module, action, Explain::Denials);
+                self.admit(holder, &ceiling, &answer, tenant, module, action)
             }
             Resolved::Refused { .. } => Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned())),
         };
@@ -129,19 +83,59 @@ impl Keyscope {
         outcome
     }
 
-    /// The key's source networks and rate limit, for an admin call its scopes and owner allow.
-    fn admit_limits(
+    /// The caller of an admin call whose key's check gave `answer`, in the tenant named
+    /// (`""`: its own); or why it is refused.
+    fn admit(
         &self,
         holder: &Holder,
-        source: Option<std::net::IpAddr>,
-        caller: Caller,
+        ceiling: &Ceiling,
+        answer: &CheckAnswer,
+        tenant: &str,
+        module: &Module,
+        action: Action,
     ) -> Result<Caller, ServiceError> {
-        let Some(limited) = self.key_limits(&holder.key, source, Explain::Always) else { return Ok(caller) };
-        let message = format!("key `{}`: {}", holder.key.id, limited.message);
-        Err(match limited.retry_after {
-            Some(wait) => ServiceError::RateLimited(message, wait),
-            None => ServiceError::PermissionDenied(message),
-        })
+        let key = holder.key();
+        match answer.reason {
+            Reason::Ok => {}
+            // A key that is not in good standing is no admin credential at all.
+            Reason::KeyRevoked | Reason::KeyDisabled | Reason::KeyExpired | Reason::TenantMismatch => {
+                return Err(ServiceError::Unauthenticated(BAD_TOKEN.to_owned()));
+            }
+            Reason::RateLimited => {
+                let wait = answer.retry_after.unwrap_or_default();
+                return Err(ServiceError::RateLimited(format!("key `{}`: {}", key.id, answer.message), wait));
+            }
+            Reason::SourceNotAllowed => {
+                return Err(ServiceError::PermissionDenied(format!("key `{}`: {}", key.id, answer.message)));
+            }
+            reason => {
+                tracing::info!(key_id = %key.id, %module, %action, %reason, "admin call refused");
+                return Err(ServiceError::PermissionDenied(format!(
+                    "key `{}` is not allowed {action} on `{module}`",
+                    key.id
+                )));
+            }
+        }
+        let own = &key.tenant;
+        let tenant: Tenant = if tenant.is_empty() { own.clone() } else { parse_field("tenant", tenant)? };
+        if tenant != *own && !own.is_system() {
+            return Err(ServiceError::PermissionDenied(format!(
+                "key `{}` of tenant `{own}` may not act in tenant `{tenant}`",
+                key.id
+            )));
+        }
+        // The admin call's span (when there is one) names who acted where; never the token.
+        let span = tracing::Span::current();
+        span.record("tenant", tenant.as_str());
+        span.record("actor_key_id", key.id.as_str());
+        // Admitted, so any owner ceiling is a registered owner's bound scopes, all of which
+        // exist (a deleted or disabled owner, or a missing bound scope, denies everything).
+        let owner_scopes = match ceiling {
+            Ceiling::Bound(grants) => self.bound_scopes(grants),
+            _ => None,
+        };
+        let scopes = self.resolve_ids(&key.scope_ids, &holder.record.scopes).into_iter().flatten().collect();
+        Ok(Caller { key: key.clone(), scopes, owner_scopes, tenant, request_id: RequestId::generate()? })
     }
 
     /// Looks up scope ids of a tenant, builtins included; `None` where a scope does not exist.

@@ -7,11 +7,11 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::{Explain, Keyscope, ServiceError, audit::Author, builtins::ADMIN};
+use super::{Keyscope, ServiceError, audit::Author, builtins::ADMIN, check::Holder};
 use crate::{
     domain::{
         Action, Actor, AuditOperation, AuditRecord, AuditTarget, Key, KeyId, KeyState, Metadata, Module, RequestId,
-        Scope, Secret, Tenant, Token, key_status,
+        Secret, Tenant, Token,
     },
     store::{Credential, KeyWrite, StoreError},
 };
@@ -134,7 +134,7 @@ impl Keyscope {
     }
 
     /// Refuses a configured token whose key has another secret or cannot administer.
-    async fn check_configured(&self, token: &Token, found: Credential) -> Result<(), ServiceError> {
+    async fn check_configured(&self, token: &Token, found: Arc<Credential>) -> Result<(), ServiceError> {
         if !self.pepper.verify(token, Some(&found.key.secret_hash)) {
             return Err(ServiceError::FailedPrecondition(format!(
                 "bootstrap.admin_token names key `{}`, which exists with a different secret",
@@ -142,7 +142,7 @@ impl Keyscope {
             )));
         }
         let key = found.key.clone();
-        if let Some(why) = self.cannot_administer(found.key, found.scopes).await? {
+        if let Some(why) = self.cannot_administer(&found).await? {
             return Err(ServiceError::FailedPrecondition(format!(
                 "bootstrap.admin_token names key `{}`, which is not an active `system` admin key: {why}; set bootstrap.admin_token to a new token (`keyscope token new`) to add another",
                 token.key_id
@@ -160,7 +160,7 @@ impl Keyscope {
             return Ok(());
         };
         let key = found.key.clone();
-        match self.cannot_administer(found.key, found.scopes).await? {
+        match self.cannot_administer(&found).await? {
             Some(why) => tracing::warn!(
                 key_id = %id,
                 %why,
@@ -174,21 +174,23 @@ impl Keyscope {
     /// Why `key` could not make every admin call in every tenant, by the checks a real admin
     /// call makes: its state and tenant, its scopes, then its owner's ceiling. Its source
     /// networks and rate limit are not checked: they depend on where and how often it is used.
-    async fn cannot_administer(&self, key: Arc<Key>, scopes: Vec<Arc<Scope>>) -> Result<Option<String>, ServiceError> {
+    async fn cannot_administer(&self, found: &Credential) -> Result<Option<String>, ServiceError> {
+        let key = &found.key;
         if !key.tenant.is_system() {
             return Ok(Some(format!("it belongs to tenant `{}`", key.tenant)));
         }
-        if let Some(reason) = key_status(&key, self.clock.now(), None) {
-            return Ok(Some(format!("it is refused with {reason}")));
-        }
-        let holder = self.holder(key, scopes);
-        let ceiling = self.ceiling(&holder.key).await?;
+        let ceiling = self.ceiling(key).await?;
+        // Everything a real admin call checks but its source networks and rate limit.
+        let key = Arc::new(Key { allowed_cidrs: Vec::new(), ..(**key).clone() });
+        let holder = Holder { record: Arc::new(Credential { key, scopes: found.scopes.clone() }) };
         for module in Module::reserved_known() {
             for action in Action::ALL {
-                let by_scopes = holder.decide(&module, action, Explain::Always);
-                let answer = holder.cap(&ceiling, by_scopes, &module, action, Explain::Always);
-                if !answer.allowed() {
-                    return Ok(Some(format!("{action} on `{module}` is refused: {}", answer.message)));
+                let refusal = self.with_key_check(&holder, &ceiling, None, None, |check| {
+                    let decision = check.decide(&module, action);
+                    (!decision.allowed()).then(|| check.explain(&decision, &module, action))
+                });
+                if let Some(why) = refusal {
+                    return Ok(Some(format!("{action} on `{module}` is refused: {why}")));
                 }
             }
         }

@@ -6,10 +6,14 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use opentelemetry::KeyValue;
 use tracing::{Instrument, field::Empty};
 
-use super::{Keyscope, ServiceError, principals::Ceiling};
+use smallvec::SmallVec;
+
+use super::{Builtins, Keyscope, ServiceError, principals::Ceiling};
 use crate::domain::{
-    Action, Decision, Key, KeyId, Module, Reason, Scope, ScopeId, Tenant, Token, evaluate, key_status, source_allowed,
+    Action, Held, Key, KeyCheck, KeyId, Module, OwnerBound, Reason, Scope, ScopeId, ScopeLookup, Tenant, Token, Whose,
+    key_status, rate_limited_message, refusal_message,
 };
+use crate::store::Credential;
 use crate::telemetry::annotate;
 
 /// A credential as presented, not yet parsed.
@@ -44,7 +48,7 @@ pub enum Explain {
 }
 
 impl Explain {
-    fn wants(self, reason: Reason) -> bool {
+    pub(super) fn wants(self, reason: Reason) -> bool {
         match self {
             Explain::Never => false,
             Explain::Always => true,
@@ -66,12 +70,12 @@ pub struct CheckAnswer {
     pub reason: Reason,
     /// The key the credential named, when it was well formed.
     pub key_id: Option<KeyId>,
-    /// The key's tenant, once its secret is verified.
+    /// The key's tenant, once its secret is verified and the key is in good standing.
     pub tenant: Option<Tenant>,
-    /// The key's owner, once its secret is verified.
+    /// The key's owner, likewise.
     pub owner: String,
     /// The deciding scopes, sorted.
-    pub scope_ids: Vec<ScopeId>,
+    pub scope_ids: SmallVec<[ScopeId; 2]>,
     /// With [`Explain`]: one human line.
     pub message: String,
     /// With [`Reason::RateLimited`]: how long until the key's limit admits one more check.
@@ -97,101 +101,45 @@ pub fn decision_name(allowed: bool) -> &'static str {
     if allowed { "allow" } else { "deny" }
 }
 
-/// A key whose secret is verified, with its scopes resolved.
+/// Finds scope ids among the builtins, then among a tenant's stored scopes.
+pub(super) struct Lookup<'a> {
+    pub builtins: &'a Builtins,
+    pub stored: &'a [Arc<Scope>],
+}
+
+impl ScopeLookup for Lookup<'_> {
+    fn scope(&self, id: &ScopeId) -> Option<&Scope> {
+        self.builtins.get(id).or_else(|| self.stored.iter().find(|s| s.id == *id)).map(Arc::as_ref)
+    }
+}
+
+/// A key whose secret is verified: its record as the store (or the replica cache) holds it.
 #[derive(Debug, Clone)]
 pub(super) struct Holder {
-    pub key: Arc<Key>,
-    pub scopes: Vec<Arc<Scope>>,
-    /// Scope ids the key names that exist neither in the store nor among the builtins; they
-    /// deny everything (fail closed).
-    pub missing: Vec<ScopeId>,
+    pub record: Arc<Credential>,
+}
+
+impl Holder {
+    /// The key.
+    pub fn key(&self) -> &Arc<Key> {
+        &self.record.key
+    }
 }
 
 /// How a credential resolved: a verified key, or the reason it was refused.
 pub(super) enum Resolved {
     Holder(Holder),
-    /// `verified`: the key's tenant when its secret was verified (the refusal is then a use
-    /// of the key, counted as denied).
-    Refused {
-        reason: Reason,
-        key_id: Option<KeyId>,
-        verified: Option<Tenant>,
-    },
+    Refused { reason: Reason, key_id: Option<KeyId> },
 }
 
 impl Resolved {
     /// Counts this resolution's `allowed` and `denied` answers as a use of the key, when the
     /// key was verified.
     pub(super) fn note_use(&self, core: &Keyscope, allowed: u64, denied: u64) {
-        match self {
-            Resolved::Holder(holder) => core.note_use(&holder.key.tenant, &holder.key.id, allowed, denied),
-            Resolved::Refused { key_id: Some(id), verified: Some(tenant), .. } => {
-                core.note_use(tenant, id, 0, allowed + denied)
-            }
-            Resolved::Refused { .. } => {}
+        if let Resolved::Holder(holder) = self {
+            core.note_use(&holder.key().tenant, &holder.key().id, allowed, denied);
         }
     }
-}
-
-impl Holder {
-    /// Decides one module and action by this key's scopes (the later checks follow in
-    /// [`Keyscope::later_checks`]).
-    pub fn decide(&self, module: &Module, action: Action, explain: Explain) -> CheckAnswer {
-        let scopes: Vec<&Scope> = self.scopes.iter().map(Arc::as_ref).collect();
-        let (reason, scope_ids, message) = if self.missing.is_empty() {
-            let decision = evaluate(&scopes, module, action);
-            explained(&decision, module, action, explain)
-        } else {
-            let message = if explain.wants(Reason::DeniedByScope) {
-                format!("scope `{}` of the key no longer exists; the key is denied everything", self.missing[0])
-            } else {
-                String::new()
-            };
-            (Reason::DeniedByScope, self.missing.clone(), message)
-        };
-        CheckAnswer {
-            reason,
-            key_id: Some(self.key.id.clone()),
-            tenant: Some(self.key.tenant.clone()),
-            owner: self.key.owner.clone(),
-            scope_ids,
-            message,
-            retry_after: None,
-            subject: String::new(),
-        }
-    }
-
-    /// An allowed `answer` of this key, bounded by its owner's `ceiling` (a denial is returned
-    /// as it is: the owner only ever takes away).
-    pub fn cap(
-        &self,
-        ceiling: &Ceiling,
-        mut answer: CheckAnswer,
-        module: &Module,
-        action: Action,
-        explain: Explain,
-    ) -> CheckAnswer {
-        if answer.allowed()
-            && let Some((reason, scope_ids, message)) = ceiling.bound(&self.key.owner, module, action, explain)
-        {
-            answer.reason = reason;
-            answer.scope_ids = scope_ids;
-            answer.message = message;
-        }
-        answer
-    }
-}
-
-/// The reason, the deciding scope ids and, when `explain` wants it, the message of a decision.
-pub(super) fn explained(
-    decision: &Decision<'_>,
-    module: &Module,
-    action: Action,
-    explain: Explain,
-) -> (Reason, Vec<ScopeId>, String) {
-    let ids = decision.deciding.iter().map(|s| s.id.clone()).collect();
-    let message = if explain.wants(decision.reason) { decision.message(module, action) } else { String::new() };
-    (decision.reason, ids, message)
 }
 
 fn refused(reason: Reason, key_id: Option<KeyId>, explain: Explain) -> CheckAnswer {
@@ -201,39 +149,22 @@ fn refused(reason: Reason, key_id: Option<KeyId>, explain: Explain) -> CheckAnsw
         key_id,
         tenant: None,
         owner: String::new(),
-        scope_ids: Vec::new(),
+        scope_ids: SmallVec::new(),
         message,
         retry_after: None,
         subject: String::new(),
     }
 }
 
-fn refusal_message(reason: Reason) -> String {
-    match reason {
-        Reason::MalformedCredential => "the credential is not a well-formed keyscope token",
-        Reason::UnknownKey => "unknown key or wrong secret",
-        Reason::KeyRevoked => "the key is revoked",
-        Reason::KeyDisabled => "the key is disabled",
-        Reason::KeyExpired => "the key has expired",
-        Reason::TenantMismatch => "the key belongs to another tenant",
-        other => other.as_str(),
-    }
-    .to_owned()
-}
-
 impl Keyscope {
-    /// Parses, looks up and verifies a credential, then applies the key state checks.
-    pub(super) async fn resolve(
-        &self,
-        presented: &Presented,
-        tenant: Option<&Tenant>,
-    ) -> Result<Resolved, ServiceError> {
+    /// Parses, looks up and verifies a credential.
+    pub(super) async fn resolve(&self, presented: &Presented) -> Result<Resolved, ServiceError> {
         let parsed = match presented {
             Presented::Token(text) => self.tokens.parse(text),
             Presented::Pair { key_id, secret } => self.tokens.parse_pair(key_id, secret),
         };
         let Ok(token) = parsed else {
-            return Ok(Resolved::Refused { reason: Reason::MalformedCredential, key_id: None, verified: None });
+            return Ok(Resolved::Refused { reason: Reason::MalformedCredential, key_id: None });
         };
         let Token { key_id, .. } = &token;
         let credential = self.store.credential(key_id).await?;
@@ -245,38 +176,100 @@ impl Keyscope {
         // Unknown keys are verified against a decoy hash, so both cost the same; both hashes
         // are always compared, so neither tells which secret was presented.
         if !self.pepper.verify_rotated(&token, stored, previous) {
-            return Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()), verified: None });
+            return Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()) });
         }
-        let Some(credential) = credential else {
-            return Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()), verified: None });
-        };
-        if let Some(reason) = key_status(&credential.key, now, tenant) {
-            let verified = Some(credential.key.tenant.clone());
-            return Ok(Resolved::Refused { reason, key_id: Some(key_id.clone()), verified });
+        match credential {
+            Some(record) => Ok(Resolved::Holder(Holder { record })),
+            None => Ok(Resolved::Refused { reason: Reason::UnknownKey, key_id: Some(key_id.clone()) }),
         }
-        Ok(Resolved::Holder(self.holder(credential.key, credential.scopes)))
     }
 
-    /// The owner ceiling of a verified key when its scopes allowed something (`needed`): the
-    /// owner is a later check, so a denied request costs no owner read.
-    pub(super) async fn ceiling_if(&self, holder: &Holder, needed: bool) -> Result<Ceiling, ServiceError> {
-        if needed { self.ceiling(&holder.key).await } else { Ok(Ceiling::None) }
-    }
-
-    /// Resolves a key's scope ids against the builtins and the stored scopes given.
-    pub(super) fn holder(&self, key: Arc<Key>, stored: Vec<Arc<Scope>>) -> Holder {
-        let mut scopes = Vec::with_capacity(key.scope_ids.len());
-        let mut missing = Vec::new();
-        for (id, scope) in key.scope_ids.iter().zip(self.resolve_ids(&key.scope_ids, &stored)) {
-            match scope {
-                Some(scope) => scopes.push(scope),
-                None => missing.push(id.clone()),
+    /// Runs `decide` on everything a check of `holder` is decided on: its record, its
+    /// owner's `ceiling`, the time, the tenant the request named and its source.
+    pub(super) fn with_key_check<R>(
+        &self,
+        holder: &Holder,
+        ceiling: &Ceiling,
+        tenant: Option<&Tenant>,
+        source: Option<IpAddr>,
+        decide: impl FnOnce(&KeyCheck<'_>) -> R,
+    ) -> R {
+        let key = &holder.record.key;
+        let own = Lookup { builtins: &self.builtins, stored: &holder.record.scopes };
+        let bound;
+        let owner = match ceiling {
+            Ceiling::None => OwnerBound::Unbounded,
+            Ceiling::Gone => OwnerBound::Gone,
+            Ceiling::Disabled => OwnerBound::Disabled,
+            Ceiling::Bound(grants) => {
+                bound = Lookup { builtins: &self.builtins, stored: &grants.scopes };
+                OwnerBound::Bound(Held { ids: &grants.scope_ids, lookup: &bound })
             }
-        }
-        Holder { key, scopes, missing }
+        };
+        let check = KeyCheck {
+            key,
+            scopes: Held { ids: &key.scope_ids, lookup: &own },
+            owner,
+            now: self.clock.now(),
+            tenant,
+            source,
+        };
+        decide(&check)
     }
 
-    /// Each of `ids` as a builtin or one of the `stored` scopes; `None` where it is neither.
+    /// Answers one module and action for a verified key: the domain's decision, then (when it
+    /// allows) the key's rate limit, last, so that a denied check spends no quota.
+    #[allow(clippy::too_many_arguments)] // one check's full context
+    pub(super) fn answer_key(
+        &self,
+        holder: &Holder,
+        ceiling: &Ceiling,
+        tenant: Option<&Tenant>,
+        source: Option<IpAddr>,
+        module: &Module,
+        action: Action,
+        explain: Explain,
+    ) -> CheckAnswer {
+        let key = holder.key();
+        self.with_key_check(holder, ceiling, tenant, source, |check| {
+            let decision = check.decide(module, action);
+            let (reason, retry_after) = match decision.reason {
+                Reason::Ok => match self.rate_limited(key) {
+                    Some(wait) => (Reason::RateLimited, Some(wait)),
+                    None => (Reason::Ok, None),
+                },
+                other => (other, None),
+            };
+            let message = match retry_after {
+                Some(wait) if explain.wants(reason) => rate_limited_message(wait),
+                _ if explain.wants(reason) => check.explain(&decision, module, action),
+                _ => String::new(),
+            };
+            // A key refused for its state or tenant is not in good standing: the answer names
+            // the key only.
+            let standing = !(decision.whose == Whose::Credential && reason != Reason::SourceNotAllowed);
+            let scope_ids = if retry_after.is_some() { SmallVec::new() } else { decision.scope_ids() };
+            CheckAnswer {
+                reason,
+                key_id: Some(key.id.clone()),
+                tenant: standing.then(|| key.tenant.clone()),
+                owner: if standing { key.owner.clone() } else { String::new() },
+                scope_ids,
+                message,
+                retry_after,
+                subject: String::new(),
+            }
+        })
+    }
+
+    /// How long until the key's rate limit admits one more check, when it is reached now;
+    /// otherwise `None`, and one check of the limit is spent.
+    pub(super) fn rate_limited(&self, key: &Key) -> Option<Duration> {
+        self.rate_limiter.acquire(&key.id, key.rate_limit?, std::time::Instant::now()).err()
+    }
+
+    /// Resolves a key's scope ids against the builtins and the stored scopes given; `None`
+    /// where an id is neither.
     pub(super) fn resolve_ids(&self, ids: &[ScopeId], stored: &[Arc<Scope>]) -> Vec<Option<Arc<Scope>>> {
         ids.iter().map(|id| self.builtins.get(id).or_else(|| stored.iter().find(|s| s.id == *id)).cloned()).collect()
     }
@@ -318,13 +311,12 @@ impl Keyscope {
             reason = Empty,
             cache_hit = Empty,
         );
-        let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
+        let resolved = self.resolve(presented).instrument(span.clone()).await?;
         let answer = match &resolved {
-            Resolved::Refused { reason, key_id, .. } => refused(*reason, key_id.clone(), explain),
+            Resolved::Refused { reason, key_id } => refused(*reason, key_id.clone(), explain),
             Resolved::Holder(holder) => {
-                let by_scopes = holder.decide(module, action, explain);
-                let ceiling = self.ceiling_if(holder, by_scopes.allowed()).await?;
-                self.later_checks(holder, &ceiling, source, by_scopes, module, action, explain)
+                let ceiling = self.ceiling(holder.key()).await?;
+                self.answer_key(holder, &ceiling, tenant, source, module, action, explain)
             }
         };
         let allowed = u64::from(answer.allowed());
@@ -370,18 +362,19 @@ impl Keyscope {
             credential = Empty,
             cache_hit = Empty,
         );
-        let resolved = self.resolve(presented, tenant).instrument(span.clone()).await?;
+        let resolved = self.resolve(presented).instrument(span.clone()).await?;
         let (credential, answers): (Reason, Vec<CheckAnswer>) = match &resolved {
-            Resolved::Refused { reason, key_id, .. } => {
+            Resolved::Refused { reason, key_id } => {
                 (*reason, items.iter().map(|_| refused(*reason, key_id.clone(), explain)).collect())
             }
             Resolved::Holder(holder) => {
-                let by_scopes: Vec<CheckAnswer> = items.iter().map(|(m, a)| holder.decide(m, *a, explain)).collect();
-                let ceiling = self.ceiling_if(holder, by_scopes.iter().any(CheckAnswer::allowed)).await?;
-                let answers = by_scopes.into_iter().zip(items).map(|(answer, (module, action))| {
-                    self.later_checks(holder, &ceiling, source, answer, module, *action, explain)
-                });
-                (Reason::Ok, answers.collect())
+                let ceiling = self.ceiling(holder.key()).await?;
+                let standing = key_status(holder.key(), self.clock.now(), tenant).unwrap_or(Reason::Ok);
+                let answers = items
+                    .iter()
+                    .map(|(module, action)| self.answer_key(holder, &ceiling, tenant, source, module, *action, explain))
+                    .collect();
+                (standing, answers)
             }
         };
         span.record("credential", credential.as_str());
@@ -403,64 +396,6 @@ impl Keyscope {
         span.in_scope(|| tracing::debug!("batch check answered"));
         Ok(answers)
     }
-}
-
-impl Keyscope {
-    /// The checks of the decision rules that follow the key's scopes, for an `answer` they gave, in
-    /// order: the owner `ceiling`, then the key's own limits ([`Keyscope::key_limits`]).
-    #[allow(clippy::too_many_arguments)] // one check's full context
-    pub(super) fn later_checks(
-        &self,
-        holder: &Holder,
-        ceiling: &Ceiling,
-        source: Option<IpAddr>,
-        answer: CheckAnswer,
-        module: &Module,
-        action: Action,
-        explain: Explain,
-    ) -> CheckAnswer {
-        let answer = holder.cap(ceiling, answer, module, action, explain);
-        if !answer.allowed() {
-            return answer;
-        }
-        match self.key_limits(&holder.key, source, explain) {
-            None => answer,
-            Some(Limited { reason, message, retry_after }) => {
-                CheckAnswer { reason, scope_ids: Vec::new(), message, retry_after, ..answer }
-            }
-        }
-    }
-
-    /// The key's own limits on a check that everything else allows, in order: its source
-    /// networks, then its rate limit (last, so that a denied check spends no quota). `None`
-    /// when the check is within them (it has then spent one check of the rate limit).
-    pub(super) fn key_limits(&self, key: &Key, source: Option<IpAddr>, explain: Explain) -> Option<Limited> {
-        if !source_allowed(&key.allowed_cidrs, source) {
-            let message = if !explain.wants(Reason::SourceNotAllowed) {
-                String::new()
-            } else if let Some(source) = source {
-                format!("the key may not be used from {source}")
-            } else {
-                "the key allows only some source addresses and the check gave none".to_owned()
-            };
-            return Some(Limited { reason: Reason::SourceNotAllowed, message, retry_after: None });
-        }
-        let wait = self.rate_limiter.acquire(&key.id, key.rate_limit?, std::time::Instant::now()).err()?;
-        let message = if explain.wants(Reason::RateLimited) {
-            format!("the key's rate limit is reached; retry after {} ms", wait.as_millis().max(1))
-        } else {
-            String::new()
-        };
-        Some(Limited { reason: Reason::RateLimited, message, retry_after: Some(wait) })
-    }
-}
-
-/// A check refused by the key's own limits.
-pub(super) struct Limited {
-    pub reason: Reason,
-    pub message: String,
-    /// With [`Reason::RateLimited`]: when the limit admits one more check.
-    pub retry_after: Option<Duration>,
 }
 
 /// The span attributes of one decided check: what was asked and the answer.

@@ -18,19 +18,19 @@ use tracing::field::Empty;
 use super::{
     Caller, CheckAnswer, Explain, Keyscope, Page, RETRIES, ServiceError,
     audit::{changed_names, ids},
-    check::{decided, explained},
+    check::{Lookup, decided},
 };
 use crate::{
     domain::{
-        Action, AuditOperation, AuditRecord, AuditTarget, InputError, Key, Members, Module, Mutation, Principal,
-        Reason, Registration, Role, Rule, Scope, ScopeId, Subject, Tenant, evaluate, limits, parse_field, parse_names,
-        shown,
+        Action, AuditOperation, AuditRecord, AuditTarget, Held, InputError, Key, Members, Module, Mutation, Principal,
+        PrincipalCheck, PrincipalState, Registration, Role, Rule, Scope, ScopeId, Subject, Tenant, limits, parse_field,
+        parse_names,
     },
     store::{Owner, PrincipalGrants, StoreError},
     telemetry::annotate,
 };
 
-/// What a key's owner allows, resolved once per check.
+/// What a key's owner allows, read once per check.
 #[derive(Debug, Clone)]
 pub(crate) enum Ceiling {
     /// No owner, or one that is not a registered principal: the key's scopes alone decide.
@@ -40,61 +40,7 @@ pub(crate) enum Ceiling {
     /// The owner is registered and disabled: the key is denied everything.
     Disabled,
     /// The owner is registered: the scopes bound to it or its roles bound the key.
-    Bound {
-        /// The bound scopes that exist (builtins included).
-        scopes: Vec<Arc<Scope>>,
-        /// A bound scope id that exists nowhere (deleted meanwhile): the owner is then
-        /// denied everything, since a missing deny-mode scope must not widen.
-        missing: Option<ScopeId>,
-    },
-}
-
-impl Ceiling {
-    /// The denial the owner adds to an allowed answer, if any: reason, deciding scopes and
-    /// (when `explain` wants it) the message.
-    pub(super) fn bound(
-        &self,
-        owner: &str,
-        module: &Module,
-        action: Action,
-        explain: Explain,
-    ) -> Option<(Reason, Vec<ScopeId>, String)> {
-        let say = |text: &dyn Fn() -> String| if explain == Explain::Never { String::new() } else { text() };
-        let owner = shown(owner);
-        match self {
-            Ceiling::None => None,
-            Ceiling::Gone => Some((
-                Reason::OwnerDenied,
-                Vec::new(),
-                say(&|| format!("the key's owner `{owner}` was deleted; the key is denied everything")),
-            )),
-            Ceiling::Disabled => {
-                Some((Reason::OwnerDisabled, Vec::new(), say(&|| format!("the key's owner `{owner}` is disabled"))))
-            }
-            Ceiling::Bound { missing: Some(id), .. } => Some((
-                Reason::OwnerDenied,
-                vec![id.clone()],
-                say(&|| format!("scope `{id}` bound to the key's owner `{owner}` no longer exists; the key is denied")),
-            )),
-            Ceiling::Bound { scopes, missing: None } => {
-                let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
-                let decision = evaluate(&refs, module, action);
-                if decision.allowed() {
-                    return None;
-                }
-                let (_, ids, _) = explained(&decision, module, action, Explain::Never);
-                let message = say(&|| {
-                    let why = if refs.is_empty() {
-                        "no scope is bound to it or its roles".to_owned()
-                    } else {
-                        decision.message(module, action)
-                    };
-                    format!("the key's owner `{owner}` is not allowed {action} on '{module}': {why}")
-                });
-                Some((Reason::OwnerDenied, ids, message))
-            }
-        }
-    }
+    Bound(Arc<PrincipalGrants>),
 }
 
 /// A bearer principal credential: a caller the client has already authenticated.
@@ -138,25 +84,14 @@ impl Keyscope {
             Owner::Unregistered => Ceiling::None,
             Owner::Gone => Ceiling::Gone,
             Owner::Registered(p) if !p.enabled => Ceiling::Disabled,
-            Owner::Registered(_) => {
-                let (scopes, missing) = self.bound_scopes(&grants);
-                Ceiling::Bound { scopes, missing }
-            }
+            Owner::Registered(_) => Ceiling::Bound(grants.clone()),
         })
     }
 
-    /// The scopes of `grants` resolved against the builtins, and the first id that exists
-    /// nowhere.
-    fn bound_scopes(&self, grants: &PrincipalGrants) -> (Vec<Arc<Scope>>, Option<ScopeId>) {
-        let mut scopes = Vec::with_capacity(grants.scope_ids.len());
-        let mut missing = None;
-        for (id, scope) in grants.scope_ids.iter().zip(self.resolve_ids(&grants.scope_ids, &grants.scopes)) {
-            match scope {
-                Some(scope) => scopes.push(scope),
-                None => missing = missing.or(Some(id.clone())),
-            }
-        }
-        (scopes, missing)
+    /// The scopes bound to a registered owner, resolved against the builtins; `None` when one
+    /// of them exists nowhere (the owner is then denied everything).
+    pub(super) fn bound_scopes(&self, grants: &PrincipalGrants) -> Option<Vec<Arc<Scope>>> {
+        self.resolve_ids(&grants.scope_ids, &grants.scopes).into_iter().collect()
     }
 
     /// Answers checks for a bearer principal credential in `tenant`: through the scopes bound
@@ -177,47 +112,35 @@ impl Keyscope {
         // A deleted principal is denied everything, like a disabled one, until it is registered
         // again: deleting it must never widen its bearer checks (its registered roles, or its
         // disabled state, go with it).
-        let deleted = grants.owner == Owner::Gone;
-        let disabled = deleted || matches!(&grants.owner, Owner::Registered(p) if !p.enabled);
-        let (scopes, missing) = self.bound_scopes(&grants);
-        let refs: Vec<&Scope> = scopes.iter().map(Arc::as_ref).collect();
-        let subject = &credential.subject;
-        let named = subject.shown();
+        let state = match &grants.owner {
+            Owner::Unregistered => PrincipalState::Unregistered,
+            Owner::Gone => PrincipalState::Gone,
+            Owner::Registered(p) => PrincipalState::Registered { enabled: p.enabled },
+        };
+        let lookup = Lookup { builtins: &self.builtins, stored: &grants.scopes };
+        let check = PrincipalCheck {
+            subject: &credential.subject,
+            state,
+            scopes: Held { ids: &grants.scope_ids, lookup: &lookup },
+        };
         let answers: Vec<CheckAnswer> = items
             .iter()
             .map(|(module, action)| {
-                let (reason, scope_ids, message) = if disabled {
-                    let message = if explain == Explain::Never {
-                        String::new()
-                    } else {
-                        let state = if deleted { "was deleted" } else { "is disabled" };
-                        format!("principal `{named}` {state}")
-                    };
-                    (Reason::PrincipalDisabled, Vec::new(), message)
-                } else if let Some(id) = &missing {
-                    let message = if explain == Explain::Never {
-                        String::new()
-                    } else {
-                        format!("scope `{id}` bound to principal `{named}` no longer exists; it is denied everything")
-                    };
-                    (Reason::DeniedByScope, vec![id.clone()], message)
+                let decision = check.decide(module, *action);
+                let message = if explain.wants(decision.reason) {
+                    check.explain(&decision, module, *action)
                 } else {
-                    let decision = evaluate(&refs, module, *action);
-                    let (reason, ids, mut message) = explained(&decision, module, *action, explain);
-                    if reason == Reason::NoScope && !message.is_empty() {
-                        message = format!("no scope is bound to principal `{named}` or its roles");
-                    }
-                    (reason, ids, message)
+                    String::new()
                 };
                 CheckAnswer {
-                    reason,
+                    reason: decision.reason,
                     key_id: None,
                     tenant: Some(tenant.clone()),
                     owner: String::new(),
-                    scope_ids,
+                    scope_ids: decision.scope_ids(),
                     message,
                     retry_after: None,
-                    subject: subject.to_string(),
+                    subject: credential.subject.to_string(),
                 }
             })
             .collect();
@@ -482,40 +405,5 @@ impl Keyscope {
         .await?;
         tracing::info!(scope_id = %id, tenant = %caller.tenant, actor = %caller.key.id, "scope members set");
         Ok(members)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::service::Builtins;
-
-    fn read_only() -> Arc<Scope> {
-        let builtins = Builtins::new(&[]).expect("builtins");
-        builtins.get(&"read-only".parse().expect("id")).cloned().expect("read-only")
-    }
-
-    #[test]
-    fn the_owner_ceiling_denies_what_the_owner_may_not_do() {
-        let courses: Module = "courses".parse().expect("module");
-        let none = Ceiling::None;
-        assert_eq!(none.bound("alice", &courses, Action::Read, Explain::Always), None);
-        let bound = Ceiling::Bound { scopes: vec![read_only()], missing: None };
-        assert_eq!(bound.bound("alice", &courses, Action::Read, Explain::Always), None, "read-only reads");
-        let (reason, ids, message) = bound.bound("alice", &courses, Action::Update, Explain::Always).expect("denied");
-        assert_eq!(reason, Reason::OwnerDenied);
-        assert!(ids.is_empty());
-        assert!(message.contains("owner `alice` is not allowed update on 'courses'"), "{message}");
-        let empty = Ceiling::Bound { scopes: Vec::new(), missing: None };
-        let (_, _, message) = empty.bound("alice", &courses, Action::Read, Explain::Always).expect("denied");
-        assert!(message.contains("no scope is bound"), "{message}");
-        let gone = Ceiling::Gone.bound("alice", &courses, Action::Read, Explain::Never).expect("denied");
-        assert_eq!(gone, (Reason::OwnerDenied, Vec::new(), String::new()), "no message unless explained");
-        let disabled = Ceiling::Disabled.bound("alice", &courses, Action::Read, Explain::Denials).expect("denied");
-        assert_eq!(disabled.0, Reason::OwnerDisabled);
-        let missing: ScopeId = "scp_gone".parse().expect("id");
-        let dangling = Ceiling::Bound { scopes: vec![read_only()], missing: Some(missing.clone()) };
-        let (reason, ids, _) = dangling.bound("alice", &courses, Action::Read, Explain::Never).expect("denied");
-        assert_eq!((reason, ids), (Reason::OwnerDenied, vec![missing]), "a vanished bound scope fails closed");
     }
 }

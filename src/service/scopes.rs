@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
-use super::{Builtins, Caller, Keyscope, Page, ServiceError, check::explained};
+use super::{Builtins, Caller, Keyscope, Page, ServiceError};
 use crate::{
     domain::{
         Action, AuditOperation, AuditRecord, InputError, KeyId, Label, Module, Mutation, Reason, Rule, Rules, Scope,
@@ -262,7 +262,7 @@ impl Keyscope {
         let stored = self.tenant_scopes(&caller.tenant, "scope_ids", ids).await?;
         let scopes: Vec<&Scope> = stored.iter().map(Arc::as_ref).chain(inline.iter()).collect();
         let decision = evaluate(&scopes, module, action);
-        Ok(explained(&decision, module, action, super::Explain::Always))
+        Ok((decision.reason, decision.scope_ids().into_vec(), decision.message(module, action)))
     }
 }
 

@@ -325,7 +325,7 @@ mod tests {
 
     #[async_trait]
     impl Store for Flaky {
-        async fn credential(&self, id: &KeyId) -> Result<Option<crate::store::Credential>, StoreError> {
+        async fn credential(&self, id: &KeyId) -> Result<Option<Arc<crate::store::Credential>>, StoreError> {
             self.inner.credential(id).await
         }
         async fn get_key(&self, t: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError> {

@@ -237,7 +237,7 @@ impl TenantData {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError> {
+    async fn credential(&self, id: &KeyId) -> Result<Option<Arc<Credential>>, StoreError> {
         let inner = self.read();
         let Some(key) = inner.keys.get(id) else { return Ok(None) };
         let scopes = inner
@@ -245,7 +245,7 @@ impl Store for MemoryStore {
             .get(&key.tenant)
             .map(|data| key.scope_ids.iter().filter_map(|id| data.scopes.get(id).cloned()).collect())
             .unwrap_or_default();
-        Ok(Some(Credential { key: key.clone(), scopes }))
+        Ok(Some(Arc::new(Credential { key: key.clone(), scopes })))
     }
 
     async fn get_key(&self, tenant: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError> {

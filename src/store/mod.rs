@@ -294,7 +294,7 @@ pub trait ChangeSink: Send + Sync + 'static {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The key with this id and its stored scopes, for a check (any tenant).
-    async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError>;
+    async fn credential(&self, id: &KeyId) -> Result<Option<Arc<Credential>>, StoreError>;
 
     /// One key of a tenant, with its `last_used_at` from the recorded usage.
     async fn get_key(&self, tenant: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError>;

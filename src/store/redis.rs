@@ -922,7 +922,7 @@ fn outcome(reply: &[String], what: impl Fn() -> String, expected: Option<u64>) -
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError> {
+    async fn credential(&self, id: &KeyId) -> Result<Option<Arc<Credential>>, StoreError> {
         let mut conn = self.conn.clone();
         let known = self.tenants.get(id);
         let call = async {
@@ -948,7 +948,7 @@ impl Store for RedisStore {
         // Only a mapping whose key exists is remembered (a failed create leaves one behind).
         self.tenants.insert(id.clone(), tenant.clone());
         let scopes = decode_scope_records(&tenant, &reply[4..])?;
-        Ok(Some(Credential { key: Arc::new(key), scopes }))
+        Ok(Some(Arc::new(Credential { key: Arc::new(key), scopes })))
     }
 
     async fn get_key(&self, tenant: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError> {

@@ -50,7 +50,7 @@ impl MeteredStore {
 
 #[async_trait]
 impl Store for MeteredStore {
-    async fn credential(&self, id: &KeyId) -> Result<Option<Credential>, StoreError> {
+    async fn credential(&self, id: &KeyId) -> Result<Option<Arc<Credential>>, StoreError> {
         self.timed("credential", self.inner.credential(id)).await
     }
 
