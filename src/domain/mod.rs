@@ -47,4 +47,4 @@ pub use policy::{
 };
 pub use principal::{Members, Principal, Role, Subject, parse_names};
 pub use scope::{Rules, Scope, ScopeMode};
-pub use token::{Malformed, Pepper, RandomError, Secret, SecretHash, Token, TokenFormat};
+pub use token::{Malformed, Pepper, RandomError, Secret, SecretHash, Token, TokenFormat, TokenSecret};

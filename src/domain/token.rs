@@ -43,13 +43,39 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The secret part of a token (checksum excluded): [`SECRET_LEN`] base62 characters, held
+/// inline, so parsing a presented token costs no allocation for it. Never shown: its `Debug`
+/// prints `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenSecret([u8; SECRET_LEN]);
+
+impl TokenSecret {
+    /// `text` as a token's secret part, when it has the right length and alphabet.
+    fn parse(text: &str) -> Option<Self> {
+        let bytes: [u8; SECRET_LEN] = text.as_bytes().try_into().ok()?;
+        bytes.iter().all(u8::is_ascii_alphanumeric).then_some(TokenSecret(bytes))
+    }
+
+    /// The secret text, for the one place that must show or send it.
+    pub fn expose(&self) -> &str {
+        // Only base62 bytes are ever held (see `parse`), so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenSecret([redacted])")
+    }
+}
+
 /// A well-formed credential: the key id and its secret, not yet verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
     /// The key it names.
     pub key_id: KeyId,
     /// The secret part, checksum excluded.
-    pub secret: Secret,
+    pub secret: TokenSecret,
 }
 
 /// The token shape of one deployment (its prefix).
@@ -126,7 +152,8 @@ impl TokenFormat {
         let mut text = format!("{}_{}_{}", self.prefix, key_id, secret);
         let sum = checksum(&text);
         text.extend(sum.iter().map(|&b| char::from(b)));
-        Ok((Token { key_id: key_id.clone(), secret: Secret(secret) }, Secret(text)))
+        let secret = TokenSecret::parse(&secret).ok_or_else(|| RandomError("not a base62 secret".to_owned()))?;
+        Ok((Token { key_id: key_id.clone(), secret }, Secret(text)))
     }
 
     /// Parses a whole token, checksum included, without consulting any store.
@@ -139,13 +166,14 @@ impl TokenFormat {
         if tail.len() != SECRET_LEN + CHECKSUM_LEN || !tail.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(Malformed);
         }
-        let key_id: KeyId = id.parse().map_err(|_| Malformed)?;
         let (secret, sum) = tail.split_at(SECRET_LEN);
         let body_len = text.len() - CHECKSUM_LEN;
         if checksum(&text[..body_len]).as_slice() != sum.as_bytes() {
             return Err(Malformed);
         }
-        Ok(Token { key_id, secret: Secret(secret.to_owned()) })
+        let secret = TokenSecret::parse(secret).ok_or(Malformed)?;
+        let key_id: KeyId = id.parse().map_err(|_| Malformed)?;
+        Ok(Token { key_id, secret })
     }
 
     /// Parses a key id and secret presented separately; the secret is the token's last part
@@ -205,16 +233,20 @@ impl Pepper {
         }
         let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(bytes).map_err(|e| Problem::new(e.to_string()))?;
         let mut pepper = Pepper { mac, decoy: SecretHash([0; 32]) };
-        pepper.decoy = pepper.hash(&KeyId::from_generated("0".repeat(KeyId::LEN)), &Secret(String::new()));
+        pepper.decoy = pepper.mac_of(&KeyId::from_generated("0".repeat(KeyId::LEN)), b"");
         Ok(pepper)
     }
 
     /// The stored form of `secret` for `key_id`.
-    pub fn hash(&self, key_id: &KeyId, secret: &Secret) -> SecretHash {
+    pub fn hash(&self, key_id: &KeyId, secret: &TokenSecret) -> SecretHash {
+        self.mac_of(key_id, &secret.0)
+    }
+
+    fn mac_of(&self, key_id: &KeyId, secret: &[u8]) -> SecretHash {
         let mut mac = self.mac.clone();
         mac.update(key_id.as_str().as_bytes());
         mac.update(b":");
-        mac.update(secret.0.as_bytes());
+        mac.update(secret);
         SecretHash(mac.finalize().into_bytes().into())
     }
 
