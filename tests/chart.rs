@@ -20,8 +20,8 @@ fn the_helm_chart_renders_validates_and_configures_keyscope() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "chart tests failed (needs: python3 -m pip install helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 \
-         xds-protos pyyaml)\n{stdout}\n{stderr}"
+        "chart tests failed (they need helm-python-sdk and kubernetes-validate: run the suite with \
+         scripts/test, which installs them)\n{stdout}\n{stderr}"
     );
     // The script's own tally, so a run that found no tests cannot pass.
     let tally = stdout.lines().find(|l| l.starts_with("chart: ")).unwrap_or_default();
