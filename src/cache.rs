@@ -142,18 +142,10 @@ impl CachedStore {
     /// A cache in front of `store`.
     pub fn new(store: Arc<dyn Store>, settings: CacheSettings) -> Self {
         let inner = Inner {
-            keys: Moka::builder()
-                .max_capacity(settings.max_keys)
-                .time_to_live(settings.time_to_live)
-                .support_invalidation_closures()
-                .build(),
+            keys: Moka::builder().max_capacity(settings.max_keys).time_to_live(settings.time_to_live).build(),
             scopes: Moka::builder().max_capacity(settings.max_scopes).time_to_live(settings.time_to_live).build(),
             unknown: Moka::builder().max_capacity(settings.max_keys).time_to_live(settings.negative_ttl).build(),
-            grants: Moka::builder()
-                .max_capacity(settings.max_keys)
-                .time_to_live(settings.time_to_live)
-                .support_invalidation_closures()
-                .build(),
+            grants: Moka::builder().max_capacity(settings.max_keys).time_to_live(settings.time_to_live).build(),
             epoch: AtomicU64::new(0),
             stats: CacheStats::default(),
         };
@@ -278,25 +270,32 @@ impl ChangeSink for Inner {
 }
 
 impl Inner {
-    /// Drops the records of the keys of `tenant` that hold scope `id`.
+    /// Drops, now, the records of the keys of `tenant` that hold scope `id`.
     fn drop_holders(&self, tenant: &Tenant, id: &ScopeId) {
-        let (tenant, id) = (tenant.clone(), id.clone());
-        let holds = move |_: &KeyId, record: &Arc<Credential>| {
-            record.key.tenant == tenant && record.key.scope_ids.contains(&id)
-        };
-        // INVARIANT: the records cache is built with `support_invalidation_closures`; should
-        // that ever fail, dropping every record is the safe fallback.
-        if self.keys.invalidate_entries_if(holds).is_err() {
-            self.keys.invalidate_all();
-        }
+        drop_now(&self.keys, |_, record| record.key.tenant == *tenant && record.key.scope_ids.contains(id));
     }
 
+    /// Drops, now, the grants of every principal of `tenant`.
     fn drop_grants(&self, tenant: &Tenant) {
-        let tenant = tenant.clone();
-        // INVARIANT: the grants cache is built with `support_invalidation_closures`; should
-        // that ever fail, dropping everything is the safe fallback.
-        if self.grants.invalidate_entries_if(move |(t, _, _), _| *t == tenant).is_err() {
-            self.grants.invalidate_all();
+        drop_now(&self.grants, |(t, _, _), _| t == tenant);
+    }
+}
+
+/// Drops every entry of `cache` that `drop` picks, before returning. Not moka's
+/// `invalidate_entries_if`: that only registers the predicate, and retires it once the cache's
+/// housekeeping has scanned the entries it has processed; an entry inserted just before whose
+/// insert that housekeeping (running on another thread) had not processed yet is never
+/// checked, and is served after the change until its TTL. Iterating reads the map itself, so
+/// every entry inserted before the change's epoch bump is seen; one inserted after it is taken
+/// out by its own fill ([`Inner::keep`]).
+fn drop_now<K, V>(cache: &Moka<K, V>, drop: impl Fn(&K, &V) -> bool)
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    for (key, value) in cache.iter() {
+        if drop(&key, &value) {
+            cache.invalidate(&*key);
         }
     }
 }
@@ -500,5 +499,84 @@ impl Store for CachedStore {
         let found = self.store.principal_grants(tenant, subject, roles).await?;
         self.inner.keep(epoch, &self.inner.grants, entry, found.clone());
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::{
+        domain::{
+            ScopeMode,
+            testing::{key, scope},
+        },
+        store::{MemoryStore, Owner},
+    };
+
+    /// Changes made one after another, each dropping the entries `FILLS` fills made just before it.
+    const CHANGES: usize = 2_000;
+    const FILLS: usize = 8;
+
+    /// Runs `round` [`CHANGES`] times while another thread runs the cache's housekeeping, as
+    /// the other checks of a busy replica do, then finishes that housekeeping.
+    fn busy(cached: &CachedStore, round: impl Fn(usize)) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let housekeeper = {
+            let inner = cached.inner.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    inner.keys.run_pending_tasks();
+                    inner.grants.run_pending_tasks();
+                }
+            })
+        };
+        (0..CHANGES).for_each(round);
+        stop.store(true, Ordering::Relaxed);
+        housekeeper.join().expect("housekeeper");
+        cached.inner.keys.run_pending_tasks();
+        cached.inner.grants.run_pending_tasks();
+    }
+
+    fn key_id(i: usize) -> KeyId {
+        format!("{i:020}").parse().expect("key id")
+    }
+
+    #[test]
+    fn a_record_filled_before_a_scope_change_is_never_served_after_it() {
+        let cached = CachedStore::new(Arc::new(MemoryStore::new()), CacheSettings::default());
+        let old = Arc::new(scope("s", ScopeMode::Allow, &["*"]));
+        busy(&cached, |round| {
+            // Fills that completed before the change (no race with it at all)...
+            for id in (round * FILLS..(round + 1) * FILLS).map(key_id) {
+                let key = Arc::new(Key { id: id.clone(), ..key(&["s"], "") });
+                let epoch = cached.inner.epoch.load(Ordering::SeqCst);
+                cached.fill(epoch, &id, Some(Arc::new(Credential { key, scopes: vec![old.clone()] })));
+            }
+            // ...then a change to the scope they hold.
+            cached.inner.changed(&Change::Scope(old.tenant.clone(), old.id.clone()));
+        });
+        let stale = (0..CHANGES * FILLS).filter(|&i| cached.inner.keys.get(&key_id(i)).is_some()).count();
+        assert_eq!(stale, 0, "records holding the old scope served after its change");
+    }
+
+    #[test]
+    fn grants_read_before_a_principal_change_are_never_served_after_it() {
+        let cached = CachedStore::new(Arc::new(MemoryStore::new()), CacheSettings::default());
+        let tenant: Tenant = "t".parse().expect("tenant");
+        let entry =
+            |i: usize| -> GrantsKey { (tenant.clone(), format!("user-{i}").parse().expect("subject"), Vec::new()) };
+        busy(&cached, |round| {
+            for i in round * FILLS..(round + 1) * FILLS {
+                let grants = PrincipalGrants { owner: Owner::Unregistered, scope_ids: Vec::new(), scopes: Vec::new() };
+                let epoch = cached.inner.epoch.load(Ordering::SeqCst);
+                cached.inner.keep(epoch, &cached.inner.grants, entry(i), Arc::new(grants));
+            }
+            cached.inner.changed(&Change::Principal(tenant.clone(), "someone".parse().expect("subject")));
+        });
+        let stale = (0..CHANGES * FILLS).filter(|&i| cached.inner.grants.get(&entry(i)).is_some()).count();
+        assert_eq!(stale, 0, "grants of the tenant served after a change to its principals");
     }
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{TestServer, all_rules, assert_status};
-use keyscope::grpc::pb;
+use keyscope::{grpc::pb, service::Clock};
 use tonic::Code;
 
 const ACME: &str = "acme";
@@ -205,4 +205,38 @@ async fn deleting_a_principal_never_widens_its_bearer_checks() {
     server.principal(ACME, "dave", &[]).await;
     let bearer = server.try_check_principal(ACME, "dave", &[], "courses", pb::Action::Read).await.expect("check");
     assert_eq!(bearer.reason, pb::Reason::Ok as i32, "{bearer:?}");
+}
+
+#[tokio::test]
+async fn an_admin_key_is_unauthenticated_by_its_state_and_refused_by_its_owner() {
+    let (server, token) = bounded_admin().await;
+    let list = || pb::ListKeysRequest { tenant: ACME.into(), ..Default::default() };
+    server.keys_as(Some(&token)).list_keys(list()).await.expect("its owner may administer keys");
+    // The owner decides after the key's scopes: disabled or deleted, the key is refused.
+    let alice = || pb::PrincipalStateRequest { tenant: ACME.into(), subject: "alice".into() };
+    server.principals().disable_principal(alice()).await.expect("disable alice");
+    assert_status(server.keys_as(Some(&token)).list_keys(list()).await, Code::PermissionDenied, "keyscope.keys");
+    server.principals().enable_principal(alice()).await.expect("enable alice");
+    server.keys_as(Some(&token)).list_keys(list()).await.expect("enabled again");
+    let delete = pb::DeletePrincipalRequest { tenant: ACME.into(), subject: "alice".into(), version: 0 };
+    server.principals().delete_principal(delete).await.expect("delete alice");
+    assert_status(server.keys_as(Some(&token)).list_keys(list()).await, Code::PermissionDenied, "keyscope.keys");
+
+    // A key that is not in good standing is no admin credential at all, whatever its scopes.
+    let (disabled, disabled_token) = server.key(ACME, &["admin"]).await;
+    let state = pb::KeyStateRequest { tenant: ACME.into(), id: disabled.id, version: 0 };
+    server.keys().disable_key(state).await.expect("disable");
+    let refused = server.keys_as(Some(&disabled_token)).list_keys(list()).await;
+    let status = assert_status(refused, Code::Unauthenticated, "");
+    assert!(!status.message().contains(&disabled_token), "the token is never echoed");
+    let expiring = pb::CreateKeyRequest {
+        tenant: ACME.into(),
+        scope_ids: vec!["admin".into()],
+        expires_at: Some(prost_types::Timestamp::from(server.clock.now() + std::time::Duration::from_secs(60))),
+        ..Default::default()
+    };
+    let expiring_token = server.keys().create_key(expiring).await.expect("create").into_inner().token;
+    server.keys_as(Some(&expiring_token)).list_keys(list()).await.expect("not yet expired");
+    server.advance(std::time::Duration::from_secs(61));
+    assert_status(server.keys_as(Some(&expiring_token)).list_keys(list()).await, Code::Unauthenticated, "");
 }

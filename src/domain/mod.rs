@@ -20,7 +20,7 @@ mod policy;
 mod principal;
 mod scope;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod token;
 
 pub use action::Action;
