@@ -20,7 +20,9 @@ fn check(path: &str) -> std::process::Output {
 fn hint(out: &std::process::Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("ModuleNotFoundError") {
-        format!("Envoy's protos are missing: run the suite with scripts/test, which installs xds-protos and pyyaml\n{stderr}")
+        format!(
+            "Envoy's protos are missing: run the suite with scripts/test, which installs xds-protos and pyyaml\n{stderr}"
+        )
     } else {
         stderr.into_owned()
     }
