@@ -9,7 +9,12 @@
 //! resident memory per cached key), `envoy` (ext_authz Check next to the native Check),
 //! `traces` (the real binary with every check traced and exported over OTLP to a receiver in
 //! this process, next to the same binary with traces off), `tls` (the binary serving TLS next
-//! to the same binary in plaintext: steady checks, then new connections each with one check).
+//! to the same binary in plaintext: steady checks, then new connections each with one check),
+//! `health` (the binary's CPU time per allowed `Checker/Check` next to that per
+//! `grpc.health.v1.Health/Check` of the same process, on the memory store and on Redis behind
+//! a warm replica cache),
+//! `health-callgrind` (the same pairs under callgrind: instructions per request; not run by
+//! default, it needs valgrind).
 //! Everything runs against 127.0.0.1 only, is bounded in
 //! requests and time, and stops by itself. It starts its own `redis-server`.
 
@@ -65,7 +70,8 @@ fn args() -> Args {
         }
     }
     if args.scenarios.is_empty() {
-        args.scenarios = ["hit", "miss", "propagation", "scale", "envoy", "traces", "tls"].map(String::from).to_vec();
+        args.scenarios =
+            ["hit", "miss", "propagation", "scale", "envoy", "traces", "tls", "health"].map(String::from).to_vec();
     }
     args
 }
@@ -113,6 +119,8 @@ enum Call {
     Native(pb::CheckRequest),
     /// `envoy.service.auth.v3.Authorization/Check`.
     Envoy(Box<envoy_types::pb::envoy::service::auth::v3::CheckRequest>),
+    /// `grpc.health.v1.Health/Check`.
+    Health(tonic_health::pb::HealthCheckRequest),
 }
 
 impl Call {
@@ -127,6 +135,12 @@ impl Call {
                 .await
                 .is_ok_and(|r| r.into_inner().status.is_some_and(|s| s.code == 0))
             }
+            Call::Health(request) => tonic_health::pb::health_client::HealthClient::new(channel.clone())
+                .check(request.clone())
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                }),
         }
     }
 }
@@ -425,6 +439,11 @@ async fn binary(envs: &[(&str, &str)], tls: Option<&str>) -> Bin {
     for (name, value) in envs {
         options = options.env(name, value);
     }
+    binary_with(options, tls).await
+}
+
+/// [`binary`] started with `options`.
+async fn binary_with(options: process::ServerOptions, tls: Option<&str>) -> Bin {
     let server = options.start();
     let channel = endpoint_of(&server, tls).connect().await.expect("connect");
     let mut create = Request::new(pb::CreateKeyRequest {
@@ -515,8 +534,21 @@ fn cpu_time(pid: u32) -> Duration {
         stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name; in
-    // clock ticks of 1/100 s on Linux.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    // clock ticks (`getconf CLK_TCK`).
+    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / clock_ticks_per_second())
+}
+
+/// `getconf CLK_TCK`, asked once (100 when it cannot be asked, as on every Linux).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 async fn traces(a: &Args) {
@@ -609,6 +641,202 @@ async fn tls(a: &Args) {
         "new connections (connect + one Check, 4 workers, {churn:?}): TLS {tls_rate:.0}/s ({tls_cpu:.0} us keyscope CPU \
          each), plaintext {plain_rate:.0}/s ({plain_cpu:.0} us each)"
     );
+}
+
+/// Requests of each kind per round of the `health` scenario (fewer with `--requests`).
+const HEALTH_REQUESTS: u64 = 200_000;
+/// The same under callgrind, where the server runs some 50 times slower.
+const CALLGRIND_REQUESTS: u64 = 20_000;
+/// The longest one round of the `health` scenarios may take: they stop even if a server stalls.
+const HEALTH_ROUND_LIMIT: Duration = Duration::from_secs(600);
+
+/// How long the `health` scenarios warm a server's connection up before measuring. Every
+/// response carries hyper's `date` header, whose value changes each second: each new value
+/// enters the connection's HPACK table (4 KiB) and lengthens h2's search of it on every later
+/// response, until the table is full after about a minute (about 5,000 instructions more per
+/// response by then, under callgrind). Measured before that, later rounds cost more than
+/// earlier ones whatever the code does.
+const HEALTH_WARM_UP: Duration = Duration::from_secs(70);
+
+/// The two calls the `health` scenarios compare on `bin`, `grpc.health.v1.Health/Check` of
+/// the checks service and an allowed `Checker/Check` (asserted here, once), after a warm-up
+/// of both (see [`HEALTH_WARM_UP`]; the cache and the allocator's free lists warm up too).
+async fn health_pair(bin: &Bin, concurrency: usize) -> [(&'static str, Call); 2] {
+    let answer = CheckerClient::new(bin.channel.clone()).check(bin.request.clone()).await.expect("check");
+    assert!(answer.into_inner().allowed, "the benchmark key is allowed");
+    let service = <pb::checker_server::CheckerServer<Noop> as tonic::server::NamedService>::NAME;
+    let calls = [
+        ("grpc.health.v1.Health/Check", Call::Health(tonic_health::pb::HealthCheckRequest { service: service.into() })),
+        ("keyscope.v1.Checker/Check", Call::Native(bin.request.clone())),
+    ];
+    for (_, call) in &calls {
+        drive_call(bin.channel.clone(), call.clone(), concurrency, HEALTH_WARM_UP / 2, u64::MAX, None).await;
+    }
+    calls
+}
+
+/// `n` calls of `call` to `bin` with `concurrency` workers on its one connection; panics on
+/// any failed call, since the figures would then mean something else.
+async fn health_round(bin: &Bin, call: &Call, concurrency: usize, n: u64) -> Report {
+    let report = drive_call(bin.channel.clone(), call.clone(), concurrency, HEALTH_ROUND_LIMIT, n, None).await;
+    assert_eq!(report.errors, 0, "every call answers");
+    assert_eq!(report.latencies_us.len() as u64, n, "the round ended before its last call");
+    report
+}
+
+/// The servers the `health` scenarios measure, as options of the binary: on the memory store,
+/// and on Redis behind its replica cache (warm after the warm-up).
+fn health_servers(redis: &RedisServer) -> [(&'static str, process::ServerOptions); 2] {
+    let redis_store = process::ServerOptions::default()
+        .env("KEYSCOPE__STORE__KIND", "redis")
+        .env("KEYSCOPE__STORE__REDIS__URL", &redis.url())
+        .env("KEYSCOPE__STORE__REDIS__PREFIX", &format!("bench-health-{}", rand_suffix()));
+    [("memory store", process::ServerOptions::default()), ("Redis, warm replica cache", redis_store)]
+}
+
+/// Prints the health-vs-Check summary: `per_request` holds, per server, the cost of one
+/// health call and of one Check in `unit`, shown with `decimals`.
+fn health_summary(unit: &str, decimals: usize, per_request: &[(&str, f64, f64)]) {
+    println!("\n| server | health, {unit} per request | Check, {unit} per request | ratio Check / health |");
+    println!("|---|---:|---:|---:|");
+    for (server, health, check) in per_request {
+        println!("| {server} | {health:.decimals$} | {check:.decimals$} | {:.3} |", check / health);
+    }
+    println!("(issue 12 asks for a ratio of at most 1.05)");
+}
+
+/// `health`: the keyscope binary's CPU time (utime + stime) per request, `Checker/Check`
+/// (allowed) against `grpc.health.v1.Health/Check` of the same process, in alternating rounds
+/// of a fixed number of requests; on the memory store, then on Redis behind a warm cache.
+async fn health(redis: &RedisServer, a: &Args) {
+    const ROUNDS: usize = 3;
+    let n = a.requests.min(HEALTH_REQUESTS);
+    println!(
+        "\n## health: keyscope process CPU per request, Checker/Check (allowed) vs grpc.health.v1.Health/Check \
+         of the same binary (concurrency {}, one HTTP/2 connection, {n} requests of each per round, {ROUNDS} \
+         alternating rounds after a {HEALTH_WARM_UP:?} warm-up)\n",
+        a.concurrency
+    );
+    println!("| server | call | round | requests/s | p50 ms | server CPU us per request |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let mut summary = Vec::new();
+    for (server, options) in health_servers(redis) {
+        let bin = binary_with(options, None).await;
+        let pid = bin.server.pid();
+        let calls = health_pair(&bin, a.concurrency).await;
+        let mut totals = [Duration::ZERO; 2];
+        for round in 1..=ROUNDS {
+            for ((name, call), total) in calls.iter().zip(&mut totals) {
+                let before = cpu_time(pid);
+                let report = health_round(&bin, call, a.concurrency, n).await;
+                let cpu = cpu_time(pid) - before;
+                *total += cpu;
+                let per = cpu.as_secs_f64() * 1e6 / n as f64;
+                println!(
+                    "| {server} | {name} | {round} | {:.0} | {:.3} | {per:.2} |",
+                    report.throughput(),
+                    report.pct(0.5)
+                );
+            }
+        }
+        let [health, check] = totals.map(|cpu| cpu.as_secs_f64() * 1e6 / (n * ROUNDS as u64) as f64);
+        summary.push((server, health, check));
+    }
+    health_summary("CPU us", 2, &summary);
+}
+
+/// `health-callgrind`: the pairs of the `health` scenario with the binary under
+/// `valgrind --tool=callgrind`: the instructions it executes per request, from a dump
+/// (`callgrind_control -d`, which zeroes the counters) after each batch of requests.
+/// Repeatable to about a percent whatever else loads the machine. With
+/// `KEYSCOPE_BENCH_CALLGRIND_DIR` set, the dumps are kept there (one folder per server) for
+/// `callgrind_annotate`: where a Check's instructions go that a health call's do not.
+async fn health_callgrind(redis: &RedisServer, a: &Args) {
+    const ROUNDS: usize = 3;
+    let n = a.requests.min(CALLGRIND_REQUESTS);
+    println!(
+        "\n## health-callgrind: instructions per request under callgrind, Checker/Check (allowed) vs \
+         grpc.health.v1.Health/Check of the same binary (concurrency {}, {n} requests of each per round, \
+         {ROUNDS} alternating rounds after a {HEALTH_WARM_UP:?} warm-up)\n",
+        a.concurrency
+    );
+    println!("| server | call | round | requests/s | instructions per request |");
+    println!("|---|---|---:|---:|---:|");
+    let kept = std::env::var_os("KEYSCOPE_BENCH_CALLGRIND_DIR").map(std::path::PathBuf::from);
+    let mut summary = Vec::new();
+    for (server, options) in health_servers(redis) {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = match &kept {
+            // `memory` or `redis`.
+            Some(kept) => kept.join(server.split([' ', ',']).next().unwrap_or(server).to_lowercase()),
+            None => temp.path().to_owned(),
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        let options = options.wrapped(
+            "valgrind",
+            [
+                "--tool=callgrind".to_owned(),
+                "--collect-atstart=yes".to_owned(),
+                // %p: the process id, so that the dumps of an earlier run are never read again.
+                format!("--callgrind-out-file={}", dir.join("callgrind.out.%p").display()),
+                format!("--log-file={}", dir.join("valgrind.log.%p").display()),
+            ],
+        );
+        let bin = binary_with(options, None).await;
+        let pid = bin.server.pid();
+        let calls = health_pair(&bin, a.concurrency).await;
+        // Zeroes the counters: everything before (start-up, warm-up) is left out.
+        callgrind_dump(pid, &dir);
+        let mut totals = [0u64; 2];
+        for round in 1..=ROUNDS {
+            for ((name, call), total) in calls.iter().zip(&mut totals) {
+                let report = health_round(&bin, call, a.concurrency, n).await;
+                let (instructions, dump) = callgrind_dump(pid, &dir);
+                *total += instructions;
+                let per = instructions as f64 / n as f64;
+                let file = if kept.is_some() { format!(" ({})", dump.display()) } else { String::new() };
+                println!("| {server} | {name} | {round} | {:.0} | {per:.0}{file} |", report.throughput());
+            }
+        }
+        let [health, check] = totals.map(|total| total as f64 / (n * ROUNDS as u64) as f64);
+        summary.push((server, health, check));
+    }
+    health_summary("instructions", 0, &summary);
+}
+
+/// Has callgrind in process `pid` dump its counters into `dir` (it zeroes them after) and
+/// returns the instructions (Ir) of that dump, those executed since the previous one, and
+/// its file.
+fn callgrind_dump(pid: u32, dir: &std::path::Path) -> (u64, std::path::PathBuf) {
+    let dumps = || -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("callgrind.out")));
+        files
+    };
+    let before = dumps();
+    let control = std::process::Command::new("callgrind_control")
+        .args(["-d", &pid.to_string()])
+        .output()
+        .expect("run callgrind_control (valgrind)");
+    assert!(
+        control.status.success(),
+        "callgrind_control -d {pid} failed: {}",
+        String::from_utf8_lossy(&control.stderr)
+    );
+    // The dump is complete once its `totals:` line (its last) is written.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let totals = dumps().into_iter().filter(|p| !before.contains(p)).find_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            let line = text.lines().find(|l| l.starts_with("totals:"))?;
+            Some((line.split_whitespace().nth(1)?.parse().ok()?, p))
+        });
+        if let Some(totals) = totals {
+            return totals;
+        }
+        assert!(Instant::now() < deadline, "no callgrind dump of {pid} appeared in {}", dir.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The span export counters of a running binary.
@@ -848,6 +1076,8 @@ fn main() {
                 "envoy" => envoy(&redis, &a).await,
                 "traces" => traces(&a).await,
                 "tls" => tls(&a).await,
+                "health" => health(&redis, &a).await,
+                "health-callgrind" => health_callgrind(&redis, &a).await,
                 other => panic!("unknown scenario {other}"),
             }
         }

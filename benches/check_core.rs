@@ -4,14 +4,27 @@
 //! principal credential, next to the plain scope check, on the memory store and behind the
 //! replica cache (as on Redis, all hits).
 //!
-//! `cargo bench --bench check_core` prints ns per check (median of 7 rounds) and the ratio of
-//! each outcome to a valid allowed check. The key-policy cases are allowed checks that also
-//! pass a source-network check, a rate limit, or present a rotated key's old secret during its
-//! grace period (or its new one), next to the plain scope check.
+//! `cargo bench --bench check_core` prints ns per check (median of 7 rounds), the ratio of
+//! each outcome to a valid allowed check, and the heap allocations per check (every `alloc`,
+//! `alloc_zeroed` and `realloc` of the process during the rounds, over the checks; counted by
+//! the global allocator below). The key-policy cases are allowed checks that also pass a
+//! source-network check, a rate limit, or present a rotated key's old secret during its grace
+//! period (or its new one), next to the plain scope check.
 
 #![allow(clippy::panic)] // tests fail by panicking
+#![allow(unsafe_code)] // the counting allocator only; the library and the binary forbid unsafe code
 
-use std::{hint::black_box, net::IpAddr, sync::Arc, time::Duration, time::Instant};
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    hint::black_box,
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+    time::Instant,
+};
 
 use keyscope::{
     cache::{CacheSettings, CachedStore},
@@ -23,14 +36,55 @@ use keyscope::{
 const ROUNDS: usize = 7;
 const PER_ROUND: usize = 50_000;
 
+/// The system allocator, counting the blocks it hands out (a `realloc` counts as one).
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call goes unchanged to the system allocator; the wrapper only adds a counter.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is passed on as it is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator, that is from `System`, with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `dealloc`; the caller's contract for `realloc` is passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// What a case costs: the median ns per check, and heap allocations per check over all rounds.
+struct Cost {
+    ns: f64,
+    allocs: f64,
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     rt.block_on(run());
 }
 
-/// Median ns per call of `call` over the rounds.
-async fn measure<F: AsyncFnMut()>(mut call: F) -> f64 {
+/// Median ns per call of `call` over the rounds, and allocations per call over all of them.
+async fn measure<F: AsyncFnMut()>(mut call: F) -> Cost {
     let mut rounds = Vec::with_capacity(ROUNDS);
+    let allocated = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..ROUNDS {
         let start = Instant::now();
         for _ in 0..PER_ROUND {
@@ -38,8 +92,10 @@ async fn measure<F: AsyncFnMut()>(mut call: F) -> f64 {
         }
         rounds.push(start.elapsed().as_nanos() as f64 / PER_ROUND as f64);
     }
+    // Taken before the sort below, which may allocate.
+    let allocs = (ALLOCATIONS.load(Ordering::Relaxed) - allocated) as f64 / (ROUNDS * PER_ROUND) as f64;
     rounds.sort_by(f64::total_cmp);
-    rounds[ROUNDS / 2]
+    Cost { ns: rounds[ROUNDS / 2], allocs }
 }
 
 fn new_core(store: Arc<dyn Store>, tokens: &TokenFormat) -> Keyscope {
@@ -99,22 +155,28 @@ async fn run() {
         ("malformed", malformed, None, Reason::MalformedCredential),
     ];
     let mut base = 0.0;
-    println!("check_core: {PER_ROUND} checks x {ROUNDS} rounds, median ns/check");
+    println!("check_core: {PER_ROUND} checks x {ROUNDS} rounds, median ns/check, heap allocations/check");
     for (name, credential, source, expected) in cases {
         let presented = Presented::Token(credential);
         let first = core.check_from(&presented, None, source, &module, Action::Read, false).await.expect("check");
         // The case measures what it says: an allowed case is allowed, on every round too.
         assert_eq!(first.reason, expected, "{name}");
-        let median = measure(async || {
+        let cost = measure(async || {
             let answer = core.check_from(&presented, None, source, &module, Action::Read, false).await.expect("check");
             assert_eq!(answer.reason, expected);
             black_box(answer);
         })
         .await;
         if base == 0.0 {
-            base = median;
+            base = cost.ns;
         }
-        println!("{name:<30}{median:>9.0} ns   ratio to allowed {:.2}   ({})", median / base, first.reason);
+        println!(
+            "{name:<30}{:>9.0} ns   ratio to allowed {:.2}   {:>6.2} allocs   ({})",
+            cost.ns,
+            cost.ns / base,
+            cost.allocs,
+            first.reason
+        );
     }
 
     // The owner ceiling and bearer principals, on the memory store and behind the replica
@@ -147,28 +209,35 @@ async fn run() {
         let tenant = "acme".parse().expect("tenant");
         let items = [(module.clone(), Action::Read)];
 
-        let plain_ns = measure(async || {
+        let plain_cost = measure(async || {
             let answer = core.check(&plain, None, &module, Action::Read, false).await.expect("check");
             assert!(answer.allowed());
             black_box(answer);
         })
         .await;
-        let owned_ns = measure(async || {
+        let owned_cost = measure(async || {
             let answer = core.check(&owned, None, &module, Action::Read, false).await.expect("check");
             assert!(answer.allowed());
             black_box(answer);
         })
         .await;
-        let bearer_ns = measure(async || {
+        let bearer_cost = measure(async || {
             let answers = core.check_principal(&tenant, &bearer, &items, false).await.expect("check");
             assert!(answers[0].allowed());
             black_box(answers);
         })
         .await;
-        for (name, ns) in
-            [("plain scope check", plain_ns), ("owner-bound check", owned_ns), ("bearer principal", bearer_ns)]
+        let base = plain_cost.ns;
+        for (name, cost) in
+            [("plain scope check", plain_cost), ("owner-bound check", owned_cost), ("bearer principal", bearer_cost)]
         {
-            println!("{:<30}{ns:>9.0} ns   ratio to plain {:.2}", format!("{store_name}: {name}"), ns / plain_ns);
+            println!(
+                "{:<30}{:>9.0} ns   ratio to plain {:.2}      {:>6.2} allocs",
+                format!("{store_name}: {name}"),
+                cost.ns,
+                cost.ns / base,
+                cost.allocs
+            );
         }
     }
 }

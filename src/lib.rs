@@ -21,6 +21,8 @@
 //! - [`http`]: the HTTP port: `/metrics`, `/livez`, `/readyz`.
 //! - [`cli`]: the `keyscope` command line (client side).
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -1,6 +1,8 @@
 //! The `keyscope` binary: glue only. Parse the command line; `serve` loads config and runs
 //! the server (telemetry, serving, graceful shutdown); every other command is a gRPC client.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

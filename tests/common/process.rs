@@ -27,7 +27,20 @@ pub fn bin() -> &'static str {
 
 /// A `keyscope` command with no `KEYSCOPE*` variable inherited from the developer's shell.
 pub fn command() -> Command {
-    let mut cmd = Command::new(bin());
+    wrapped_command(&[])
+}
+
+/// [`command`] run by `wrapper` (a program and its arguments, the binary's path added after
+/// them, e.g. valgrind); the plain command when `wrapper` is empty.
+fn wrapped_command(wrapper: &[String]) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        None => Command::new(bin()),
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(bin());
+            cmd
+        }
+    };
     for (name, _) in std::env::vars_os() {
         let name_text = name.to_string_lossy();
         if name_text.starts_with("KEYSCOPE") || name_text.starts_with("OTEL_") || name == "RUST_LOG" {
@@ -139,6 +152,8 @@ pub struct ServerOptions {
     args: Vec<String>,
     /// Whether the server is expected to print a created bootstrap token on stdout.
     expect_token: bool,
+    /// A program (and its arguments) that runs the binary, e.g. valgrind; none when empty.
+    wrapper: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -153,6 +168,7 @@ impl Default for ServerOptions {
             ],
             args: Vec::new(),
             expect_token: true,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -177,10 +193,18 @@ impl ServerOptions {
         self
     }
 
+    /// Runs the binary under `program` with `args` (e.g. `valgrind --tool=callgrind`): the
+    /// process's id is then still the server's.
+    pub fn wrapped<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, program: &str, args: I) -> Self {
+        self.wrapper =
+            std::iter::once(program.to_owned()).chain(args.into_iter().map(|a| a.as_ref().to_owned())).collect();
+        self
+    }
+
     /// Runs `keyscope serve` expecting it to stop by itself (a start that fails) within
     /// `timeout`: its exit code and everything it printed.
     pub fn run_to_exit(self, timeout: Duration) -> (Option<i32>, String) {
-        let mut cmd = command();
+        let mut cmd = wrapped_command(&self.wrapper);
         cmd.arg("serve").args(&self.args);
         for (name, value) in &self.envs {
             cmd.env(name, value);
@@ -228,7 +252,7 @@ impl Server {
     }
 
     fn start(options: ServerOptions) -> Server {
-        let mut cmd = command();
+        let mut cmd = wrapped_command(&options.wrapper);
         cmd.arg("serve").args(&options.args);
         for (name, value) in &options.envs {
             cmd.env(name, value);
