@@ -717,20 +717,20 @@ impl TelemetrySettings {
             }
             None => None,
         };
-        if let Some(name) = &self.service_name {
-            if name.is_empty() || name.len() > 255 {
-                return Err(bad("telemetry.service_name", "must be 1 to 255 bytes"));
-            }
+        if let Some(name) = &self.service_name
+            && (name.is_empty() || name.len() > 255)
+        {
+            return Err(bad("telemetry.service_name", "must be 1 to 255 bytes"));
         }
         for key in self.resource_attributes.keys() {
             if key.is_empty() || key.len() > 255 {
                 return Err(bad("telemetry.resource_attributes", "keys must be 1 to 255 bytes"));
             }
         }
-        if let Some(ratio) = self.sampling_ratio {
-            if !(0.0..=1.0).contains(&ratio) {
-                return Err(bad("telemetry.sampling_ratio", "must be between 0 and 1"));
-            }
+        if let Some(ratio) = self.sampling_ratio
+            && !(0.0..=1.0).contains(&ratio)
+        {
+            return Err(bad("telemetry.sampling_ratio", "must be between 0 and 1"));
         }
         if self.queue_size == 0 || self.queue_size > 1_000_000 {
             return Err(bad("telemetry.queue_size", "must be between 1 and 1000000"));

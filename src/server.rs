@@ -208,10 +208,10 @@ pub async fn serve_with(
     };
     // The probes and metrics stay up while gRPC drains, then stop with it.
     let _ = http_stop.send(());
-    if let Some(task) = http_task {
-        if let Ok(Err(error)) = task.await {
-            tracing::warn!(%error, "the HTTP endpoint failed");
-        }
+    if let Some(task) = http_task
+        && let Ok(Err(error)) = task.await
+    {
+        tracing::warn!(%error, "the HTTP endpoint failed");
     }
     served?;
     Ok(())

@@ -49,6 +49,30 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// How many reasons there are: [`Reason::index`] is below it.
+    pub const COUNT: usize = 15;
+
+    /// A dense index, `0..Reason::COUNT`, for tables kept per reason.
+    pub fn index(self) -> usize {
+        match self {
+            Reason::Ok => 0,
+            Reason::MalformedCredential => 1,
+            Reason::UnknownKey => 2,
+            Reason::KeyRevoked => 3,
+            Reason::KeyDisabled => 4,
+            Reason::KeyExpired => 5,
+            Reason::TenantMismatch => 6,
+            Reason::NoScope => 7,
+            Reason::DeniedByScope => 8,
+            Reason::NotGranted => 9,
+            Reason::SourceNotAllowed => 10,
+            Reason::RateLimited => 11,
+            Reason::OwnerDenied => 12,
+            Reason::OwnerDisabled => 13,
+            Reason::PrincipalDisabled => 14,
+        }
+    }
+
     /// The name used in logs, fixtures and the API (without the `REASON_` prefix).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -230,6 +254,33 @@ mod tests {
 
     fn module(s: &str) -> Module {
         s.parse().expect("test module")
+    }
+
+    #[test]
+    fn every_reason_has_its_own_index_below_the_count() {
+        use Reason::*;
+        let all = [
+            Ok,
+            MalformedCredential,
+            UnknownKey,
+            KeyRevoked,
+            KeyDisabled,
+            KeyExpired,
+            TenantMismatch,
+            NoScope,
+            DeniedByScope,
+            NotGranted,
+            SourceNotAllowed,
+            RateLimited,
+            OwnerDenied,
+            OwnerDisabled,
+            PrincipalDisabled,
+        ];
+        let mut seen = [false; Reason::COUNT];
+        for reason in all {
+            assert!(!std::mem::replace(&mut seen[reason.index()], true), "{reason} shares its index");
+        }
+        assert!(seen.iter().all(|s| *s), "Reason::COUNT is larger than the reasons");
     }
 
     #[test]

@@ -50,10 +50,10 @@ impl pb::audit_log_server::AuditLog for AuditLogService {
             since: convert::timestamp("start_time", start_time.as_ref())?,
             until: convert::timestamp("end_time", end_time.as_ref())?,
         };
-        if let (Some(since), Some(until)) = (query.since, query.until) {
-            if until < since {
-                return Err(InputError::invalid("end_time", "must not be before start_time").into());
-            }
+        if let (Some(since), Some(until)) = (query.since, query.until)
+            && until < since
+        {
+            return Err(InputError::invalid("end_time", "must not be before start_time").into());
         }
         let page = self.core.list_audit(&caller, query).await?;
         Ok(Response::new(pb::ListAuditEventsResponse {

@@ -66,7 +66,7 @@ impl pb::checker_server::Checker for CheckerService {
         spans::end(trace, answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         self.metrics.check_time(CheckPath::Native, started.elapsed());
         match &answer {
-            Ok(a) => self.metrics.check(CheckPath::Native, a.allowed(), a.reason.as_str()),
+            Ok(a) => self.metrics.check_answered(CheckPath::Native, a.reason),
             Err(status) => self.metrics.check_failed(CheckPath::Native, status.code()),
         }
         answer.map(|a| Response::new(convert::answer_to_pb(a)))
@@ -86,7 +86,7 @@ impl pb::checker_server::Checker for CheckerService {
         match &answers {
             Ok(answers) => {
                 for a in answers {
-                    self.metrics.check(CheckPath::Batch, a.allowed(), a.reason.as_str());
+                    self.metrics.check_answered(CheckPath::Batch, a.reason);
                 }
             }
             Err(status) => self.metrics.check_failed(CheckPath::Batch, status.code()),

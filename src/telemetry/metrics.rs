@@ -39,7 +39,7 @@ use prometheus_client::{
 };
 
 use super::otlp::ExportStats;
-use crate::cache::CachedStore;
+use crate::{cache::CachedStore, domain::Reason};
 
 /// Which API a check came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,6 +89,9 @@ struct AdminLabels {
 
 type Timings<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// The store operations every uncached check makes.
+const HOT_OPS: [&str; 2] = ["credential", "principal_grants"];
+
 /// Buckets from 25 µs to 2.5 s: checks answered from the cache take tens of microseconds,
 /// store round trips a fraction of a millisecond, timeouts up to seconds.
 fn latency() -> Histogram {
@@ -103,11 +106,17 @@ fn latency() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     checks: Family<CheckLabels, Counter>,
+    /// Per path and reason, the counter of `checks` answered with it, looked up once (on first
+    /// use, so a reason never given shows no series) rather than on every check.
+    answered: [[OnceLock<Counter>; Reason::COUNT]; 3],
     /// One histogram per path, looked up once here rather than on every check.
     check_seconds: [Histogram; 3],
     store_calls: Family<OpLabels, Counter>,
     store_errors: Family<OpLabels, Counter>,
     store_seconds: Timings<OpLabels>,
+    /// For the store operations of the check path ([`HOT_OPS`]), their call counter and
+    /// latency histogram, looked up once rather than on every check.
+    hot_ops: [OnceLock<(Counter, Histogram)>; HOT_OPS.len()],
     admin_calls: Family<AdminLabels, Counter>,
     usage_flushes: Family<ResultLabels, Counter>,
     tls_handshake_failures: Counter,
@@ -189,6 +198,8 @@ impl Metrics {
         Metrics {
             registry,
             checks,
+            answered: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            hot_ops: std::array::from_fn(|_| OnceLock::new()),
             check_seconds,
             store_calls,
             store_errors,
@@ -212,6 +223,17 @@ impl Metrics {
     }
 
     /// Counts one answered check.
+    pub fn check_answered(&self, path: CheckPath, reason: Reason) {
+        let labels = || CheckLabels {
+            path: path.as_str(),
+            decision: crate::service::decision_name(reason == Reason::Ok),
+            reason: reason.as_str(),
+        };
+        self.answered[path as usize][reason.index()].get_or_init(|| self.checks.get_or_create(&labels()).clone()).inc();
+    }
+
+    /// Counts one answered check by its decision and reason name (ext_authz's own reasons
+    /// included).
     pub fn check(&self, path: CheckPath, allowed: bool, reason: &'static str) {
         let decision = crate::service::decision_name(allowed);
         self.checks.get_or_create(&CheckLabels { path: path.as_str(), decision, reason }).inc();
@@ -232,11 +254,19 @@ impl Metrics {
     /// Records one store call.
     pub fn store_call(&self, op: &'static str, ok: bool, took: Duration) {
         let labels = OpLabels { op };
-        self.store_calls.get_or_create(&labels).inc();
         if !ok {
             self.store_errors.get_or_create(&labels).inc();
         }
-        self.store_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+        let resolve =
+            || (self.store_calls.get_or_create(&labels).clone(), self.store_seconds.get_or_create(&labels).clone());
+        let observe = |(calls, seconds): &(Counter, Histogram)| {
+            calls.inc();
+            seconds.observe(took.as_secs_f64());
+        };
+        match HOT_OPS.iter().position(|hot| *hot == op) {
+            Some(i) => observe(self.hot_ops[i].get_or_init(resolve)),
+            None => observe(&resolve()),
+        }
     }
 
     /// Counts one admin call.
