@@ -29,7 +29,7 @@ use crate::{
     domain::{Day, Key, KeyId, Members, Principal, Role, Scope, ScopeId, Subject, Tenant, TenantPolicy},
     store::{
         AuditPage, AuditQuery, AuditWrite, Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite,
-        PrincipalGrants, ScopeDelete, Store, StoreError, UsageDelta,
+        PrincipalGrants, ScopeDelete, ScopeDetach, Store, StoreError, UsageDelta,
     },
 };
 
@@ -366,6 +366,14 @@ impl Store for CachedStore {
 
     async fn scope_holders(&self, tenant: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError> {
         self.store.scope_holders(tenant, id).await
+    }
+
+    async fn detach_scope(&self, detach: ScopeDetach<'_>) -> Result<u64, StoreError> {
+        let result = self.store.detach_scope(detach).await;
+        for (key_id, _) in detach.holders {
+            self.inner.changed(&Change::Key(key_id.clone()));
+        }
+        result
     }
 
     async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError> {

@@ -6,6 +6,8 @@
 #![allow(clippy::panic)] // tests fail by panicking
 
 mod common;
+#[path = "common/interposed.rs"]
+mod interposed;
 #[path = "common/process.rs"]
 mod process;
 #[path = "common/redis_server.rs"]
@@ -14,6 +16,7 @@ mod redis_server;
 use std::{sync::Arc, time::Duration};
 
 use common::TestServer;
+use interposed::{Hooks, Interposed};
 use keyscope::{
     domain::{
         Action, Actor, AuditOperation, AuditRecord, AuditTarget, Key, KeyState, Metadata, Module, Pepper, RequestId,
@@ -176,10 +179,7 @@ async fn concurrent_first_starts_with_a_configured_token_all_succeed_on_redis() 
 /// One replica's store, whose first key read waits until every replica has made its first
 /// read: they all see "no key yet" before any of them creates it, so concurrent first starts
 /// race every time rather than by luck.
-struct Gated {
-    inner: Arc<dyn Store>,
-    gate: Arc<Gate>,
-}
+struct Gated;
 
 struct Gate {
     barrier: tokio::sync::Barrier,
@@ -194,143 +194,15 @@ impl Gated {
             readers: stores.len(),
             reads: Default::default(),
         });
-        stores.into_iter().map(|inner| Arc::new(Gated { inner, gate: gate.clone() }) as Arc<dyn Store>).collect()
+        stores.into_iter().map(|inner| Arc::new(Interposed { inner, hooks: gate.clone() }) as Arc<dyn Store>).collect()
     }
 }
 
-mod gated {
-    use std::sync::{Arc, atomic::Ordering};
-
-    use async_trait::async_trait;
-    use keyscope::{
-        domain::{Day, Key, KeyId, Members, Principal, Role, Scope, ScopeId, Subject, Tenant, TenantPolicy},
-        store::{
-            AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, PrincipalGrants,
-            ScopeDelete, Store, StoreError, UsageDelta,
-        },
-    };
-
-    use super::Gated;
-
-    #[async_trait]
-    impl Store for Gated {
-        async fn credential(&self, id: &KeyId) -> Result<Option<std::sync::Arc<Credential>>, StoreError> {
-            let found = self.inner.credential(id).await;
-            if self.gate.reads.fetch_add(1, Ordering::SeqCst) < self.gate.readers {
-                self.gate.barrier.wait().await;
-            }
-            found
-        }
-        async fn get_key(&self, t: &Tenant, id: &KeyId) -> Result<Option<Arc<Key>>, StoreError> {
-            self.inner.get_key(t, id).await
-        }
-        async fn list_keys(&self, t: &Tenant, q: &KeyQuery) -> Result<Vec<Arc<Key>>, StoreError> {
-            self.inner.list_keys(t, q).await
-        }
-        async fn put_key(&self, w: KeyWrite<'_>, max: usize) -> Result<(), StoreError> {
-            self.inner.put_key(w, max).await
-        }
-        async fn get_scope(&self, t: &Tenant, id: &ScopeId) -> Result<Option<Arc<Scope>>, StoreError> {
-            self.inner.get_scope(t, id).await
-        }
-        async fn get_scopes(&self, t: &Tenant, ids: &[ScopeId]) -> Result<Vec<Arc<Scope>>, StoreError> {
-            self.inner.get_scopes(t, ids).await
-        }
-        async fn list_scopes(
-            &self,
-            t: &Tenant,
-            after: Option<&ScopeId>,
-            limit: usize,
-        ) -> Result<Vec<Arc<Scope>>, StoreError> {
-            self.inner.list_scopes(t, after, limit).await
-        }
-        async fn put_scope(
-            &self,
-            s: &Scope,
-            v: Option<u64>,
-            reserved: &[String],
-            max: usize,
-            a: AuditWrite<'_>,
-        ) -> Result<(), StoreError> {
-            self.inner.put_scope(s, v, reserved, max, a).await
-        }
-        async fn scope_holders(&self, t: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError> {
-            self.inner.scope_holders(t, id).await
-        }
-        async fn delete_scope(&self, d: ScopeDelete<'_>) -> Result<(), StoreError> {
-            self.inner.delete_scope(d).await
-        }
-        async fn claim_bootstrap(&self, k: &Key, a: AuditWrite<'_>) -> Result<Option<KeyId>, StoreError> {
-            self.inner.claim_bootstrap(k, a).await
-        }
-        async fn release_bootstrap(&self, k: &Key, a: AuditWrite<'_>) -> Result<bool, StoreError> {
-            self.inner.release_bootstrap(k, a).await
-        }
-        async fn list_audit(&self, t: &Tenant, q: &AuditQuery) -> Result<AuditPage, StoreError> {
-            self.inner.list_audit(t, q).await
-        }
-        async fn record_usage(&self, batch: &[UsageDelta], days: u32) -> Result<(), StoreError> {
-            self.inner.record_usage(batch, days).await
-        }
-        async fn key_usage(&self, t: &Tenant, id: &KeyId, a: Day, b: Day) -> Result<Vec<DailyUsage>, StoreError> {
-            self.inner.key_usage(t, id, a, b).await
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            self.inner.ping().await
-        }
-        async fn access_version(&self, t: &Tenant) -> Result<u64, StoreError> {
-            self.inner.access_version(t).await
-        }
-        async fn get_tenant_policy(&self, t: &Tenant) -> Result<Option<TenantPolicy>, StoreError> {
-            self.inner.get_tenant_policy(t).await
-        }
-        async fn put_tenant_policy(&self, p: &TenantPolicy, v: u64, a: AuditWrite<'_>) -> Result<(), StoreError> {
-            self.inner.put_tenant_policy(p, v, a).await
-        }
-        async fn get_principal(&self, t: &Tenant, s: &Subject) -> Result<Option<Arc<Principal>>, StoreError> {
-            self.inner.get_principal(t, s).await
-        }
-        async fn list_principals(
-            &self,
-            t: &Tenant,
-            after: Option<&Subject>,
-            limit: usize,
-        ) -> Result<Vec<Arc<Principal>>, StoreError> {
-            self.inner.list_principals(t, after, limit).await
-        }
-        async fn put_principal(&self, p: &Principal, v: Option<u64>, a: AuditWrite<'_>) -> Result<(), StoreError> {
-            self.inner.put_principal(p, v, a).await
-        }
-        async fn delete_principal(
-            &self,
-            t: &Tenant,
-            s: &Subject,
-            v: Option<u64>,
-            a: AuditWrite<'_>,
-        ) -> Result<(), StoreError> {
-            self.inner.delete_principal(t, s, v, a).await
-        }
-        async fn get_members(&self, t: &Tenant, id: &ScopeId) -> Result<Members, StoreError> {
-            self.inner.get_members(t, id).await
-        }
-        async fn set_members(
-            &self,
-            t: &Tenant,
-            id: &ScopeId,
-            m: &Members,
-            v: u64,
-            stored: bool,
-            a: AuditWrite<'_>,
-        ) -> Result<(), StoreError> {
-            self.inner.set_members(t, id, m, v, stored, a).await
-        }
-        async fn principal_grants(
-            &self,
-            t: &Tenant,
-            s: &Subject,
-            roles: &[Role],
-        ) -> Result<Arc<PrincipalGrants>, StoreError> {
-            self.inner.principal_grants(t, s, roles).await
+#[async_trait::async_trait]
+impl Hooks for Arc<Gate> {
+    async fn after_credential(&self) {
+        if self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < self.readers {
+            self.barrier.wait().await;
         }
     }
 }

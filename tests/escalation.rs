@@ -1,13 +1,18 @@
 //! Regression tests, through the real gRPC server, for the ways admin calls added with owners
 //! and members used to escalate or widen access. Each is refused now, names who would gain what,
-//! and changes nothing.
+//! and changes nothing. The last two act through the server's core with a caller authorized
+//! before its own access was cut, as a call racing that cut would.
 
 #![allow(clippy::panic)] // tests fail by panicking
 
 mod common;
 
 use common::{TestServer, all_rules, assert_status};
-use keyscope::{grpc::pb, service::Clock};
+use keyscope::{
+    domain::{Action, Module},
+    grpc::pb,
+    service::{Caller, Clock, NewKey, ServiceError},
+};
 use tonic::Code;
 
 const ACME: &str = "acme";
@@ -239,4 +244,75 @@ async fn an_admin_key_is_unauthenticated_by_its_state_and_refused_by_its_owner()
     server.keys_as(Some(&expiring_token)).list_keys(list()).await.expect("not yet expired");
     server.advance(std::time::Duration::from_secs(61));
     assert_status(server.keys_as(Some(&expiring_token)).list_keys(list()).await, Code::Unauthenticated, "");
+}
+
+/// `token`'s key authorized to create keys in acme, as an admin call is before it acts.
+async fn authorized(server: &TestServer, token: &str) -> Caller {
+    server.core.authorize(Some(token), ACME, &Module::keys(), Action::Create).await.expect("authorized")
+}
+
+/// A key holding `scopes`, made with `caller` straight through the service core.
+async fn create_key_as(server: &TestServer, caller: &Caller, scopes: &[&str]) -> Result<(), ServiceError> {
+    let scope_ids = scopes.iter().map(|s| s.parse().expect("scope id")).collect();
+    server.core.create_key(caller, NewKey { scope_ids, ..NewKey::default() }).await.map(drop)
+}
+
+/// A key holding `scopes`, made with the stale `caller`, is refused with `PERMISSION_DENIED`
+/// saying `why`, and no key is made.
+async fn assert_refused(server: &TestServer, caller: &Caller, scopes: &[&str], why: &str) {
+    let keys_before = server.all_keys(ACME).await.len();
+    let refused = create_key_as(server, caller, scopes).await;
+    assert!(matches!(&refused, Err(ServiceError::PermissionDenied(m)) if m.contains(why)), "{refused:?}");
+    assert_eq!(server.all_keys(ACME).await.len(), keys_before, "nothing made");
+}
+
+#[tokio::test]
+async fn a_caller_whose_scope_was_narrowed_after_it_was_authorized_is_refused() {
+    let server = TestServer::start().await;
+    let key_admin =
+        server.scope(ACME, "key admin", pb::ScopeMode::Allow, all_rules(&["keyscope.keys", "courses"])).await;
+    let (_, token) = server.key(ACME, &[&key_admin.id]).await;
+    let stale = authorized(&server, &token).await;
+    // Someone else narrows its scope between the authorization and the change.
+    server.set_rules(ACME, &key_admin, all_rules(&["courses"])).await;
+    assert_refused(&server, &stale, &["read-only"], "no longer allowed create on `keyscope.keys`").await;
+}
+
+#[tokio::test]
+async fn a_caller_whose_owner_lost_a_role_after_it_was_authorized_cannot_hand_out_what_the_role_gave() {
+    let server = TestServer::start().await;
+    let keys_only = server.scope(ACME, "keys only", pb::ScopeMode::Allow, all_rules(&["keyscope.keys"])).await;
+    server.bind(ACME, &keys_only.id, &["alice"], &[]).await;
+    server.bind(ACME, "admin", &[], &["ops"]).await;
+    server.principal(ACME, "alice", &["ops"]).await;
+    let (_, token) = server.owned_key(ACME, "alice", &["admin"]).await;
+    let stale = authorized(&server, &token).await;
+    // Someone else takes `ops` from alice: her key may still administer keys, nothing else.
+    server.principal(ACME, "alice", &[]).await;
+    assert_refused(&server, &stale, &["admin"], "which the calling key does not hold").await;
+    // What it still holds, it may still hand out.
+    create_key_as(&server, &stale, &[&keys_only.id]).await.expect("a key on what the caller holds");
+}
+
+#[tokio::test]
+async fn a_caller_cut_to_creating_principals_after_it_was_authorized_cannot_replace_one() {
+    let server = TestServer::start().await;
+    let principal_admin =
+        server.scope(ACME, "principal admin", pb::ScopeMode::Allow, all_rules(&["keyscope.principals"])).await;
+    let (_, token) = server.key(ACME, &[&principal_admin.id]).await;
+    server.principal(ACME, "bob", &["dev"]).await;
+    let stale =
+        server.core.authorize(Some(&token), ACME, &Module::principals(), Action::Create).await.expect("authorized");
+    // Someone else narrows its scope to registering new principals only.
+    let create_only = pb::Rules { create: vec!["keyscope.principals".into()], ..Default::default() };
+    server.set_rules(ACME, &principal_admin, create_only).await;
+    let bob = "bob".parse().expect("subject");
+    let refused = server.core.upsert_principal(&stale, bob, Vec::new(), true, None).await;
+    assert!(
+        matches!(&refused, Err(ServiceError::PermissionDenied(m)) if m.contains("update on `keyscope.principals`")),
+        "{refused:?}"
+    );
+    let get = pb::GetPrincipalRequest { tenant: ACME.into(), subject: "bob".into() };
+    let bob = server.principals().get_principal(get).await.expect("get").into_inner();
+    assert_eq!(bob.roles, ["dev"], "nothing changed");
 }

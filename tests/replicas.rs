@@ -91,17 +91,7 @@ async fn scope_update_and_forced_delete_on_a_reach_b_through_the_feed() {
     warm(&b, &token, "users").await;
     warm(&b, &token, "billing").await;
 
-    a.scopes()
-        .update_scope(pb::UpdateScopeRequest {
-            tenant: ACME.into(),
-            id: narrowed.id.clone(),
-            version: narrowed.version,
-            update_mask: common::mask(&["rules"]),
-            rules: Some(read_rules(&["courses"])),
-            ..Default::default()
-        })
-        .await
-        .expect("narrow the scope");
+    a.set_rules(ACME, &narrowed, read_rules(&["courses"])).await;
     denied_on_b(&b, &token, "users", pb::Reason::NotGranted).await;
     assert!(b.check(&token, "courses", pb::Action::Read).await.allowed, "what the scope still grants stays allowed");
 
@@ -170,17 +160,7 @@ async fn on_a_redis_cluster_changes_reach_the_other_replica_too() {
         let scope = a.scope(tenant, "web", pb::ScopeMode::Allow, read_rules(&["courses", "users"])).await;
         let (key, token) = a.key(tenant, &[&scope.id]).await;
         warm(&b, &token, "users").await;
-        a.scopes()
-            .update_scope(pb::UpdateScopeRequest {
-                tenant: tenant.into(),
-                id: scope.id.clone(),
-                version: scope.version,
-                update_mask: common::mask(&["rules"]),
-                rules: Some(read_rules(&["courses"])),
-                ..Default::default()
-            })
-            .await
-            .expect("narrow");
+        a.set_rules(tenant, &scope, read_rules(&["courses"])).await;
         denied_on_b(&b, &token, "users", pb::Reason::NotGranted).await;
         let state = pb::KeyStateRequest { tenant: tenant.into(), id: key.id.clone(), version: 0 };
         a.keys().revoke_key(state).await.expect("revoke");

@@ -315,7 +315,9 @@ impl AccessGraph {
         own.map_or(Holding::Nothing, |own| Holding::Layers(vec![own]))
     }
 
-    fn facts_holding<'g>(&'g self, key: &KeyFacts) -> Holding<'g> {
+    /// What a key with these facts holds in this graph (its scopes, its owner: the graph must
+    /// know whether the owner is a deleted principal).
+    pub fn facts_holding<'g>(&'g self, key: &KeyFacts) -> Holding<'g> {
         if !key.live {
             return Holding::Nothing;
         }

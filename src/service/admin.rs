@@ -14,15 +14,21 @@ use crate::domain::{Action, InputError, Key, Module, Reason, RequestId, Scope, S
 /// An authenticated admin caller and the tenant its call acts in.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The calling key.
+    /// The calling key, as it was when the call was authorized.
     pub key: Arc<Key>,
-    /// The calling key's scopes.
+    /// The calling key's scopes, then.
     pub scopes: Vec<Arc<Scope>>,
     /// The scopes bound to the calling key's owner, when the owner is a registered principal
-    /// (its ceiling): what the caller may hand out is bounded by both.
+    /// (its ceiling), then: what the caller may hand out is bounded by both. A change is
+    /// judged against the key as it is when the change is judged, read again then.
     pub owner_scopes: Option<Vec<Arc<Scope>>>,
     /// The tenant the call acts in: the one the request named, or the key's own.
     pub tenant: Tenant,
+    /// The reserved module the call was authorized on: a change made by the call is refused
+    /// if, when it is judged, the key no longer holds `action` on it.
+    pub module: Module,
+    /// The action the call was authorized for.
+    pub action: Action,
     /// The id of the request, recorded in the audit events it causes: a fresh one unless
     /// the edge sets the caller's own ([`Caller::with_request_id`]).
     pub request_id: RequestId,
@@ -135,7 +141,15 @@ impl Keyscope {
             _ => None,
         };
         let scopes = self.resolve_ids(&key.scope_ids, &holder.record.scopes).into_iter().flatten().collect();
-        Ok(Caller { key: key.clone(), scopes, owner_scopes, tenant, request_id: RequestId::generate()? })
+        Ok(Caller {
+            key: key.clone(),
+            scopes,
+            owner_scopes,
+            tenant,
+            module: module.clone(),
+            action,
+            request_id: RequestId::generate()?,
+        })
     }
 
     /// Looks up scope ids of a tenant, builtins included; `None` where a scope does not exist.

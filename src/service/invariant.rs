@@ -2,17 +2,21 @@
 //! tenant's access graph the change can affect, applies the change to a copy, and refuses it
 //! when [`crate::domain::judge`] finds a credential that would gain what the rule forbids.
 //!
-//! What is loaded, and so what one admin call costs (documented in docs/authorization.md):
+//! What is loaded, and so what one admin call costs (documented in docs/invariants.md):
 //! the tenant's stored scopes (at most `limits.max_scopes_per_tenant`) and their member
 //! bindings, its registered principals, and the keys the change can touch: the key changed,
 //! the keys holding a changed or deleted scope, and (only when some principal's ceiling
 //! changes) the keys owned by those principals, found by one pass over the tenant's keys; and
 //! for each subject a key names as its owner or a binding names that is not registered, one
 //! read of whether it was deleted.
+//!
+//! The calling key is read again too, after the tenant's access version: a change is judged
+//! against what its caller holds then, not what it held when the call was authorized (see
+//! `CallerNow`).
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use super::{Caller, Keyscope, ServiceError};
+use super::{Caller, Keyscope, ServiceError, principals::Ceiling};
 use crate::{
     domain::{
         AccessGraph, AuditRecord, Holding, Key, KeyFacts, KeyId, Mutation, Registration, Rule, Scope, Subject, Tenant,
@@ -39,6 +43,57 @@ impl Judged {
     /// credential gain, alone or together with any change judged meanwhile, so it needs no
     /// judgment and is not guarded (nor does it make others judge again).
     pub(super) const NARROWING: Judged = Judged(None);
+
+    /// The tenant's access version the change is guarded by (`None`: not guarded).
+    pub(super) fn access_version(self) -> Option<u64> {
+        self.0
+    }
+
+    /// The same judgment after a write of part of the change itself (a batch of a forced
+    /// scope delete) moved the tenant's access version on to `now`: that write was refused
+    /// unless nothing else was recorded since the judgment, so it still holds for the rest.
+    pub(super) fn after_own_write(self, now: u64) -> Judged {
+        Judged(self.0.map(|_| now))
+    }
+}
+
+/// The calling key as it is when its change is judged, read after the tenant's access
+/// version: what it holds then, not what it held when the call was authorized. A judged change
+/// that cut it (its scopes, their rules, its owner's roles, bindings or state) either landed
+/// before that read, and is seen, or after it, and moves the version on so that this change's
+/// write is refused and judged again. Disabling or revoking the key moves no version: the
+/// call is then decided as of the read.
+enum CallerNow {
+    /// The key is gone, not live, names a missing scope, or its owner denies everything.
+    Nothing,
+    /// A key of the tenant the change is made in: resolved in the graph loaded under the
+    /// version, like every key the change is judged on.
+    InTenant(KeyFacts),
+    /// A key of another tenant (a `system` key): its scopes and its owner's bound scopes, read
+    /// from its own tenant just after the version (changes there move this tenant's version
+    /// on only if they are made in it, so such a cut is seen only if it landed before).
+    Elsewhere(Vec<Vec<Arc<Scope>>>),
+}
+
+impl CallerNow {
+    /// What the calling key holds, `graph` being the tenant's as loaded for the judgment.
+    fn holding<'g>(&'g self, graph: &'g AccessGraph) -> Holding<'g> {
+        match self {
+            CallerNow::Nothing => Holding::Nothing,
+            CallerNow::InTenant(facts) => graph.facts_holding(facts),
+            CallerNow::Elsewhere(layers) => {
+                Holding::Layers(layers.iter().map(|layer| layer.iter().map(Arc::as_ref).collect()).collect())
+            }
+        }
+    }
+
+    /// The key's owner, when the graph must know whether it is a deleted principal.
+    fn owner(&self) -> Option<Subject> {
+        match self {
+            CallerNow::InTenant(facts) => facts.owner.parse().ok(),
+            _ => None,
+        }
+    }
 }
 
 impl Caller {
@@ -76,6 +131,7 @@ impl Keyscope {
         // guarded by it is refused.
         let version = self.store.access_version(&caller.tenant).await?;
         let mut before = self.access_graph(&caller.tenant).await?;
+        let current = self.caller_now(caller).await?;
         for key in keys {
             before.keys.insert(key.id.clone(), self.key_facts(key));
         }
@@ -96,11 +152,21 @@ impl Keyscope {
         change.apply(&mut probe);
         let owners = before.keys.values().chain(probe.keys.values()).filter_map(|k| k.owner.parse().ok());
         let bound = before.members.values().chain(probe.members.values()).flat_map(|m| m.subjects.iter().cloned());
-        let named: BTreeSet<Subject> = owners.chain(bound).chain(change.subject().cloned()).collect();
+        let named: BTreeSet<Subject> =
+            owners.chain(bound).chain(change.subject().cloned()).chain(current.owner()).collect();
         self.load_deleted(&caller.tenant, named, &mut before).await?;
+        let holding = current.holding(&before);
+        // The call was authorized for this action; the key must still be allowed it.
+        if !holding.allows(&caller.module, caller.action) {
+            tracing::info!(tenant = %caller.tenant, actor = %caller.key.id, "admin change refused: the calling key was cut");
+            return Err(ServiceError::PermissionDenied(format!(
+                "key `{}` is no longer allowed {} on `{}`",
+                caller.key.id, caller.action, caller.module
+            )));
+        }
         let mut after = before.clone();
         change.apply(&mut after);
-        match judge(&before, &after, &caller.holding(), rule) {
+        match judge(&before, &after, &holding, rule) {
             None => Ok(Judged(Some(version))),
             Some(violation) => {
                 tracing::info!(tenant = %caller.tenant, actor = %caller.key.id, rule = ?violation.rule, "admin change refused");
@@ -131,6 +197,32 @@ impl Keyscope {
             }
         }
         Err(StoreError::AccessChanged.into())
+    }
+
+    /// The calling key as it is now (see [`CallerNow`]).
+    async fn caller_now(&self, caller: &Caller) -> Result<CallerNow, ServiceError> {
+        let Some(key) = self.store.get_key(&caller.key.tenant, &caller.key.id).await? else {
+            return Ok(CallerNow::Nothing);
+        };
+        if key.tenant == caller.tenant {
+            return Ok(CallerNow::InTenant(self.key_facts(&key)));
+        }
+        if key_status(&key, self.clock.now(), None).is_some() {
+            return Ok(CallerNow::Nothing);
+        }
+        let stored = self.store.get_scopes(&key.tenant, &self.stored_ids(&key.scope_ids)).await?;
+        // A scope of the key that exists nowhere denies it everything.
+        let Some(own) = self.resolve_ids(&key.scope_ids, &stored).into_iter().collect::<Option<Vec<_>>>() else {
+            return Ok(CallerNow::Nothing);
+        };
+        Ok(match self.ceiling(&key).await? {
+            Ceiling::None => CallerNow::Elsewhere(vec![own]),
+            Ceiling::Bound(grants) => match self.bound_scopes(&grants) {
+                Some(bound) => CallerNow::Elsewhere(vec![own, bound]),
+                None => CallerNow::Nothing,
+            },
+            Ceiling::Gone | Ceiling::Disabled => CallerNow::Nothing,
+        })
     }
 
     /// The tenant's scopes (builtins included), their bindings and its registered principals.

@@ -278,7 +278,12 @@ impl Keyscope {
             };
             let registration = Registration::Registered { roles: new.roles.clone(), enabled: new.enabled };
             let change = Mutation::PutPrincipal(subject.clone(), registration);
-            let judged = self.enforce(caller, "roles", &change, &[], Rule::NoEscalation).await?;
+            // A replacement is judged as an update: the key must still hold it then.
+            let replacing = create && old.is_some();
+            let as_update =
+                replacing.then(|| Caller { module: Module::principals(), action: Action::Update, ..caller.clone() });
+            let judged =
+                self.enforce(as_update.as_ref().unwrap_or(caller), "roles", &change, &[], Rule::NoEscalation).await?;
             let audit = self.principal_event(caller, operation, old.as_deref(), &new);
             match self.store.put_principal(&new, expected, self.judged_write(&audit, judged)).await {
                 Err(StoreError::AccessChanged) => continue,

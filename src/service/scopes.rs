@@ -8,7 +8,7 @@ use crate::{
         Action, AuditOperation, AuditRecord, InputError, KeyId, Label, Module, Mutation, Reason, Rule, Rules, Scope,
         ScopeId, ScopeMode, evaluate,
     },
-    store::{ScopeDelete, StoreError},
+    store::{DETACH_BATCH, ScopeDelete, ScopeDetach, StoreError},
 };
 
 /// A scope to create, its fields already validated.
@@ -185,6 +185,11 @@ impl Keyscope {
     /// Deletes a stored scope. In use, it is refused unless `force`; forced, the scope leaves
     /// its keys, unless that would widen any key's access (a deny-mode scope beside others),
     /// which is refused too. Returns the keys it was removed from.
+    ///
+    /// A scope held by more than [`DETACH_BATCH`] keys leaves them in batches, each its own
+    /// judged store write, before the last write deletes the scope (see docs/invariants.md):
+    /// a delete interrupted between batches leaves every key either as it was or without the
+    /// scope, and a retry finishes it.
     pub async fn delete_scope(
         &self,
         caller: &Caller,
@@ -195,8 +200,11 @@ impl Keyscope {
         if self.builtins.contains(id) {
             return Err(locked(id));
         }
+        // The keys this call took the scope from, across its attempts: a batch written stays
+        // written when a later write is refused.
+        let mut detached: Vec<KeyId> = Vec::new();
         // Creations and other judged changes racing the delete make it start over; each attempt
-        // judges again.
+        // judges again, on the keys still holding the scope.
         for attempt in 0..super::invariant::JUDGE_ATTEMPTS {
             let Some(scope) = self.store.get_scope(&caller.tenant, id).await? else {
                 return Err(scope_not_found(id, caller));
@@ -220,23 +228,12 @@ impl Keyscope {
                 }
             }
             // A removal never widens: not the keys holding the scope, nor (through their
-            // owners) the keys of the principals it is bound to, nor bearer principals.
+            // owners) the keys of the principals it is bound to, nor bearer principals. Judged
+            // once for the whole delete; the batches below are parts of it.
             let judged =
                 self.enforce(caller, "id", &Mutation::DeleteScope(id.clone()), &holders, Rule::NoWidening).await?;
             let guard: Vec<(KeyId, u64)> = holders.iter().map(|k| (k.id.clone(), k.version)).collect();
-            let detached: Vec<KeyId> = guard.iter().map(|(k, _)| k.clone()).collect();
-            let audit = self.delete_event(caller, &scope, force, &detached);
-            // The delete is guarded by the version the decision above was made on, so a
-            // concurrent change of the scope's mode or rules makes it start over.
-            let delete = ScopeDelete {
-                tenant: &caller.tenant,
-                id,
-                expected_version: Some(scope.version),
-                holders: &guard,
-                now: self.clock.now(),
-                audit: self.judged_write(&audit, judged),
-            };
-            match self.store.delete_scope(delete).await {
+            match self.write_delete(caller, &scope, force, &guard, judged, &mut detached).await {
                 Err(StoreError::UsersChanged(_) | StoreError::VersionConflict { .. } | StoreError::AccessChanged) => {
                     super::invariant::backoff(attempt).await;
                     continue;
@@ -244,10 +241,62 @@ impl Keyscope {
                 Err(StoreError::NotFound(_)) => return Err(scope_not_found(id, caller)),
                 other => other?,
             }
-            tracing::info!(scope_id = %id, tenant = %caller.tenant, actor = %caller.key.id, detached = guard.len(), "scope deleted");
+            tracing::info!(scope_id = %id, tenant = %caller.tenant, actor = %caller.key.id, detached = detached.len(), "scope deleted");
             return Ok(detached);
         }
-        Err(ServiceError::Aborted(format!("the keys holding scope `{id}` kept changing; retry")))
+        Err(ServiceError::Aborted(format!(
+            "the keys holding scope `{id}` kept changing ({} of them left it meanwhile); retry to finish the delete",
+            detached.len()
+        )))
+    }
+
+    /// Writes a judged delete of `scope`, held by `holders` (each at the version judged): all
+    /// but the last [`DETACH_BATCH`] of them leave it in batches of that many, each a store
+    /// write guarded by the access version the one before left (so a change recorded
+    /// meanwhile refuses the next write, and the delete is judged again); then the last
+    /// write takes it from the rest and deletes it, with its bindings and the one audit event
+    /// of the whole delete. `detached` gains the keys each successful write took it from
+    /// (sorted and distinct once the delete is written).
+    async fn write_delete(
+        &self,
+        caller: &Caller,
+        scope: &Scope,
+        force: bool,
+        holders: &[(KeyId, u64)],
+        mut judged: super::invariant::Judged,
+        detached: &mut Vec<KeyId>,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let (batches, last) = holders.split_at(holders.len().saturating_sub(1) / DETACH_BATCH * DETACH_BATCH);
+        for batch in batches.chunks(DETACH_BATCH) {
+            let detach = ScopeDetach {
+                tenant: &caller.tenant,
+                id: &scope.id,
+                holders: batch,
+                now,
+                access_version: judged.access_version(),
+            };
+            judged = judged.after_own_write(self.store.detach_scope(detach).await?);
+            detached.extend(batch.iter().map(|(k, _)| k.clone()));
+        }
+        // A key may have left the scope twice (given it back meanwhile, by someone else).
+        let mut all: Vec<KeyId> = detached.iter().chain(last.iter().map(|(k, _)| k)).cloned().collect();
+        all.sort();
+        all.dedup();
+        let audit = self.delete_event(caller, scope, force, &all);
+        // Guarded by the scope's version the decision was made on too, so a concurrent change
+        // of its mode or rules makes the delete start over.
+        let delete = ScopeDelete {
+            tenant: &caller.tenant,
+            id: &scope.id,
+            expected_version: Some(scope.version),
+            holders: last,
+            now,
+            audit: self.judged_write(&audit, judged),
+        };
+        self.store.delete_scope(delete).await?;
+        *detached = all;
+        Ok(())
     }
 
     /// Answers a check for stored scopes (by id) and inline scopes together, with no key.

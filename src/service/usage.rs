@@ -364,6 +364,9 @@ mod tests {
         async fn scope_holders(&self, t: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError> {
             self.inner.scope_holders(t, id).await
         }
+        async fn detach_scope(&self, d: crate::store::ScopeDetach<'_>) -> Result<u64, StoreError> {
+            self.inner.detach_scope(d).await
+        }
         async fn delete_scope(&self, d: crate::store::ScopeDelete<'_>) -> Result<(), StoreError> {
             self.inner.delete_scope(d).await
         }

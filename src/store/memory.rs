@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use super::{
     AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, Owner, PrincipalGrants, ScopeDelete,
-    Store, StoreError, UsageDelta,
+    ScopeDetach, Store, StoreError, UsageDelta,
 };
 use crate::domain::{
     AuditEvent, AuditId, Day, Key, KeyId, Members, Principal, Role, Scope, ScopeId, Subject, Tenant, TenantPolicy,
@@ -189,6 +189,25 @@ impl TenantData {
         self.key_ids.insert(key.id.clone());
     }
 
+    /// Takes scope `id` from the keys `holders` (records and index), bumping their versions.
+    fn detach(&mut self, keys: &mut HashMap<KeyId, Arc<Key>>, id: &ScopeId, holders: &[(KeyId, u64)], now: SystemTime) {
+        for (key_id, _) in holders {
+            if let Some(old) = keys.get(key_id) {
+                let mut key = Key::clone(old);
+                key.scope_ids.retain(|s| s != id);
+                key.version += 1;
+                key.updated_at = now;
+                keys.insert(key_id.clone(), Arc::new(key));
+            }
+            if let Some(set) = self.holders.get_mut(id) {
+                set.remove(key_id);
+                if set.is_empty() {
+                    self.holders.remove(id);
+                }
+            }
+        }
+    }
+
     /// Drops a removed key from the indexes.
     fn unindex(&mut self, key: &Key) {
         for id in &key.scope_ids {
@@ -362,6 +381,31 @@ impl Store for MemoryStore {
         Ok(set.iter().filter_map(|k| inner.keys.get(k).cloned()).collect())
     }
 
+    async fn detach_scope(&self, detach: ScopeDetach<'_>) -> Result<u64, StoreError> {
+        let mut inner = self.write();
+        let guarded = detach.access_version.is_some();
+        if detach.access_version.is_some_and(|v| v != inner.access(detach.tenant)) {
+            return Err(StoreError::AccessChanged);
+        }
+        let Inner { keys, tenants, .. } = &mut *inner;
+        let data = tenants.get_mut(detach.tenant).ok_or_else(|| StoreError::NotFound(scope_name(detach.id)))?;
+        if !data.scopes.contains_key(detach.id) {
+            return Err(StoreError::NotFound(scope_name(detach.id)));
+        }
+        let held = data.holders.get(detach.id);
+        let holds = |(key_id, version): &(KeyId, u64)| {
+            held.is_some_and(|set| set.contains(key_id)) && keys.get(key_id).is_some_and(|k| k.version == *version)
+        };
+        if !detach.holders.iter().all(holds) {
+            return Err(StoreError::UsersChanged(detach.id.clone()));
+        }
+        data.detach(keys, detach.id, detach.holders, detach.now);
+        if guarded {
+            data.access += 1;
+        }
+        Ok(data.access)
+    }
+
     async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError> {
         let mut inner = self.write();
         inner.judged(delete.tenant, delete.audit)?;
@@ -383,15 +427,7 @@ impl Store for MemoryStore {
         if current != expected {
             return Err(StoreError::UsersChanged(delete.id.clone()));
         }
-        for (key_id, _) in &current {
-            if let Some(old) = keys.get(key_id) {
-                let mut key = Key::clone(old);
-                key.scope_ids.retain(|s| s != delete.id);
-                key.version += 1;
-                key.updated_at = delete.now;
-                keys.insert(key_id.clone(), Arc::new(key));
-            }
-        }
+        data.detach(keys, delete.id, &current, delete.now);
         data.holders.remove(delete.id);
         data.bind(delete.id, &Members::default());
         if let Some(scope) = data.scopes.remove(delete.id) {

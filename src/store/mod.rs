@@ -151,12 +151,42 @@ pub struct ScopeDelete<'a> {
     pub expected_version: Option<u64>,
     /// The keys that must be holding the scope, each at the version the caller checked;
     /// the scope is removed from each (and each key's version bumped). Empty: the scope must
-    /// be unused.
+    /// be unused. At most [`DETACH_BATCH`]: a scope held by more keys is first taken from
+    /// the others with [`Store::detach_scope`].
     pub holders: &'a [(KeyId, u64)],
     /// The time of the change, recorded as the holders' `updated_at`.
     pub now: SystemTime,
     /// The audit event recorded with the change, atomically.
     pub audit: AuditWrite<'a>,
+}
+
+/// Most keys one store write takes a scope from. A forced delete of a scope held by more keys
+/// first takes it from them in [`Store::detach_scope`] writes of at most this many keys each,
+/// and the [`Store::delete_scope`] that ends it is given at most this many: so no single write
+/// (on Redis, one Lua script, which blocks every other client while it runs) grows with the
+/// number of holders. See docs/invariants.md for why the states in between are safe.
+pub const DETACH_BATCH: usize = 500;
+
+/// A batch of a forced scope delete: the scope leaves some of the keys holding it and stays
+/// otherwise as it is (its record, its bindings, its other holders). The delete's last write
+/// ([`Store::delete_scope`]) records the one audit event of the whole delete, so a batch
+/// records none; it is judged like any change that moves access.
+#[derive(Debug, Clone, Copy)]
+pub struct ScopeDetach<'a> {
+    /// The tenant.
+    pub tenant: &'a Tenant,
+    /// The scope.
+    pub id: &'a ScopeId,
+    /// The keys to take the scope from (at most [`DETACH_BATCH`]), each at the version the
+    /// caller judged: each must still hold the scope at that version. The scope is removed
+    /// from each (and each key's version bumped).
+    pub holders: &'a [(KeyId, u64)],
+    /// The time of the change, recorded as the holders' `updated_at`.
+    pub now: SystemTime,
+    /// The tenant's access version the delete was judged against, or the one the previous
+    /// batch of the same delete returned: refused ([`StoreError::AccessChanged`]) if another
+    /// judged change was recorded since, and moved on otherwise. `None`: not guarded.
+    pub access_version: Option<u64>,
 }
 
 /// The audit event a change records, in the same atomic write: a refused change records
@@ -290,7 +320,8 @@ pub trait ChangeSink: Send + Sync + 'static {
 
 /// Storage of keys and scopes, and of the audit log of their changes. Every method is
 /// atomic; a failed call writes nothing. Every change takes the audit event that describes
-/// it and records it in the same atomic write.
+/// it and records it in the same atomic write (the batches of a forced scope delete are
+/// described by the event of the delete's last write: see [`ScopeDetach`]).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The key with this id and its stored scopes, for a check (any tenant).
@@ -334,8 +365,14 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditWrite<'_>,
     ) -> Result<(), StoreError>;
 
-    /// The keys holding a scope, by ascending id.
+    /// The keys holding a scope, by ascending id. A backend may read them in pages (so that
+    /// no single read grows with the number of holders): the list is then not one snapshot,
+    /// which the guarded writes that use it ([`ScopeDelete`], [`ScopeDetach`]) make up for.
     async fn scope_holders(&self, tenant: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError>;
+
+    /// Takes a scope from a batch of the keys holding it if what the caller saw still holds
+    /// (see [`ScopeDetach`]), and returns the tenant's access version after the write.
+    async fn detach_scope(&self, detach: ScopeDetach<'_>) -> Result<u64, StoreError>;
 
     /// Deletes a scope if what the caller saw still holds (see [`ScopeDelete`]).
     async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError>;

@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AUDIT_SCAN_MAX, AuditPage, AuditQuery, AuditWrite, Change, ChangeSink, Credential, DailyUsage, KeyQuery, KeyWrite,
-    Owner, PrincipalGrants, ScopeDelete, Store, StoreError, UsageDelta,
+    Owner, PrincipalGrants, ScopeDelete, ScopeDetach, Store, StoreError, UsageDelta,
 };
 use crate::domain::{
     AuditEvent, AuditId, AuditRecord, AuditTarget, Day, Key, KeyId, KeyState, Members, Pattern, Principal, Role, Rules,
@@ -209,6 +209,7 @@ struct Scripts {
     put_key: Script,
     put_scope: Script,
     delete_scope: Script,
+    detach_scope: Script,
     claim_bootstrap: Script,
     release_bootstrap: Script,
     credential: Script,
@@ -283,7 +284,12 @@ impl RedisStore {
                 delete_scope: Script::new(concat!(
                     include_str!("lua/audit.lua"),
                     include_str!("lua/unbind.lua"),
+                    include_str!("lua/detach.lua"),
                     include_str!("lua/delete_scope.lua")
+                )),
+                detach_scope: Script::new(concat!(
+                    include_str!("lua/detach.lua"),
+                    include_str!("lua/detach_scope.lua")
                 )),
                 claim_bootstrap: Script::new(concat!(
                     include_str!("lua/audit.lua"),
@@ -600,6 +606,9 @@ fn from_micros(micros: f64) -> SystemTime {
 fn usage_expiry(day: Day, retention_days: u32) -> u64 {
     day.plus(retention_days).start().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
+
+/// How many holder ids one read of a scope's holders takes.
+const HOLDERS_PAGE: usize = 1000;
 
 const KEY_FIELDS: [&str; 4] = ["v", "scopes", "updated", "body"];
 const SCOPE_FIELDS: [&str; 3] = ["v", "label", "body"];
@@ -1069,10 +1078,43 @@ impl Store for RedisStore {
     }
 
     async fn scope_holders(&self, tenant: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError> {
+        // In pages, so that no single command grows with the number of holders.
         let set = format!("{}holders:{id}", self.base(tenant));
+        let mut keys = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut ids = self.ids_after(&set, after.as_deref(), HOLDERS_PAGE).await?;
+            keys.extend(self.keys_by_id(tenant, &ids).await?);
+            if ids.len() < HOLDERS_PAGE {
+                return Ok(keys);
+            }
+            after = ids.pop();
+        }
+    }
+
+    async fn detach_scope(&self, detach: ScopeDetach<'_>) -> Result<u64, StoreError> {
+        let base = self.base(detach.tenant);
+        let mut call = self.scripts.detach_scope.key(format!("{base}scopes"));
+        call.arg(&base)
+            .arg(detach.id.as_str())
+            .arg(instant_text(detach.now))
+            .arg(detach.access_version.map(|v| v.to_string()).unwrap_or_default())
+            .arg(detach.holders.len());
+        for (key_id, version) in detach.holders {
+            call.arg(key_id.as_str()).arg(*version);
+        }
+        call.arg(self.deadline());
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = self.admin(conn.zrange(&set, 0, -1)).await?;
-        self.keys_by_id(tenant, &ids).await
+        let reply: Vec<String> = self.admin(call.invoke_async(&mut conn)).await?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => {
+                reply.get(1).and_then(|v| v.parse().ok()).ok_or_else(|| corrupt("script reply", "access version"))
+            }
+            Some("users") => Err(StoreError::UsersChanged(detach.id.clone())),
+            _ => Err(outcome(&reply, || format!("scope `{}`", detach.id), None)
+                .err()
+                .unwrap_or_else(|| corrupt("script reply", "no access version"))),
+        }
     }
 
     async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError> {

@@ -12,7 +12,7 @@ use crate::{
     domain::{Day, Key, KeyId, Members, Principal, Role, Scope, ScopeId, Subject, Tenant, TenantPolicy},
     store::{
         AuditPage, AuditQuery, AuditWrite, Credential, DailyUsage, KeyQuery, KeyWrite, PrincipalGrants, ScopeDelete,
-        Store, StoreError, UsageDelta,
+        ScopeDetach, Store, StoreError, UsageDelta,
     },
 };
 
@@ -96,6 +96,10 @@ impl Store for MeteredStore {
 
     async fn scope_holders(&self, tenant: &Tenant, id: &ScopeId) -> Result<Vec<Arc<Key>>, StoreError> {
         self.timed("scope_holders", self.inner.scope_holders(tenant, id)).await
+    }
+
+    async fn detach_scope(&self, detach: ScopeDetach<'_>) -> Result<u64, StoreError> {
+        self.timed("detach_scope", self.inner.detach_scope(detach)).await
     }
 
     async fn delete_scope(&self, delete: ScopeDelete<'_>) -> Result<(), StoreError> {

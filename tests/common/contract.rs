@@ -16,8 +16,8 @@ use keyscope::{
         Subject, Tenant, TenantPolicy, parse_cidrs,
     },
     store::{
-        AuditPage, AuditQuery, AuditWrite, DailyUsage, KeyQuery, KeyWrite, Owner, PrincipalGrants, ScopeDelete, Store,
-        StoreError, UsageDelta,
+        AuditPage, AuditQuery, AuditWrite, DETACH_BATCH, DailyUsage, KeyQuery, KeyWrite, Owner, PrincipalGrants,
+        ScopeDelete, ScopeDetach, Store, StoreError, UsageDelta,
     },
 };
 
@@ -749,6 +749,8 @@ macro_rules! contract_cases {
             deleting_a_scope_drops_its_member_bindings,
             principal_changes_record_their_audit_events,
             writes_judged_against_an_older_access_version_are_refused,
+            a_scope_held_by_more_than_one_batch_leaves_its_keys_in_judged_batches,
+            a_holder_added_between_batches_is_refused_until_the_delete_is_judged_again,
         );
     };
 }
@@ -1092,4 +1094,129 @@ pub async fn writes_judged_against_an_older_access_version_are_refused(store: Ar
     let now = store.access_version(&t).await.expect("version");
     store.put_key(write(now), 1000).await.expect("judged against the current version");
     assert!(store.access_version(&t).await.expect("version") > now);
+}
+
+/// The write of a change judged against access version `v`.
+fn judged_at(v: u64) -> AuditWrite<'static> {
+    AuditWrite { access_version: Some(v), ..noted() }
+}
+
+/// Makes scope `s1` (and `s2`) in `acme` and keys `0..n` holding both; returns the holders as
+/// a delete guards them.
+async fn held_by(store: &dyn Store, n: usize) -> Vec<(KeyId, u64)> {
+    create_scope(store, &scope("acme", "s1", "one")).await;
+    create_scope(store, &scope("acme", "s2", "two")).await;
+    for i in 0..n {
+        create_key(store, &key("acme", i, &["s1", "s2"])).await;
+    }
+    (0..n).map(|i| (key_id(i), 1)).collect()
+}
+
+/// A forced delete of a scope held by more keys than one write takes: each batch takes it
+/// from its keys only if they still hold it at the version given and the tenant's access is
+/// still what the delete was judged against, moves that version on (returning it) and records
+/// no audit event; the scope stays until the last write, which deletes it with its event.
+pub async fn a_scope_held_by_more_than_one_batch_leaves_its_keys_in_judged_batches(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    let id = scope_id("s1");
+    let n = DETACH_BATCH + 3;
+    let holders = held_by(&*store, n).await;
+    create_key(&*store, &key("acme", n, &["s2"])).await;
+    let (batch, rest) = holders.split_at(DETACH_BATCH);
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+    let judged = store.access_version(&t).await.expect("version");
+    let detach = ScopeDetach { tenant: &t, id: &id, holders: batch, now, access_version: Some(judged) };
+    // Another judged change lands between the judgment and the batch: nothing is written.
+    store.put_scope(&scope("acme", "s3", "three"), None, &[], 1000, judged_at(judged)).await.expect("judged scope");
+    assert_eq!(store.detach_scope(detach).await, Err(StoreError::AccessChanged));
+    assert_eq!(store.scope_holders(&t, &id).await.expect("holders").len(), n, "nothing detached");
+    let judged = store.access_version(&t).await.expect("version");
+    let detach = ScopeDetach { access_version: Some(judged), ..detach };
+    // A key not holding the scope, or at another version, refuses the whole batch.
+    let stranger = [(key_id(0), 1), (key_id(n), 1)];
+    let refused = store.detach_scope(ScopeDetach { holders: &stranger, ..detach }).await;
+    assert_eq!(refused, Err(StoreError::UsersChanged(id.clone())));
+    let moved = [(key_id(0), 1), (key_id(1), 7)];
+    let refused = store.detach_scope(ScopeDetach { holders: &moved, ..detach }).await;
+    assert_eq!(refused, Err(StoreError::UsersChanged(id.clone())));
+    assert_eq!(store.access_version(&t).await.expect("version"), judged, "refused batches move nothing");
+
+    let events = audit_requests(&*store, "acme").await;
+    let after = store.detach_scope(detach).await.expect("batch");
+    assert!(after > judged, "a batch is a judged change");
+    assert_eq!(store.access_version(&t).await.expect("version"), after);
+    assert_eq!(audit_requests(&*store, "acme").await, events, "a batch records no event");
+    let first = store.get_key(&t, &key_id(0)).await.expect("get").expect("present");
+    assert_eq!((first.scope_ids.clone(), first.version, first.updated_at), (vec![scope_id("s2")], 2, now));
+    let untouched = store.get_key(&t, &key_id(n - 1)).await.expect("get").expect("present");
+    assert_eq!((untouched.scope_ids.clone(), untouched.version), (vec![scope_id("s1"), scope_id("s2")], 1));
+    assert!(store.get_scope(&t, &id).await.expect("get").is_some(), "the scope stays until the last write");
+    let left: Vec<(KeyId, u64)> =
+        store.scope_holders(&t, &id).await.expect("holders").iter().map(|k| (k.id.clone(), k.version)).collect();
+    assert_eq!(left, rest, "the index follows");
+    let by_scope = KeyQuery { scope: Some(id.clone()), ..query(10) };
+    assert_eq!(store.list_keys(&t, &by_scope).await.expect("list").len(), rest.len());
+    // The same batch again: its keys no longer hold the scope.
+    let again = store.detach_scope(ScopeDetach { access_version: Some(after), ..detach }).await;
+    assert_eq!(again, Err(StoreError::UsersChanged(id.clone())));
+
+    // The last write, guarded by the version the batch left, takes the rest and deletes it.
+    let record = audit_record("acme", AuditOperation::DeleteScope, AuditTarget::Scope(id.clone()), "deleted", 5);
+    let last = ScopeDelete {
+        tenant: &t,
+        id: &id,
+        expected_version: Some(1),
+        holders: rest,
+        now,
+        audit: AuditWrite { access_version: Some(judged), ..kept(&record, 1000) },
+    };
+    assert_eq!(store.delete_scope(last).await, Err(StoreError::AccessChanged), "the version before the batch");
+    let last = ScopeDelete { audit: AuditWrite { access_version: Some(after), ..last.audit }, ..last };
+    store.delete_scope(last).await.expect("delete");
+    assert!(store.get_scope(&t, &id).await.expect("get").is_none());
+    assert!(store.scope_holders(&t, &id).await.expect("holders").is_empty());
+    for i in 0..n {
+        let k = store.get_key(&t, &key_id(i)).await.expect("get").expect("present");
+        assert_eq!(k.scope_ids, vec![scope_id("s2")], "key {i}");
+    }
+    let requests = audit_requests(&*store, "acme").await;
+    assert_eq!((requests.len(), requests.first().map(String::as_str)), (events.len() + 1, Some("deleted")));
+}
+
+/// A key given the scope between two batches of its delete moves the access version on: the
+/// rest of the delete, planned on the old holders, is refused until it is judged again on the
+/// keys holding the scope then, and then finishes. Once the scope is deleted, no key may
+/// name it.
+pub async fn a_holder_added_between_batches_is_refused_until_the_delete_is_judged_again(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    let id = scope_id("s1");
+    let n = DETACH_BATCH + 1;
+    let holders = held_by(&*store, n).await;
+    let (batch, rest) = holders.split_at(DETACH_BATCH);
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+    let judged = store.access_version(&t).await.expect("version");
+    let detach = ScopeDetach { tenant: &t, id: &id, holders: batch, now, access_version: Some(judged) };
+    let after = store.detach_scope(detach).await.expect("batch");
+    // Meanwhile, a judged create gives a new key the scope.
+    let newcomer = key("acme", n, &["s1"]);
+    let stored = newcomer.scope_ids.clone();
+    let create = KeyWrite { key: &newcomer, expected_version: None, stored_scopes: &stored, audit: judged_at(after) };
+    store.put_key(create, 1000).await.expect("a key made between batches");
+    let last = ScopeDelete { tenant: &t, id: &id, expected_version: None, holders: rest, now, audit: judged_at(after) };
+    assert_eq!(store.delete_scope(last).await, Err(StoreError::AccessChanged));
+    let current = store.access_version(&t).await.expect("version");
+    let last = ScopeDelete { audit: judged_at(current), ..last };
+    assert_eq!(store.delete_scope(last).await, Err(StoreError::UsersChanged(id.clone())), "the holders changed");
+    assert!(store.get_scope(&t, &id).await.expect("get").is_some(), "nothing deleted");
+
+    let holding: Vec<(KeyId, u64)> =
+        store.scope_holders(&t, &id).await.expect("holders").iter().map(|k| (k.id.clone(), k.version)).collect();
+    assert_eq!(holding, [rest[0].clone(), (newcomer.id.clone(), 1)]);
+    store.delete_scope(ScopeDelete { holders: &holding, ..last }).await.expect("judged again, the delete finishes");
+    let k = store.get_key(&t, &newcomer.id).await.expect("get").expect("present");
+    assert!(k.scope_ids.is_empty(), "the newcomer left the scope too");
+    let late = key("acme", n + 1, &["s1"]);
+    let stored = late.scope_ids.clone();
+    let create = KeyWrite { key: &late, expected_version: None, stored_scopes: &stored, audit: noted() };
+    assert_eq!(store.put_key(create, 1000).await, Err(StoreError::ScopeMissing(id.clone())));
 }

@@ -279,6 +279,22 @@ impl TestServer {
             .into_inner()
     }
 
+    /// Replaces the rules of `scope` (as read) of `tenant`, as the system admin.
+    pub async fn set_rules(&self, tenant: &str, scope: &pb::Scope, rules: pb::Rules) -> pb::Scope {
+        self.scopes()
+            .update_scope(pb::UpdateScopeRequest {
+                tenant: tenant.into(),
+                id: scope.id.clone(),
+                version: scope.version,
+                update_mask: mask(&["rules"]),
+                rules: Some(rules),
+                ..Default::default()
+            })
+            .await
+            .expect("update the scope's rules")
+            .into_inner()
+    }
+
     /// Creates a key in `tenant` holding `scopes`, as the system admin; returns it and its token.
     pub async fn key(&self, tenant: &str, scopes: &[&str]) -> (pb::Key, String) {
         self.owned_key(tenant, "", scopes).await

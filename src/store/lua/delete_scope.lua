@@ -1,5 +1,7 @@
 -- Deletes a scope if its version and the exact set of keys holding it (each at a version)
--- are what the caller saw; removes it from those keys, bumping their versions.
+-- are what the caller saw; removes it from those keys, bumping their versions. The service
+-- gives at most DETACH_BATCH keys (src/store/mod.rs): a scope held by more is first taken
+-- from the others by detach_scope.lua, so the script's time does not grow with them.
 -- KEYS[1] tenant scope set. ARGV: base, scope id, expected version ('' = any), now,
 -- n holders, then key id and version for each holder.
 -- Every change is published on `<prefix>:changes` ("k:<key id>", "s:<tenant>:<scope id>"),
@@ -19,25 +21,17 @@ local cur = redis.call('HGET', rec, 'v')
 if not cur then return {'notfound'} end
 if ARGV[3] ~= '' and cur ~= ARGV[3] then return {'conflict', cur} end
 local holders = base .. 'holders:' .. sid
-local members = redis.call('ZRANGE', holders, 0, -1)
 local n = tonumber(ARGV[5])
-if #members ~= n then return {'users'} end
+-- Counted before they are read: a scope that gained holders is refused without reading them.
+if redis.call('ZCARD', holders) ~= n then return {'users'} end
+local members = redis.call('ZRANGE', holders, 0, -1)
 local expected = {}
 for i = 0, n - 1 do expected[ARGV[6 + 2 * i]] = ARGV[7 + 2 * i] end
 for _, kid in ipairs(members) do
   local v = redis.call('HGET', base .. 'key:' .. kid, 'v')
   if not expected[kid] or v ~= expected[kid] then return {'users'} end
 end
-for _, kid in ipairs(members) do
-  local krec = base .. 'key:' .. kid
-  local kept = {}
-  for s in string.gmatch(redis.call('HGET', krec, 'scopes') or '', '[^,]+') do
-    if s ~= sid then table.insert(kept, s) end
-  end
-  redis.call('HSET', krec, 'scopes', table.concat(kept, ','), 'updated', ARGV[4])
-  redis.call('HINCRBY', krec, 'v', 1)
-  redis.call('PUBLISH', chan, 'k:' .. kid)
-end
+for _, kid in ipairs(members) do detach(base, chan, sid, kid, ARGV[4]) end
 redis.call('DEL', holders)
 -- Its member bindings go with it (unbind.lua keeps the indexes).
 local mrec = base .. 'members:' .. sid
