@@ -508,6 +508,16 @@ impl Store for CachedStore {
         self.inner.keep(epoch, &self.inner.grants, entry, found.clone());
         Ok(found)
     }
+
+    // Read by admin judgments: never from the cache, which may lag another replica's change.
+    async fn principal_grants_now(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        roles: &[Role],
+    ) -> Result<Arc<PrincipalGrants>, StoreError> {
+        self.store.principal_grants_now(tenant, subject, roles).await
+    }
 }
 
 #[cfg(test)]

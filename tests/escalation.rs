@@ -316,3 +316,44 @@ async fn a_caller_cut_to_creating_principals_after_it_was_authorized_cannot_repl
     let bob = server.principals().get_principal(get).await.expect("get").into_inner();
     assert_eq!(bob.roles, ["dev"], "nothing changed");
 }
+
+#[tokio::test]
+async fn a_caller_whose_owner_was_deleted_on_another_replica_is_not_judged_unbounded() {
+    use std::sync::Arc;
+
+    use common::PEPPER;
+    use keyscope::{
+        cache::{CacheSettings, CachedStore},
+        domain::{Pepper, TokenFormat},
+        service::{Builtins, Keyscope},
+        store::MemoryStore,
+    };
+
+    // Replica B answers through its cache; replica A writes to the same store, and its change
+    // has not reached B's cache yet (the change feed lags, as it may between two replicas).
+    let shared = Arc::new(MemoryStore::new());
+    let cached = CachedStore::new(shared.clone(), CacheSettings::default());
+    let server = TestServer::start_with(Arc::new(cached), &[]).await;
+    let replica_a = Keyscope::new(
+        shared,
+        Builtins::new(&[]).expect("builtins"),
+        TokenFormat::new("ks").expect("prefix"),
+        Pepper::new(PEPPER).expect("pepper"),
+    );
+    let keys_only = server.scope(ACME, "keys only", pb::ScopeMode::Allow, all_rules(&["keyscope.keys"])).await;
+    server.bind(ACME, &keys_only.id, &["alice"], &[]).await;
+    server.principal(ACME, "alice", &[]).await;
+    // Alice's key holds every reserved grant, held to administering keys by her ceiling.
+    let (_, token) = server.owned_key(ACME, "alice", &["admin"]).await;
+    let stale = authorized(&server, &token).await;
+    // Alice is deleted through replica A: her key is denied everything from now on.
+    let admin = replica_a
+        .authorize(Some(&server.admin_token), ACME, &Module::principals(), Action::Delete)
+        .await
+        .expect("admin on replica A");
+    let alice = "alice".parse().expect("subject");
+    replica_a.delete_principal(&admin, &alice, None).await.expect("alice deleted on replica A");
+    // On B, the key is judged as it is now: its owner is gone, so it holds nothing, and
+    // certainly not every reserved grant its ceiling kept from it.
+    assert_refused(&server, &stale, &["admin"], "no longer allowed create on `keyscope.keys`").await;
+}

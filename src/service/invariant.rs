@@ -215,7 +215,7 @@ impl Keyscope {
         let Some(own) = self.resolve_ids(&key.scope_ids, &stored).into_iter().collect::<Option<Vec<_>>>() else {
             return Ok(CallerNow::Nothing);
         };
-        Ok(match self.ceiling(&key).await? {
+        Ok(match self.ceiling_now(&key).await? {
             Ceiling::None => CallerNow::Elsewhere(vec![own]),
             Ceiling::Bound(grants) => match self.bound_scopes(&grants) {
                 Some(bound) => CallerNow::Elsewhere(vec![own, bound]),
@@ -301,7 +301,7 @@ impl Keyscope {
             if graph.principals.contains_key(&subject) {
                 continue;
             }
-            if self.store.principal_grants(tenant, &subject, &[]).await?.owner == Owner::Gone {
+            if self.store.principal_grants_now(tenant, &subject, &[]).await?.owner == Owner::Gone {
                 graph.principals.insert(subject, Registration::Gone);
             }
         }

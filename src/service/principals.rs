@@ -74,12 +74,26 @@ impl Keyscope {
     /// The owner ceiling of a verified key: one store read (cached per replica) when the key
     /// names an owner.
     pub(super) async fn ceiling(&self, key: &Key) -> Result<Ceiling, ServiceError> {
+        self.ceiling_read(key, false).await
+    }
+
+    /// [`Keyscope::ceiling`] read past any replica cache, for an admin judgment (see
+    /// [`crate::store::Store::principal_grants_now`]).
+    pub(super) async fn ceiling_now(&self, key: &Key) -> Result<Ceiling, ServiceError> {
+        self.ceiling_read(key, true).await
+    }
+
+    async fn ceiling_read(&self, key: &Key, now: bool) -> Result<Ceiling, ServiceError> {
         if key.owner.is_empty() {
             return Ok(Ceiling::None);
         }
         // An owner that is not a valid subject can never be a registered principal.
         let Ok(subject) = key.owner.parse::<Subject>() else { return Ok(Ceiling::None) };
-        let grants = self.store.principal_grants(&key.tenant, &subject, &[]).await?;
+        let grants = if now {
+            self.store.principal_grants_now(&key.tenant, &subject, &[]).await?
+        } else {
+            self.store.principal_grants(&key.tenant, &subject, &[]).await?
+        };
         Ok(match &grants.owner {
             Owner::Unregistered => Ceiling::None,
             Owner::Gone => Ceiling::Gone,

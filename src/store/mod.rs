@@ -487,6 +487,20 @@ pub trait Store: Send + Sync + 'static {
         subject: &Subject,
         roles: &[Role],
     ) -> Result<Arc<PrincipalGrants>, StoreError>;
+
+    /// [`Store::principal_grants`] read from the store itself, past any replica cache: an
+    /// admin change is judged on what was recorded before the tenant's access version it read,
+    /// and a cache fed by another replica's change feed may not have seen that yet (a deleted
+    /// owner still registered, a role still bound). A store without a cache answers as
+    /// [`Store::principal_grants`] does.
+    async fn principal_grants_now(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        roles: &[Role],
+    ) -> Result<Arc<PrincipalGrants>, StoreError> {
+        self.principal_grants(tenant, subject, roles).await
+    }
 }
 
 /// What a store knows of a principal named by a key's owner or a bearer credential.

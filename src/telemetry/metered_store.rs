@@ -210,4 +210,13 @@ impl Store for MeteredStore {
     ) -> Result<Arc<PrincipalGrants>, StoreError> {
         self.timed("principal_grants", self.inner.principal_grants(tenant, subject, roles)).await
     }
+
+    async fn principal_grants_now(
+        &self,
+        tenant: &Tenant,
+        subject: &Subject,
+        roles: &[Role],
+    ) -> Result<Arc<PrincipalGrants>, StoreError> {
+        self.timed("principal_grants", self.inner.principal_grants_now(tenant, subject, roles)).await
+    }
 }

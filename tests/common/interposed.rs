@@ -197,4 +197,12 @@ impl<H: Hooks> Store for Interposed<H> {
     ) -> Result<Arc<PrincipalGrants>, StoreError> {
         self.inner.principal_grants(t, s, roles).await
     }
+    async fn principal_grants_now(
+        &self,
+        t: &Tenant,
+        s: &Subject,
+        roles: &[Role],
+    ) -> Result<Arc<PrincipalGrants>, StoreError> {
+        self.inner.principal_grants_now(t, s, roles).await
+    }
 }
