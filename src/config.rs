@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     cache::CacheSettings,
-    domain::{Pepper, TokenFormat},
+    domain::{Pepper, TokenFormat, shorten_for_message},
     grpc::{ExtAuthzSettings, IdentityHeaders},
     service::{Builtins, Preset, Quotas, RateLimiterSettings, UsageSettings},
     service::{HttpMapping, PrincipalHeaders, Route, default_methods, route_prefix_problem},
@@ -785,6 +785,42 @@ pub enum LogFormat {
 #[error("config: {0}")]
 pub struct ConfigError(String);
 
+/// How deep a config file may nest (keyscope's settings need 4).
+const NESTING_MAX: usize = 16;
+
+/// Refuses a config file the `config` crate would mishandle: a key it reads as an array
+/// subscript (`a[709551615]` makes it grow an array to that length, which aborts the process)
+/// or nesting deeper than [`NESTING_MAX`]. Every other problem is left to the loader, which
+/// names the setting.
+fn check_keys(text: &str, source: &str) -> Result<(), ConfigError> {
+    let documents = yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| ConfigError(format!("{source}: {e}")))?;
+    documents.iter().try_for_each(|document| check_node(document, "", 0))
+}
+
+fn check_node(node: &yaml_rust2::Yaml, at: &str, depth: usize) -> Result<(), ConfigError> {
+    use yaml_rust2::Yaml;
+    if depth > NESTING_MAX {
+        return Err(bad(at, format!("nests deeper than {NESTING_MAX} levels")));
+    }
+    match node {
+        Yaml::Hash(map) => map.iter().try_for_each(|(key, value)| {
+            let name = match key {
+                Yaml::String(s) | Yaml::Real(s) => s.clone(),
+                Yaml::Integer(i) => i.to_string(),
+                Yaml::Boolean(b) => b.to_string(),
+                _ => return Err(bad(at, "a key must be a plain name")),
+            };
+            if name.contains(['[', ']']) {
+                return Err(bad(at, format!("`{}`: a key may not contain `[` or `]`", shorten_for_message(&name))));
+            }
+            let path = if at.is_empty() { name } else { format!("{at}.{name}") };
+            check_node(value, &path, depth + 1)
+        }),
+        Yaml::Array(items) => items.iter().try_for_each(|item| check_node(item, at, depth + 1)),
+        _ => Ok(()),
+    }
+}
+
 fn bad(key: &str, problem: impl fmt::Display) -> ConfigError {
     ConfigError(format!("{key}: {problem}"))
 }
@@ -888,7 +924,19 @@ impl Settings {
             if !path.is_file() {
                 return Err(ConfigError(format!("--config: no such file `{}`", path.display())));
             }
-            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Yaml).required(true));
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("--config: cannot read `{}`: {e}", path.display())))?;
+            check_keys(&text, &format!("`{}`", path.display()))?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Yaml));
+        }
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("KEYSCOPE__") && name.contains(['[', ']']) {
+                return Err(ConfigError(format!(
+                    "`{}`: a setting's name may not contain `[` or `]`",
+                    shorten_for_message(&name)
+                )));
+            }
         }
         builder =
             builder.add_source(config::Environment::with_prefix("KEYSCOPE").prefix_separator("__").separator("__"));
@@ -898,6 +946,7 @@ impl Settings {
     /// Loads defaults, then `yaml` (the text of a config file); no file, no environment
     /// variables. For tests and fuzzing; call [`Settings::validate`] after it, as after `load`.
     pub fn from_yaml_str(yaml: &str) -> Result<Settings, ConfigError> {
+        check_keys(yaml, "the config file")?;
         Self::build(config::Config::builder().add_source(config::File::from_str(yaml, config::FileFormat::Yaml)))
     }
 
@@ -1214,6 +1263,14 @@ mod tests {
         assert_eq!(s.security.token_prefix, "acme");
         assert_eq!(s.server.http_addr, ServerSettings::default().http_addr, "defaults fill the rest");
         assert!(Settings::from_yaml_str("server: [").is_err());
+        // Keys the config crate would read as array subscripts, at any depth: refused, never
+        // an array grown to that length (found by the `config` fuzz target).
+        for yaml in ["-[709551615]:\n", "server:\n  grpc_addr[99999999999]: x\n", "a[1]: 2\n"] {
+            let error = Settings::from_yaml_str(yaml).expect_err(yaml);
+            assert!(error.to_string().contains("may not contain `[` or `]`"), "{error}");
+        }
+        let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+        assert!(Settings::from_yaml_str(&deep).expect_err("deep").to_string().contains("nests deeper"));
         assert!(Settings::from_yaml_str("no_such_section: 1").is_err());
     }
 
